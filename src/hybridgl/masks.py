@@ -1,0 +1,321 @@
+"""Mask formats: COCO RLE, COCO polygons, PNG, and the box convention.
+
+Conventions (shared by the library, the CLI, the server and the evaluation):
+
+* a mask is an ``(H, W)`` bool numpy array; pixel ``(row, col)`` covers the square
+  ``[col, col + 1] x [row, row + 1]`` in image coordinates (COCO's convention);
+* RLE is COCO *compressed* RLE, ``{"size": [H, W], "counts": str}``, as written by
+  ``pycocotools.mask.encode`` with the counts decoded to ASCII so it is JSON-ready;
+* polygons are COCO polygon lists ``[x1, y1, x2, y2, ...]`` tracing the *pixel corners*
+  of each outer contour, so ``pycocotools.mask.frPyObjects`` (and :func:`polygons_to_mask`)
+  rasterise them back to exactly the same pixels; holes are not represented (polygons in
+  COCO are a union), so a mask with holes comes back filled;
+* boxes are XYWH in pixels, SAM's ``bbox`` convention: ``x`` = min column, ``y`` = min row,
+  ``w`` = max column - x, ``h`` = max row - y (a one-pixel mask has ``w = h = 0``);
+  an empty mask gives ``(0, 0, 0, 0)``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from hybridgl.types import Prediction
+
+PathLike = str | os.PathLike
+
+__all__ = [
+    "atomic_write_bytes",
+    "mask_to_box",
+    "mask_to_png_bytes",
+    "mask_to_polygons",
+    "mask_to_rle",
+    "png_to_mask",
+    "polygons_to_mask",
+    "prediction_record",
+    "rle_to_mask",
+    "save_mask_png",
+]
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be a 2-D (H, W) array, got shape {arr.shape}")
+    if arr.dtype != np.bool_:
+        arr = arr != 0
+    return arr
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Encode an ``(H, W)`` mask as COCO compressed RLE.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``, JSON-ready and accepted by
+        ``pycocotools.mask.decode`` once ``counts`` is encoded back to bytes (which
+        pycocotools also does itself for ``str`` counts).
+    """
+    from pycocotools import mask as mask_utils
+
+    arr = _check_mask(mask)
+    rle = mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(arr.shape[0]), int(arr.shape[1])], "counts": counts}
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Decode COCO RLE (compressed ``str``/``bytes`` counts or an uncompressed list).
+
+    Returns:
+        ``(H, W)`` bool mask.
+
+    Raises:
+        ValueError: the dict is not a valid RLE.
+    """
+    from pycocotools import mask as mask_utils
+
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("RLE must be a dict with 'size' and 'counts'")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        raise ValueError(f"RLE size must be [H, W], got {size!r}")
+    h, w = int(size[0]), int(size[1])
+    if h < 0 or w < 0:
+        raise ValueError(f"RLE size must be non-negative, got {size!r}")
+    counts = rle["counts"]
+    if h == 0 or w == 0:
+        return np.zeros((h, w), dtype=bool)
+    if isinstance(counts, list):
+        if sum(int(c) for c in counts) != h * w:
+            raise ValueError("uncompressed RLE counts do not sum to H * W")
+        coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    elif isinstance(counts, (str, bytes)):
+        coded = {
+            "size": [h, w],
+            "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+        }
+    else:
+        raise ValueError(f"RLE counts must be a str, bytes or list, got {type(counts).__name__}")
+    try:
+        out = mask_utils.decode(coded)
+    except Exception as e:  # pycocotools raises bare exceptions on garbage
+        raise ValueError(f"invalid RLE: {e}") from None
+    return out.astype(bool)
+
+
+def _simplify_closed(points: np.ndarray) -> np.ndarray:
+    """Drop repeated and collinear vertices of a closed integer polygon ``(K, 2)``."""
+    if len(points) == 0:
+        return points
+    # consecutive duplicates (cyclic)
+    keep = np.any(points != np.roll(points, 1, axis=0), axis=1)
+    if not keep.any():
+        return points[:1]
+    points = points[keep]
+    for _ in range(2):  # one more pass catches vertices exposed by the first
+        if len(points) < 3:
+            return points
+        prev = np.roll(points, 1, axis=0)
+        nxt = np.roll(points, -1, axis=0)
+        d1 = points - prev
+        d2 = nxt - points
+        cross = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
+        dot = (d1 * d2).sum(axis=1)
+        # collinear and continuing in the same direction: redundant
+        redundant = (cross == 0) & (dot > 0)
+        if not redundant.any():
+            break
+        points = points[~redundant]
+    return points
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Trace the outer contours of a mask as COCO polygons along pixel corners.
+
+    Each polygon is ``[x1, y1, x2, y2, ...]`` with at least three vertices; the
+    vertices are integer pixel corners, so rasterising with :func:`polygons_to_mask`
+    (or pycocotools) gives back the mask exactly, except that holes come back filled
+    and pixels that touch only diagonally may be decided by the rasteriser.
+
+    Returns:
+        One polygon per 8-connected component, largest first; ``[]`` for an empty mask.
+    """
+    import cv2
+
+    arr = _check_mask(mask)
+    if not arr.any():
+        return []
+    # Upsample by 2: every pixel becomes a 2x2 block, so an outer contour (traced at
+    # pixel centres by OpenCV) runs on even coordinates at a block's top/left side and odd
+    # coordinates at its bottom/right side. Mapping u -> ceil(u / 2) sends each of them to
+    # the pixel corner it stands for.
+    up = np.repeat(np.repeat(arr.astype(np.uint8), 2, axis=0), 2, axis=1)
+    up = np.pad(up, 1)  # contours touching the border are traced like any other
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polys: list[tuple[int, list[float]]] = []
+    for c in contours:
+        pts = c.reshape(-1, 2).astype(np.int64) - 1  # undo the padding; (x, y)
+        pts = (pts + 1) // 2
+        pts = _simplify_closed(pts)
+        if len(pts) < 3:
+            continue
+        x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+        area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        polys.append((int(area), [float(v) for v in pts.reshape(-1)]))
+    polys.sort(key=lambda p: -p[0])
+    return [p for _, p in polys]
+
+
+def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons (union) to an ``(height, width)`` bool mask.
+
+    Polygons with fewer than three vertices are ignored.
+
+    Raises:
+        ValueError: a polygon is not a flat list of numbers of even length.
+    """
+    from pycocotools import mask as mask_utils
+
+    if height < 0 or width < 0:
+        raise ValueError(f"size must be non-negative, got {height}x{width}")
+    out = np.zeros((int(height), int(width)), dtype=bool)
+    if height == 0 or width == 0:
+        return out
+    valid: list[list[float]] = []
+    for poly in polygons:
+        try:
+            flat = [float(v) for v in poly]
+        except (TypeError, ValueError):
+            raise ValueError("each polygon must be a flat list of numbers") from None
+        if len(flat) % 2:
+            raise ValueError("a polygon must have an even number of coordinates")
+        if len(flat) >= 6:
+            valid.append(flat)
+    if not valid:
+        return out
+    rles = mask_utils.frPyObjects(valid, int(height), int(width))
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def mask_to_png_bytes(mask: np.ndarray) -> bytes:
+    """Encode a mask as an 8-bit grayscale PNG (0 background, 255 foreground)."""
+    from PIL import Image
+
+    arr = _check_mask(mask)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_to_mask(source: bytes | PathLike) -> np.ndarray:
+    """Read a mask image (bytes or path): pixels brighter than 127 are foreground.
+
+    Colour and palette images are converted to grayscale first.
+
+    Raises:
+        ValueError: the data is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    src: Any = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)
+    try:
+        with Image.open(src) as img:
+            img.load()
+            gray = img.convert("L")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read mask image: {e}") from None
+    return np.asarray(gray) > 127
+
+
+def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """XYWH box of a mask in SAM's convention (``w = max col - min col``).
+
+    Returns ``(0, 0, 0, 0)`` for an empty mask.
+    """
+    arr = _check_mask(mask)
+    rows = np.flatnonzero(arr.any(axis=1))
+    if rows.size == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    cols = np.flatnonzero(arr.any(axis=0))
+    x0, x1 = int(cols[0]), int(cols[-1])
+    y0, y1 = int(rows[0]), int(rows[-1])
+    return (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    Creates the parent folder when needed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
+
+
+def save_mask_png(mask: np.ndarray, path: PathLike) -> Path:
+    """Write a mask as an 8-bit 0/255 PNG, atomically."""
+    return atomic_write_bytes(path, mask_to_png_bytes(mask))
+
+
+def prediction_record(
+    pred: Prediction,
+    expression: str,
+    id: str | int | None = None,
+    include_polygons: bool = True,
+) -> dict[str, Any]:
+    """JSON-ready record of one prediction.
+
+    Keys: ``id`` (only when given), ``expression``, ``found``, ``score``, ``box`` (XYWH,
+    SAM convention), ``area`` (pixels), ``height``, ``width``, ``rle`` (COCO compressed),
+    ``polygons`` (COCO, pixel corners; omitted when ``include_polygons`` is False),
+    ``index``, ``pure_index``, ``num_proposals``, ``candidates`` and ``parse``.
+    """
+    mask = _check_mask(pred.mask)
+    record: dict[str, Any] = {}
+    if id is not None:
+        record["id"] = id
+    record.update(
+        {
+            "expression": expression,
+            "found": bool(pred.found),
+            "score": float(pred.score),
+            "box": [float(v) for v in pred.box],
+            "area": int(mask.sum()),
+            "height": int(mask.shape[0]),
+            "width": int(mask.shape[1]),
+            "rle": mask_to_rle(mask),
+        }
+    )
+    if include_polygons:
+        record["polygons"] = mask_to_polygons(mask)
+    record.update(
+        {
+            "index": pred.index,
+            "pure_index": pred.pure_index,
+            "num_proposals": int(pred.num_proposals),
+            "candidates": [c.to_dict() for c in pred.candidates],
+            "parse": pred.parse.to_dict(),
+        }
+    )
+    return record
