@@ -1,0 +1,713 @@
+"""Registry of the official checkpoints and how to find, fetch and check them.
+
+Every checkpoint the package can load has one :class:`Checkpoint` entry in
+:data:`REGISTRY` with its download URL, file name, SHA-256 and size. :func:`resolve` turns a
+registry name into a local file, looking in this order:
+
+1. an explicit ``path`` (it must exist);
+2. the ``weights_dir`` argument, then ``$HYBRIDGL_WEIGHTS_DIR``;
+3. the cache directory (:func:`cache_dir`);
+4. a download into the cache directory, unless downloads are off
+   (``download=False`` or ``HYBRIDGL_OFFLINE=1``).
+
+Downloads stream to a temporary file beside the final one, hash while streaming and are
+renamed into place only once the SHA-256 matches, so an interrupted or corrupt transfer
+never leaves a file under the final name.
+
+Environment variables:
+
+- ``HYBRIDGL_CACHE_DIR``: cache directory (default ``$XDG_CACHE_HOME/hybridgl``, else
+  ``~/.cache/hybridgl``).
+- ``HYBRIDGL_WEIGHTS_DIR``: extra directory (or ``os.pathsep``-separated directories)
+  searched before the cache.
+- ``HYBRIDGL_OFFLINE``: ``1``/``true``/``yes`` forbids downloads.
+- ``HYBRIDGL_WEIGHTS_URL_BASE``: mirror; the URL becomes ``<base>/<file name>``.
+- ``HYBRIDGL_RANDOM_WEIGHTS``: ``tiny`` or ``full`` asks the model builders for randomly
+  initialised models instead of checkpoints (read here by :func:`random_weights_mode`).
+
+Importing this module has no side effects: nothing is created, read or downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridgl.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "OFFLINE_ENV",
+    "RANDOM_WEIGHTS_ENV",
+    "REGISTRY",
+    "URL_BASE_ENV",
+    "WEIGHTS_DIR_ENV",
+    "Checkpoint",
+    "cache_dir",
+    "clip_checkpoint_name",
+    "download",
+    "find_local",
+    "get_checkpoint",
+    "list_checkpoints",
+    "offline",
+    "random_weights_mode",
+    "resolve",
+    "sam_checkpoint_name",
+    "search_dirs",
+    "sha256_file",
+    "verify_file",
+]
+
+CACHE_DIR_ENV = "HYBRIDGL_CACHE_DIR"
+WEIGHTS_DIR_ENV = "HYBRIDGL_WEIGHTS_DIR"
+OFFLINE_ENV = "HYBRIDGL_OFFLINE"
+URL_BASE_ENV = "HYBRIDGL_WEIGHTS_URL_BASE"
+RANDOM_WEIGHTS_ENV = "HYBRIDGL_RANDOM_WEIGHTS"
+
+_KINDS = ("sam", "clip")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20  # bytes per read, both when hashing and when downloading
+_MARKER_SUFFIX = ".sha256.json"
+_TRUE_VALUES = {"1", "true", "yes"}
+_RANDOM_MODES = ("tiny", "full")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One downloadable checkpoint.
+
+    Attributes:
+        name: Registry key, e.g. ``"sam_vit_h"``.
+        kind: ``"sam"`` or ``"clip"``.
+        arch: Architecture the weights belong to: ``"vit_h"``, ``"vit_l"`` or ``"vit_b"``
+            for SAM (the keys of ``segment_anything.sam_model_registry``), ``"ViT-B-16"``
+            for CLIP (the open_clip model name).
+        url: Official download URL.
+        filename: File name on disk (the last part of the URL).
+        sha256: Lower-case hex SHA-256 of the whole file; the authority on integrity.
+        size: Size in bytes when known. Only a hint: a file whose SHA-256 matches is
+            accepted whatever its size.
+    """
+
+    name: str
+    kind: str
+    arch: str
+    url: str
+    filename: str
+    sha256: str
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Checkpoint {self.name!r}: kind must be one of {_KINDS}")
+        if not _SHA256_RE.match(self.sha256):
+            raise ValueError(f"Checkpoint {self.name!r}: sha256 must be 64 lower-case hex digits")
+        if not self.filename or "/" in self.filename or "\\" in self.filename:
+            raise ValueError(f"Checkpoint {self.name!r}: filename must be a bare file name")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"Checkpoint {self.name!r}: size must be >= 0 or None")
+
+
+_SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything"
+_CLIP_VITB16_SHA = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+
+REGISTRY: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        Checkpoint(
+            name="sam_vit_h",
+            kind="sam",
+            arch="vit_h",
+            url=f"{_SAM_BASE}/sam_vit_h_4b8939.pth",
+            filename="sam_vit_h_4b8939.pth",
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            size=2564550879,
+        ),
+        Checkpoint(
+            name="sam_vit_l",
+            kind="sam",
+            arch="vit_l",
+            url=f"{_SAM_BASE}/sam_vit_l_0b3195.pth",
+            filename="sam_vit_l_0b3195.pth",
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            size=1249524607,
+        ),
+        Checkpoint(
+            name="sam_vit_b",
+            kind="sam",
+            arch="vit_b",
+            url=f"{_SAM_BASE}/sam_vit_b_01ec64.pth",
+            filename="sam_vit_b_01ec64.pth",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            size=375042383,
+        ),
+        Checkpoint(
+            name="clip_vit_b16_openai",
+            kind="clip",
+            arch="ViT-B-16",
+            # OpenAI names the folder after the file's SHA-256.
+            url=f"https://openaipublic.azureedge.net/clip/models/{_CLIP_VITB16_SHA}/ViT-B-16.pt",
+            filename="ViT-B-16.pt",
+            sha256=_CLIP_VITB16_SHA,
+            # Best belief, not confirmed against a second source: the SHA-256 decides.
+            size=351334741,
+        ),
+    )
+}
+"""Registry name -> :class:`Checkpoint` of every official checkpoint."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def list_checkpoints() -> list[Checkpoint]:
+    """Return every registered checkpoint, in registry order.
+
+    Returns:
+        The :class:`Checkpoint` entries of :data:`REGISTRY`.
+    """
+    return list(REGISTRY.values())
+
+
+def get_checkpoint(name: str) -> Checkpoint:
+    """Look up a checkpoint by registry name.
+
+    Args:
+        name: Registry key such as ``"sam_vit_h"`` or ``"clip_vit_b16_openai"``.
+
+    Returns:
+        The matching :class:`Checkpoint`.
+
+    Raises:
+        ValueError: If the name is not registered; the message lists the known names.
+    """
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"Unknown checkpoint {name!r}; known checkpoints: {known}") from None
+
+
+def sam_checkpoint_name(arch: str) -> str:
+    """Map a SAM architecture to its registry name.
+
+    Args:
+        arch: ``"vit_h"``, ``"vit_l"`` or ``"vit_b"`` (``"vit-h"``, ``"default"`` (SAM's
+            alias of ``vit_h``) and the registry name itself are accepted too).
+
+    Returns:
+        The registry name, e.g. ``"sam_vit_h"`` for ``"vit_h"``.
+
+    Raises:
+        ValueError: If no SAM checkpoint has this architecture.
+    """
+    key = str(arch).strip().lower().replace("-", "_")
+    if key == "default":
+        key = "vit_h"
+    key = key.removeprefix("sam_")
+    for ckpt in REGISTRY.values():
+        if ckpt.kind == "sam" and ckpt.arch.lower() == key:
+            return ckpt.name
+    known = ", ".join(c.arch for c in REGISTRY.values() if c.kind == "sam")
+    raise ValueError(f"Unknown SAM architecture {arch!r}; known: {known}")
+
+
+def clip_checkpoint_name(model: str) -> str:
+    """Map a CLIP model name to its registry name.
+
+    Args:
+        model: open_clip model name such as ``"ViT-B-16"`` (OpenAI's spelling
+            ``"ViT-B/16"`` and any letter case are accepted).
+
+    Returns:
+        The registry name, e.g. ``"clip_vit_b16_openai"`` for ``"ViT-B-16"``.
+
+    Raises:
+        ValueError: If no CLIP checkpoint has this architecture.
+    """
+    key = str(model).strip().lower().replace("/", "-")
+    for ckpt in REGISTRY.values():
+        if ckpt.kind == "clip" and ckpt.arch.lower() == key:
+            return ckpt.name
+    known = ", ".join(c.arch for c in REGISTRY.values() if c.kind == "clip")
+    raise ValueError(f"Unknown CLIP model {model!r}; known: {known}")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _env(name: str) -> str | None:
+    """Return an environment variable stripped, or None when unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def offline() -> bool:
+    """Tell whether downloads are forbidden.
+
+    Returns:
+        True when ``HYBRIDGL_OFFLINE`` is ``1``, ``true`` or ``yes`` (any letter case).
+    """
+    value = _env(OFFLINE_ENV)
+    return value is not None and value.lower() in _TRUE_VALUES
+
+
+def random_weights_mode() -> str | None:
+    """Read ``HYBRIDGL_RANDOM_WEIGHTS``.
+
+    Returns:
+        None when unset or empty, else ``"tiny"`` or ``"full"``.
+
+    Raises:
+        ValueError: For any other value.
+    """
+    value = _env(RANDOM_WEIGHTS_ENV)
+    if value is None:
+        return None
+    mode = value.lower()
+    if mode not in _RANDOM_MODES:
+        raise ValueError(
+            f"{RANDOM_WEIGHTS_ENV}={value!r} is not valid; use one of "
+            f"{', '.join(_RANDOM_MODES)} or leave it empty"
+        )
+    return mode
+
+
+def cache_dir() -> Path:
+    """Return the download cache directory (not created here).
+
+    Returns:
+        ``$HYBRIDGL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/hybridgl``, else
+        ``~/.cache/hybridgl``.
+    """
+    explicit = _env(CACHE_DIR_ENV)
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    xdg = _env("XDG_CACHE_HOME")
+    if xdg is not None:
+        return Path(xdg).expanduser() / "hybridgl"
+    return Path.home() / ".cache" / "hybridgl"
+
+
+def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
+    """Return the directories searched for checkpoints, first match wins.
+
+    Args:
+        weights_dir: Directory given by the caller; searched first.
+
+    Returns:
+        ``weights_dir``, the directories in ``$HYBRIDGL_WEIGHTS_DIR`` (``os.pathsep``
+        separated) and :func:`cache_dir`, in that order, without duplicates.
+    """
+    dirs: list[Path] = []
+    if weights_dir is not None and str(weights_dir).strip():
+        dirs.append(Path(weights_dir).expanduser())
+    env_dirs = _env(WEIGHTS_DIR_ENV)
+    if env_dirs is not None:
+        dirs.extend(Path(p).expanduser() for p in env_dirs.split(os.pathsep) if p.strip())
+    dirs.append(cache_dir())
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hash a file in chunks.
+
+    Args:
+        path: File to hash.
+
+    Returns:
+        Lower-case hex SHA-256 of the file's bytes.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _marker_path(path: Path) -> Path:
+    return path.with_name(path.name + _MARKER_SUFFIX)
+
+
+def _read_marker(path: Path) -> str | None:
+    """Return the recorded SHA-256 of ``path`` if its marker matches size and mtime."""
+    try:
+        st = path.stat()
+        data = json.loads(_marker_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(data, dict)
+        and data.get("size") == st.st_size
+        and data.get("mtime_ns") == st.st_mtime_ns
+        and isinstance(data.get("sha256"), str)
+    ):
+        return data["sha256"]
+    return None
+
+
+def _write_marker(path: Path, sha256: str) -> None:
+    """Record ``sha256`` with the file's size and mtime; silently skip read-only dirs."""
+    try:
+        st = path.stat()
+        record = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        _marker_path(path).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as exc:
+        logger.debug("could not write verification marker for %s: %s", path, exc)
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, taken from its marker when the file is unchanged."""
+    recorded = _read_marker(path)
+    if recorded is not None:
+        return recorded
+    logger.info("verifying SHA-256 of %s", path)
+    actual = sha256_file(path)
+    _write_marker(path, actual)
+    return actual
+
+
+def verify_file(ckpt: Checkpoint, path: str | Path) -> bool:
+    """Check a file against a checkpoint's SHA-256.
+
+    A successful hash is recorded in a ``<file>.sha256.json`` marker beside the file
+    (size, mtime and digest), so later calls skip rehashing while the file is unchanged.
+
+    Args:
+        ckpt: Checkpoint whose SHA-256 is expected.
+        path: File to check.
+
+    Returns:
+        True if the file exists and its SHA-256 matches; the size is not compared.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return False
+    actual = _file_sha256(p)
+    if actual != ckpt.sha256:
+        logger.warning(
+            "%s does not match checkpoint %s: sha256 %s, expected %s",
+            p,
+            ckpt.name,
+            actual,
+            ckpt.sha256,
+        )
+        return False
+    return True
+
+
+def _acceptable(ckpt: Checkpoint, path: Path, verify: bool) -> bool:
+    """Decide whether a local candidate file may be used.
+
+    Without ``verify`` only a size that disagrees with the registry triggers hashing, and
+    then the hash decides (the registry size is a hint, the SHA-256 the authority).
+    """
+    if verify:
+        return verify_file(ckpt, path)
+    if ckpt.size is not None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return False
+        if size != ckpt.size:
+            logger.warning(
+                "%s has %d bytes, the registry says %d; checking its SHA-256",
+                path,
+                size,
+                ckpt.size,
+            )
+            return verify_file(ckpt, path)
+    return True
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def find_local(
+    ckpt: Checkpoint, weights_dir: str | Path | None = None, *, verify: bool = False
+) -> Path | None:
+    """Look for a checkpoint file in :func:`search_dirs`.
+
+    Args:
+        ckpt: Checkpoint to look for (by its file name).
+        weights_dir: Directory searched before the environment and cache directories.
+        verify: Check the SHA-256 of each candidate (cached by the verification marker).
+            Without it a candidate is hashed only when its size disagrees with the registry.
+
+    Returns:
+        The first acceptable ``<dir>/<filename>``, or None. Rejected candidates are
+        logged as warnings and skipped.
+    """
+    for directory in search_dirs(weights_dir):
+        candidate = directory / ckpt.filename
+        if candidate.is_file() and _acceptable(ckpt, candidate, verify):
+            logger.debug("checkpoint %s found at %s", ckpt.name, candidate)
+            return candidate
+    return None
+
+
+def _download_url(ckpt: Checkpoint, url: str | None = None) -> str:
+    if url:
+        return url
+    base = _env(URL_BASE_ENV)
+    if base is not None:
+        return base.rstrip("/") + "/" + ckpt.filename
+    return ckpt.url
+
+
+def _where_to_put(ckpt: Checkpoint, dirs: list[Path]) -> str:
+    places = "\n".join(f"  - {d}" for d in dirs)
+    return (
+        f"Download {ckpt.filename} from {_download_url(ckpt)} "
+        f"(SHA-256 {ckpt.sha256}) and put it in one of these directories, searched in "
+        f"this order:\n{places}\n"
+        f"Set {WEIGHTS_DIR_ENV} to add a directory, {CACHE_DIR_ENV} to move the cache, "
+        f"or pass the file's path explicitly."
+    )
+
+
+def resolve(
+    name: str,
+    path: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    download: bool | None = None,
+    progress: bool = True,
+    verify: bool = False,
+) -> Path:
+    """Turn a registry name into a local checkpoint file, downloading it if allowed.
+
+    Order: explicit ``path``; ``weights_dir`` and ``$HYBRIDGL_WEIGHTS_DIR``; the cache
+    directory; a download into the cache directory.
+
+    Args:
+        name: Registry name, e.g. ``"sam_vit_h"``.
+        path: Explicit checkpoint file (or a directory holding ``ckpt.filename``); it
+            must exist. Its SHA-256 is checked only with ``verify`` (a fine-tuned file is
+            allowed to differ).
+        weights_dir: Directory searched before the environment variable and the cache.
+        download: Allow downloading; None means allowed unless ``HYBRIDGL_OFFLINE`` is set.
+        progress: Show a progress bar while downloading.
+        verify: Check the SHA-256 of a local file before returning it (fast after the
+            first time thanks to the verification marker). Downloads are always checked.
+
+    Returns:
+        Path of an existing checkpoint file.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+        WeightsError: If the explicit path is missing or fails verification, or the
+            checkpoint is not found locally and cannot be downloaded.
+    """
+    ckpt = get_checkpoint(name)
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if explicit.is_dir():
+            explicit = explicit / ckpt.filename
+        if not explicit.is_file():
+            raise WeightsError(
+                f"Checkpoint file {explicit} for {ckpt.name!r} does not exist. "
+                f"The official file is {ckpt.filename} from {_download_url(ckpt)}."
+            )
+        if verify and not verify_file(ckpt, explicit):
+            raise WeightsError(
+                f"Checkpoint file {explicit} does not match the SHA-256 of {ckpt.name!r} "
+                f"(expected {ckpt.sha256}); re-download it from {_download_url(ckpt)}."
+            )
+        return explicit
+
+    found = find_local(ckpt, weights_dir, verify=verify)
+    if found is not None:
+        return found
+
+    allowed = (not offline()) if download is None else bool(download)
+    if not allowed:
+        why = (
+            f"{OFFLINE_ENV} is set"
+            if download is None
+            else "downloads are disabled (download=False)"
+        )
+        dirs = search_dirs(weights_dir)
+        rejected = [d / ckpt.filename for d in dirs if (d / ckpt.filename).is_file()]
+        note = "".join(f"Rejected {p}: its SHA-256 does not match.\n" for p in rejected)
+        raise WeightsError(
+            f"Checkpoint {ckpt.name!r} ({ckpt.filename}) was not found and {why}.\n"
+            + note
+            + _where_to_put(ckpt, dirs)
+        )
+    return _download_impl(ckpt, cache_dir(), progress=progress)
+
+
+# --------------------------------------------------------------------------- download
+
+
+class _Progress:
+    """A tqdm byte counter, or nothing at all when disabled or tqdm is missing."""
+
+    def __init__(self, total: int | None, desc: str, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm is a declared dependency
+                return
+            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _manual_hint(ckpt: Checkpoint, url: str, dest_dir: Path) -> str:
+    return (
+        f"Download {url} manually (SHA-256 {ckpt.sha256}) and put it at "
+        f"{dest_dir / ckpt.filename}, or in a directory named by {WEIGHTS_DIR_ENV}, "
+        f"or pass its path explicitly."
+    )
+
+
+def download(
+    ckpt: Checkpoint,
+    dest_dir: Path | None = None,
+    progress: bool = True,
+    url: str | None = None,
+    timeout: float = 60,
+) -> Path:
+    """Download a checkpoint, check its SHA-256 and move it into place atomically.
+
+    The file streams into a hidden temporary file in ``dest_dir`` while being hashed; only
+    a complete file with the right SHA-256 is renamed to ``dest_dir/ckpt.filename``. On
+    any failure the temporary file is removed and nothing appears under the final name
+    (an existing file there is left untouched).
+
+    Args:
+        ckpt: Checkpoint to download.
+        dest_dir: Target directory, created if needed; defaults to :func:`cache_dir`.
+        progress: Show a tqdm progress bar (only when stderr is a terminal).
+        url: URL to use instead of ``$HYBRIDGL_WEIGHTS_URL_BASE/<filename>`` or
+            ``ckpt.url``.
+        timeout: Socket timeout in seconds for connecting and for each read.
+
+    Returns:
+        Path of the downloaded file.
+
+    Raises:
+        WeightsError: On a network error, an incomplete transfer or a SHA-256 mismatch;
+            the message names the URL and how to fetch the file by hand.
+    """
+    return _download_impl(ckpt, dest_dir, progress=progress, url=url, timeout=timeout)
+
+
+def _download_impl(
+    ckpt: Checkpoint,
+    dest_dir: Path | None,
+    progress: bool = True,
+    url: str | None = None,
+    timeout: float = 60,
+) -> Path:
+    target_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
+    source = _download_url(ckpt, url)
+    final = target_dir / ckpt.filename
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target_dir)
+    except OSError as exc:
+        raise WeightsError(
+            f"Cannot write {ckpt.filename} into {target_dir}: {exc}. "
+            + _manual_hint(ckpt, source, target_dir)
+        ) from exc
+    logger.info("downloading %s from %s to %s", ckpt.name, source, final)
+    tmp = Path(tmp_name)
+    moved = False
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        expected_length: int | None = None
+        with os.fdopen(fd, "wb") as out:
+            try:
+                request = urllib.request.Request(source, headers={"User-Agent": "hybridgl"})
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    header = response.headers.get("Content-Length")
+                    if header is not None and header.strip().isdigit():
+                        expected_length = int(header)
+                    show = progress and sys.stderr.isatty()
+                    bar = _Progress(expected_length or ckpt.size, ckpt.filename, show)
+                    try:
+                        while chunk := response.read(_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+                    finally:
+                        bar.close()
+            except urllib.error.HTTPError as exc:
+                raise WeightsError(
+                    f"Downloading {ckpt.filename} from {source} failed: HTTP {exc.code} "
+                    f"{exc.reason}. " + _manual_hint(ckpt, source, target_dir)
+                ) from exc
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                raise WeightsError(
+                    f"Downloading {ckpt.filename} from {source} failed: {reason}. "
+                    + _manual_hint(ckpt, source, target_dir)
+                ) from exc
+            out.flush()
+            os.fsync(out.fileno())
+
+        if expected_length is not None and received != expected_length:
+            raise WeightsError(
+                f"Download of {ckpt.filename} from {source} was interrupted: received "
+                f"{received} of {expected_length} bytes; nothing was kept. Try again. "
+                + _manual_hint(ckpt, source, target_dir)
+            )
+        actual = digest.hexdigest()
+        if actual != ckpt.sha256:
+            raise WeightsError(
+                f"Checksum mismatch for {ckpt.filename} downloaded from {source}: "
+                f"expected sha256 {ckpt.sha256}, got {actual} ({received} bytes). "
+                "The file was discarded. " + _manual_hint(ckpt, source, target_dir)
+            )
+        if ckpt.size is not None and received != ckpt.size:
+            logger.warning(
+                "%s has %d bytes, the registry says %d; accepted because its SHA-256 matches",
+                ckpt.filename,
+                received,
+                ckpt.size,
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+        moved = True
+    finally:
+        if not moved:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # pragma: no cover - e.g. a read-only directory
+                logger.warning("could not remove temporary file %s: %s", tmp, exc)
+    _write_marker(final, ckpt.sha256)
+    logger.info("saved %s (%d bytes, sha256 ok)", final, received)
+    return final
