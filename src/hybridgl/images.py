@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hybridgl.errors import ImageError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # A guard against decompression bombs; large but finite (about 180 MP).
 Image.MAX_IMAGE_PIXELS = 180_000_000

@@ -97,7 +97,9 @@ class Prediction:
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
-            raise ValueError(f"mask must be a (H, W) bool array, got {self.mask.dtype} {self.mask.shape}")
+            raise ValueError(
+                f"mask must be a (H, W) bool array, got {self.mask.dtype} {self.mask.shape}"
+            )
 
     def to_dict(self, include_mask: bool = False) -> dict[str, Any]:
         """JSON-friendly view (the mask is left out unless asked for, as a nested list)."""

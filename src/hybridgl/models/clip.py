@@ -1,0 +1,115 @@
+"""Building and loading the CLIP model (open_clip's ViT-B/16 with quick-GELU).
+
+One CLIP serves the hybrid features, the text encoder and GEM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from pathlib import Path
+
+import torch
+
+from hybridgl.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+# Keys of OpenAI's state dicts that are metadata, not parameters.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def build_clip(model_name: str = "ViT-B-16", size: str = "full") -> torch.nn.Module:
+    """Build an open_clip CLIP with random values.
+
+    Args:
+        model_name: only ``ViT-B-16`` (the method's model) is supported.
+        size: ``full`` for the real architecture (12 blocks, width 768, 12 heads, 512-d
+            embedding) or ``tiny``, a test device with the same token grid (224 px,
+            patch 16, 12 blocks) and small widths.
+    """
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    if model_name != "ViT-B-16":
+        raise ValueError(f"unsupported CLIP model {model_name!r}: the method uses ViT-B-16")
+    if size == "full":
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
+    elif size == "tiny":
+        model = CLIP(
+            embed_dim=32,
+            vision_cfg=CLIPVisionCfg(
+                layers=12, width=64, head_width=32, patch_size=16, image_size=224
+            ),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+            quick_gelu=True,
+        )
+    else:
+        raise ValueError(f"unknown CLIP size {size!r}")
+    return model
+
+
+def randomize_clip(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Seeded random values for every parameter; logit scale set to OpenAI's ``ln(100)``.
+
+    Matrices get ``N(0, 0.02)`` (embeddings ``N(0, 0.02)`` too), norm weights 1 and biases
+    0, so that activations stay in a sane range through all blocks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "logit_scale":
+                p.fill_(math.log(100.0))
+            elif p.ndim >= 2 or "embedding" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        with zipfile.ZipFile(path) as zf:
+            torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+    else:
+        torchscript = False
+    if torchscript:
+        # OpenAI ships TorchScript archives; torch.jit.load rebuilds the module from its
+        # serialized code without unpickling arbitrary Python objects.
+        module = torch.jit.load(str(path), map_location="cpu")
+        return {k: v for k, v in module.state_dict().items()}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load OpenAI's ``ViT-B-16.pt`` (TorchScript) or a plain state dict into ``model``.
+
+    Missing or unexpected keys fail loudly. Values are converted to the model's float32.
+    """
+    try:
+        state = _read_state_dict(Path(path))
+    except Exception as e:
+        raise WeightsError(f"cannot load CLIP checkpoint {path}: {e}") from None
+    for k in _OPENAI_EXTRA_KEYS:
+        state.pop(k, None)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"CLIP checkpoint {path} does not match ViT-B-16: missing keys "
+            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+        )
+    return model
+
+
+def get_tokenizer(model_name: str = "ViT-B-16"):
+    """CLIP's BPE tokenizer; expressions longer than 77 tokens are truncated (end token kept)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(model_name)

@@ -1,0 +1,191 @@
+"""SAM v1 builders (official sizes plus a tiny test size) and mask proposals.
+
+Proposals come from ``segment_anything.SamAutomaticMaskGenerator`` unchanged, with the
+settings of :class:`hybridgl.config.SamConfig`; or from the caller's own masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybridgl.config import SamConfig
+from hybridgl.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Widths of one SAM size. ``tiny`` is a test device, not a real model."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "tiny": SamArch(
+        32,
+        2,
+        2,
+        (1,),
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_heads=2,
+        iou_head_hidden_dim=32,
+    ),
+}
+
+
+def build_sam(arch: str) -> torch.nn.Module:
+    """Build an uninitialised-from-checkpoint SAM of the named size (``vit_h``, ``vit_l``,
+    ``vit_b`` or ``tiny``) with the official input size 1024 and patch size 16."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    if arch not in SAM_ARCHS:
+        raise ValueError(f"unknown SAM size {arch!r}; choose one of {sorted(SAM_ARCHS)}")
+    a = SAM_ARCHS[arch]
+    image_size, patch = 1024, 16
+    grid = image_size // patch
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=a.encoder_depth,
+            embed_dim=a.encoder_embed_dim,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=a.encoder_num_heads,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=a.global_attn_indexes,
+            window_size=14,
+            out_chans=a.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=a.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=a.decoder_depth,
+                embedding_dim=a.prompt_embed_dim,
+                mlp_dim=a.decoder_mlp_dim,
+                num_heads=a.decoder_heads,
+            ),
+            transformer_dim=a.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=a.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def randomize_sam(sam: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every parameter seeded random values.
+
+    SAM's own init leaves some tensors at zero (positional embeddings), so this draws
+    them all: matrices ``N(0, 0.02)``, norms at 1, biases at 0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if p.ndim >= 2 or "pos" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return sam
+
+
+def load_sam_checkpoint(sam: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load an official SAM ``.pth`` with ``weights_only=True``; missing or unexpected keys fail."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, wrong format
+        raise WeightsError(f"cannot load SAM checkpoint {path}: {e}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    result = sam.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"SAM checkpoint {path} does not match the architecture: "
+            f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+        )
+    return sam
+
+
+class SamProposer:
+    """Class-agnostic mask proposals from SAM's automatic mask generator."""
+
+    def __init__(self, sam: torch.nn.Module, config: SamConfig) -> None:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self.sam = sam
+        self.config = config
+        self.generator = SamAutomaticMaskGenerator(
+            sam, output_mode="binary_mask", **config.generator_kwargs()
+        )
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Propose masks for an ``(H, W, 3)`` uint8 RGB image.
+
+        Returns:
+            masks ``(N, H, W)`` bool and boxes ``(N, 4)`` float64 XYWH (SAM's ``bbox``), in
+            the generator's order. ``N`` may be 0.
+        """
+        records = self.generator.generate(image)
+        h, w = image.shape[:2]
+        if not records:
+            return np.zeros((0, h, w), dtype=bool), np.zeros((0, 4), dtype=np.float64)
+        masks = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])
+        boxes = np.asarray([r["bbox"] for r in records], dtype=np.float64)
+        return masks, boxes
+
+
+def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
+    """XYWH boxes of ``(N, H, W)`` bool masks, SAM's convention.
+
+    ``x`` = min column, ``y`` = min row, ``w`` = max column - x, ``h`` = max row - y (so a
+    one-pixel mask has w = h = 0). Empty masks get ``(0, 0, 0, 0)``.
+    """
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), dtype=np.float64)
+    if n == 0:
+        return boxes
+    cols = masks.any(axis=1)  # (N, W)
+    rows = masks.any(axis=2)  # (N, H)
+    for i in range(n):
+        cs = np.flatnonzero(cols[i])
+        rs = np.flatnonzero(rows[i])
+        if cs.size == 0:
+            continue
+        boxes[i] = (cs[0], rs[0], cs[-1] - cs[0], rs[-1] - rs[0])
+    return boxes
