@@ -1,0 +1,81 @@
+"""Shared test fixtures: the real data folder and a tiny random-weight segmenter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+COCO = DATA / "coco-mini"
+
+
+def require_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is missing (see README, 'Test data')")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_val() -> dict:
+    """COCO val2017 annotations of coco-mini, indexed: images by id, anns by image id."""
+    ann_file = require_data("coco-mini", "annotations", "instances_val2017.json")
+    data = json.loads(ann_file.read_text())
+    anns: dict[int, list] = {}
+    for a in data["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    images = {im["id"]: im for im in data["images"]}
+    return {"images": images, "anns": anns, "categories": data["categories"]}
+
+
+def coco_masks(coco: dict, image_id: int) -> np.ndarray:
+    """All instance masks of one image, ``(N, H, W)`` bool, via pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    im = coco["images"][image_id]
+    h, w = im["height"], im["width"]
+    out = []
+    for a in coco["anns"].get(image_id, []):
+        seg = a["segmentation"]
+        if isinstance(seg, list):
+            rles = mask_utils.frPyObjects(seg, h, w)
+            rle = mask_utils.merge(rles)
+        elif isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = seg
+        out.append(mask_utils.decode(rle).astype(bool))
+    return np.stack(out) if out else np.zeros((0, h, w), bool)
+
+
+@pytest.fixture(scope="session")
+def coco_sample(coco_val) -> tuple[Path, np.ndarray]:
+    """A real annotated image with at least 4 instances, and its instance masks."""
+    for image_id in sorted(coco_val["anns"]):
+        if len(coco_val["anns"][image_id]) >= 4:
+            path = COCO / "val2017" / coco_val["images"][image_id]["file_name"]
+            if path.exists():
+                return path, coco_masks(coco_val, image_id)
+    pytest.skip("no annotated coco-mini image with 4 instances")
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter():
+    """A Segmenter with tiny random weights (a test device: outputs are meaningless)."""
+    old = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
+    os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny"
+    try:
+        from hybridgl import Segmenter
+
+        yield Segmenter.from_pretrained(device="cpu")
+    finally:
+        if old is None:
+            os.environ.pop("HYBRIDGL_RANDOM_WEIGHTS", None)
+        else:
+            os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = old
