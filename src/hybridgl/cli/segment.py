@@ -1,0 +1,230 @@
+"""``hybridgl segment IMAGE EXPRESSION [EXPRESSION ...]``: one image, one or more phrases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    InputError,
+    UsageError,
+    add_model_args,
+    build_segmenter,
+    predict_options,
+)
+
+OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+DESCRIPTION = """\
+Segment the object each EXPRESSION refers to in IMAGE.
+
+The image is encoded once and every expression is answered from that encoding.
+A one-line summary per expression goes to stdout (to stderr with --json -).
+
+With several expressions, --mask and --overlay write one file per expression,
+numbered in the order given: --mask out.png -> out_0.png, out_1.png, ...
+"""
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "segment",
+        help="segment the object an expression refers to in one image",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
+    p.add_argument(
+        "expressions",
+        metavar="EXPRESSION",
+        nargs="+",
+        help='referring expression, e.g. "the man on the left" (quote it)',
+    )
+    out = p.add_argument_group("outputs")
+    out.add_argument("--mask", metavar="OUT.png", help="write the mask as an 8-bit PNG (0 / 255)")
+    out.add_argument(
+        "--overlay",
+        metavar="OUT.jpg",
+        help="write the image with the mask, box and expression drawn on it "
+        f"({', '.join(OVERLAY_EXTENSIONS)})",
+    )
+    out.add_argument(
+        "--json",
+        dest="json_out",
+        metavar="OUT.json",
+        help="write the results as JSON (RLE, polygons, box, score, candidates, parse); "
+        "'-' writes to stdout",
+    )
+    p.add_argument(
+        "--proposals",
+        metavar="MASKS.npy",
+        help="use these N x H x W bool masks (.npy) instead of SAM's proposals",
+    )
+    add_model_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def numbered_path(path: str | Path, index: int, count: int) -> Path:
+    """``out.png`` itself for one expression, ``out_<index>.png`` for several."""
+    p = Path(path)
+    if count <= 1:
+        return p
+    return p.with_name(f"{p.stem}_{index}{p.suffix}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    if args.mask is not None and Path(args.mask).suffix.lower() != ".png":
+        raise UsageError(f"--mask must name a .png file, got {args.mask!r}")
+    if args.overlay is not None and Path(args.overlay).suffix.lower() not in OVERLAY_EXTENSIONS:
+        raise UsageError(
+            f"--overlay must end in one of {', '.join(OVERLAY_EXTENSIONS)}, got {args.overlay!r}"
+        )
+    for opt, value in (
+        ("--mask", args.mask),
+        ("--overlay", args.overlay),
+        ("--json", args.json_out),
+    ):
+        if value is None or value == "-":
+            continue
+        target = Path(value)
+        if target.is_dir():
+            raise UsageError(f"{opt} {value!r} is a folder; give a file name")
+        parent = target.parent
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{opt} {value!r}: {parent} is not a folder")
+
+
+def load_proposals(path: str | Path) -> np.ndarray:
+    """Read an ``(N, H, W)`` (or ``(H, W)``) mask array from a ``.npy`` file.
+
+    Raises:
+        InputError: the file is missing, not a .npy array, or not 2-D/3-D.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"proposals file not found: {p}")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise InputError(f"cannot read proposals {p}: {e}") from None
+    if magic != b"\x93NUMPY":
+        raise InputError(f"proposals {p} is not a .npy file (save it with numpy.save)")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"cannot read proposals {p}: not a .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3):
+        raise InputError(f"proposals {p} must be an N x H x W array, got shape {np.shape(arr)}")
+    if arr.dtype != np.bool_:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise InputError(f"proposals {p} must be bool or numeric, got {arr.dtype}")
+        arr = arr > 0.5 if np.issubdtype(arr.dtype, np.floating) else arr != 0
+    return arr if arr.ndim == 3 else arr[None]
+
+
+def summary_line(index: int, record: dict[str, Any]) -> str:
+    """One human-readable line for one expression's result."""
+    expr = json.dumps(record["expression"], ensure_ascii=False)
+    if not record["found"]:
+        return f"[{index}] {expr}: no mask (the image has no proposals)"
+    box = ", ".join(f"{v:g}" for v in record["box"])
+    parse = record.get("parse") or {}
+    extra = f"np={json.dumps(parse.get('noun_phrase', ''), ensure_ascii=False)}"
+    if parse.get("relation", "none") != "none":
+        extra += f" relation={parse['relation']}"
+    if parse.get("direction", "none") != "none":
+        extra += f" direction={parse['direction']}"
+    return (
+        f"[{index}] {expr}: score={record['score']:.4f} box=[{box}] "
+        f"area={record['area']} proposal={record['index']} {extra}"
+    )
+
+
+def format_document(doc: dict[str, Any]) -> str:
+    """JSON with the top level indented and each result on one line (polygons stay short)."""
+    head = {k: v for k, v in doc.items() if k != "results"}
+    lines = [json.dumps(r, ensure_ascii=False) for r in doc.get("results", [])]
+    body = json.dumps(head, ensure_ascii=False, indent=2)
+    results = "[\n" + ",\n".join("    " + line for line in lines) + "\n  ]" if lines else "[]"
+    return body[:-2] + ',\n  "results": ' + results + "\n}\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridgl.errors import ExpressionError
+    from hybridgl.images import load_image
+    from hybridgl.masks import atomic_write_bytes, prediction_record, save_mask_png
+    from hybridgl.viz import overlay, save_image
+
+    # Cheap checks first, so that bad input fails before the models load.
+    _check_outputs(args)
+    for i, expr in enumerate(args.expressions):
+        if not expr.strip():
+            raise ExpressionError(f"expression {i} is empty")
+    image = load_image(args.image)
+    proposals = load_proposals(args.proposals) if args.proposals else None
+    if proposals is not None and proposals.shape[1:] != image.shape[:2]:
+        raise InputError(
+            f"proposals {args.proposals} have size {proposals.shape[1]}x{proposals.shape[2]} "
+            f"but the image is {image.shape[0]}x{image.shape[1]} (H x W)"
+        )
+
+    t0 = time.perf_counter()
+    seg = build_segmenter(args)
+    t1 = time.perf_counter()
+    state = seg.set_image(image, proposals=proposals)
+    t2 = time.perf_counter()
+    preds = seg.predict_many(list(args.expressions), **predict_options(args))
+    t3 = time.perf_counter()
+
+    count = len(args.expressions)
+    records = []
+    for i, (expr, pred) in enumerate(zip(args.expressions, preds, strict=True)):
+        rec = prediction_record(pred, expr, id=i)
+        if args.mask:
+            path = save_mask_png(pred.mask, numbered_path(args.mask, i, count))
+            rec["mask_png"] = str(path)
+        if args.overlay:
+            label = f"{expr} ({pred.score:.2f})" if pred.found else f"{expr} (no mask)"
+            drawn = overlay(
+                state.image, pred.mask, box=pred.box if pred.found else None, label=label
+            )
+            path = save_image(drawn, numbered_path(args.overlay, i, count))
+            rec["overlay"] = str(path)
+        records.append(rec)
+
+    summary_stream = sys.stderr if args.json_out == "-" else sys.stdout
+    for i, rec in enumerate(records):
+        print(summary_line(i, rec), file=summary_stream, flush=True)
+
+    if args.json_out:
+        doc = {
+            "image": str(args.image),
+            "height": int(state.height),
+            "width": int(state.width),
+            "num_proposals": int(state.num_proposals),
+            "model": dict(getattr(seg, "model_info", {}) or {}),
+            "timings": {
+                "load_models": round(t1 - t0, 4),
+                "set_image": round(t2 - t1, 4),
+                "predict": round(t3 - t2, 4),
+            },
+            "results": records,
+        }
+        text = format_document(doc)
+        if args.json_out == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            atomic_write_bytes(args.json_out, text.encode("utf-8"))
+    return EXIT_OK
