@@ -159,6 +159,10 @@ def test_bad_input_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "proposals" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == EXIT_INPUT
     assert main(["segment", str(image), "cat", "--mask", str(tmp_path / "m.jpg")]) == EXIT_USAGE
+    # a device this machine does not have is a usage error, found before any model loads
+    assert main(["segment", str(image), "cat", "--device", "cuda:99"]) == EXIT_USAGE
+    assert main(["segment", str(image), "cat", "--device", "toaster"]) == EXIT_USAGE
+    assert "--device" in capsys.readouterr().err
 
 
 @needs_data

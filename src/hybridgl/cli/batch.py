@@ -62,7 +62,7 @@ class Row:
     line: int
     image: str  # as written in the input
     expression: str
-    image_path: Path | None = None
+    image_path: Path
     proposals: Path | None = None
     explicit_id: bool = False
 

@@ -110,7 +110,7 @@ def _random_note() -> None:
 def run_list(args: argparse.Namespace) -> int:
     from hybridgl import weights
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ck in weights.list_checkpoints():
         where = weights.find_local(ck, args.weights_dir)
         rows.append(
@@ -130,7 +130,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     headers = ("NAME", "FILE", "SIZE", "PRESENT", "WHERE")
-    table = [
+    table: list[tuple[str, ...]] = [
         (
             r["name"],
             r["file"],
