@@ -179,7 +179,7 @@ class Segmenter:
             load_clip_checkpoint,
             randomize_clip,
         )
-        from hybridgl.models.sam import build_sam, load_sam_checkpoint, randomize_sam
+        from hybridgl.models.sam import build_sam, load_sam_checkpoint, random_sam
         from hybridgl.text import TextParser
 
         cfg = config if config is not None else get_preset(preset)
@@ -207,9 +207,7 @@ class Segmenter:
             )
             sam_model = None
             if sam is not None:
-                sam_model = randomize_sam(
-                    build_sam("tiny" if random_mode == "tiny" else sam), seed + 1
-                )
+                sam_model = random_sam("tiny" if random_mode == "tiny" else sam, seed + 1)
         else:
             clip_path = weights.resolve(
                 weights.clip_checkpoint_name(clip), path=clip_checkpoint, weights_dir=weights_dir

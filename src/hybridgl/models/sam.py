@@ -106,21 +106,23 @@ def build_sam(arch: str) -> torch.nn.Module:
     )
 
 
-def randomize_sam(sam: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Give every parameter seeded random values.
+def random_sam(arch: str, seed: int) -> torch.nn.Module:
+    """A SAM of the named size with seeded random weights (a test and benchmark device).
 
-    SAM's own init leaves some tensors at zero (positional embeddings), so this draws
-    them all: matrices ``N(0, 0.02)``, norms at 1, biases at 0.
+    PyTorch's default initialisation under ``seed``, plus two changes so that SAM's own
+    thresholds keep at least some masks: the positional embedding is drawn from
+    ``N(0, 0.02)`` (SAM leaves it at zero), the hypernetwork outputs are scaled by 1000
+    (stable, far-from-zero mask logits) and the IoU head predicts about 1. The masks mean
+    nothing; they exercise the proposal path with the paper's settings.
     """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sam.named_parameters():
-            if p.ndim >= 2 or "pos" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-            elif "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam(arch)
+        with torch.no_grad():
+            sam.image_encoder.pos_embed.normal_(0.0, 0.02)
+            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].weight.mul_(1000.0)
+            sam.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(1.0)
     return sam
 
 
