@@ -1,0 +1,565 @@
+"""Readers for referring-segmentation data: the REFER layout and a generic COCO-style one.
+
+REFER layout (RefCOCO, RefCOCO+, RefCOCOg; METHOD.md "Data layout")::
+
+    <root>/<dataset>/refs(<splitBy>).p     pickle (written by Python 2) of a list of refs:
+                                           ref_id, ann_id, image_id, split, category_id,
+                                           sent_ids, file_name, sentences=[{raw, sent,
+                                           sent_id, tokens}]
+    <root>/<dataset>/instances.json        COCO-style images / annotations / categories
+    <root>/images/mscoco/images/train2014/ COCO_train2014_%012d.jpg
+
+splitBy is ``unc`` for refcoco and refcoco+, ``umd`` for refcocog. The ground truth of a
+ref is the mask of its annotation ``ann_id``; each sentence is one expression, fed as its
+``raw`` text. Image files are named by the image entry's ``file_name`` in instances.json
+(the ref's own ``file_name`` carries an annotation suffix and names no file).
+
+Generic layout (custom data): a COCO-style instances JSON and a JSONL file with one
+``{"image_id", "ann_id", "expression"}`` object a line (optional ``sent_id``, ``ref_id``,
+``split``), images in a folder named by ``file_name``.
+
+Problems in single records (unknown annotation, a ref without sentences, a bad JSONL
+line) do not stop loading: the expression carries an ``error`` and the evaluation records
+it as failed. Problems with whole files raise :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridgl.errors import HybridGLError
+
+#: dataset -> (splitBy, valid splits)
+DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "refcoco": ("unc", ("train", "val", "testA", "testB")),
+    "refcoco+": ("unc", ("train", "val", "testA", "testB")),
+    "refcocog": ("umd", ("train", "val", "test")),
+}
+
+#: Published expression counts of the evaluation splits (METHOD.md).
+EXPECTED_COUNTS: dict[tuple[str, str], int] = {
+    ("refcoco", "val"): 10834,
+    ("refcoco", "testA"): 5657,
+    ("refcoco", "testB"): 5095,
+    ("refcoco+", "val"): 10758,
+    ("refcoco+", "testA"): 5726,
+    ("refcoco+", "testB"): 4889,
+    ("refcocog", "val"): 4896,
+    ("refcocog", "test"): 9602,
+}
+
+IMAGES_SUBDIR = Path("images") / "mscoco" / "images" / "train2014"
+IMAGE_PATTERN = "COCO_train2014_{:012d}.jpg"
+
+
+class DataError(HybridGLError, ValueError):
+    """A data file is missing or unreadable, or a record in it is invalid."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One referring expression: the unit of evaluation.
+
+    ``error`` is set when loading already found the record unusable (``error_kind``
+    names the problem class, e.g. ``unknown_ann``).
+    """
+
+    sent_id: Any
+    sentence: str
+    image_id: Any
+    ann_id: Any
+    ref_id: Any = None
+    split: str | None = None
+    category_id: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+@dataclass
+class EvalData:
+    """Expressions of one split plus the COCO images and annotations they point to."""
+
+    name: str
+    split: str
+    format: str
+    expressions: list[Expression]
+    images: dict[Any, dict[str, Any]]
+    annotations: dict[Any, dict[str, Any]]
+    images_dir: Path
+    anns_by_image: dict[Any, list[Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    expected_count: int | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def image_path(self, image_id: Any) -> Path:
+        """Path of an image file: ``images_dir / file_name`` from instances.json."""
+        info = self.images.get(image_id)
+        name = info.get("file_name") if info else None
+        if not name:
+            name = IMAGE_PATTERN.format(int(image_id))
+        return self.images_dir / str(name)
+
+    def image_size(self, image_id: Any) -> tuple[int, int] | None:
+        """``(height, width)`` recorded in instances.json, if any."""
+        info = self.images.get(image_id) or {}
+        h, w = info.get("height"), info.get("width")
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            return h, w
+        return None
+
+    def image_ann_ids(self, image_id: Any) -> list[Any]:
+        """Ids of every annotation of an image (instances.json order)."""
+        return list(self.anns_by_image.get(image_id, []))
+
+    def ann_mask(self, ann_id: Any, height: int, width: int) -> np.ndarray:
+        """``(height, width)`` bool mask of an annotation.
+
+        Raises:
+            DataError: unknown annotation or unusable segmentation.
+        """
+        ann = self.annotations.get(ann_id)
+        if ann is None:
+            raise DataError(f"unknown ann_id {ann_id!r} (not in {self.sources.get('instances')})")
+        try:
+            return annotation_to_mask(ann, height, width)
+        except DataError as e:
+            raise DataError(f"annotation {ann_id!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _rle_of(segm: Any, height: int, width: int) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        polys = []
+        for p in segm:
+            if not isinstance(p, (list, tuple)):
+                raise DataError(f"polygon is not a list of numbers: {str(p)[:40]}")
+            if len(p) >= 6 and len(p) % 2 == 0:
+                polys.append([float(v) for v in p])
+        if not polys:
+            raise DataError("segmentation has no polygon with at least 3 points")
+        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        counts = segm.get("counts")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2) or counts is None:
+            raise DataError("RLE segmentation needs 'size' [h, w] and 'counts'")
+        if [int(size[0]), int(size[1])] != [height, width]:
+            raise DataError(f"RLE size {list(size)} differs from the image size {[height, width]}")
+        if isinstance(counts, list):  # uncompressed RLE (iscrowd annotations)
+            return mask_utils.frPyObjects(
+                {"size": [height, width], "counts": counts}, height, width
+            )
+        if isinstance(counts, str):
+            counts = counts.encode("ascii")
+        return {"size": [height, width], "counts": counts}
+    raise DataError(f"unsupported segmentation type {type(segm).__name__}")
+
+
+def annotation_to_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """COCO ``annToMask``: the ``(height, width)`` bool mask of one annotation.
+
+    Polygons (several polygons of one object form one mask), compressed RLE and
+    uncompressed RLE (as used by ``iscrowd`` annotations) are accepted.
+
+    Raises:
+        DataError: no or unusable segmentation.
+    """
+    segm = ann.get("segmentation")
+    if segm is None:
+        raise DataError("annotation has no segmentation")
+    try:
+        from pycocotools import mask as mask_utils
+
+        rle = _rle_of(segm, height, width)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2 copy-keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rle)
+    except DataError:
+        raise
+    except Exception as e:  # pycocotools raises plain Exceptions on malformed input
+        raise DataError(f"segmentation cannot be decoded: {e}") from None
+    if m.ndim == 3:
+        m = m.any(axis=2)
+    return np.ascontiguousarray(m.astype(bool))
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+def _fix_text(s: str) -> str:
+    """Undo latin-1 decoding of UTF-8 bytes (Python 2 ``str`` in a pickle)."""
+    if any(ord(c) > 127 for c in s) and all(ord(c) < 256 for c in s):
+        try:
+            return s.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            return s
+    return s
+
+
+def _to_str(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, str):
+        return _fix_text(v)
+    return v
+
+
+class _SalvagingUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Pure-Python unpickler whose stacks stay readable after a failure."""
+
+
+def _salvage(path: Path) -> list[Any]:
+    with open(path, "rb") as f:
+        u = _SalvagingUnpickler(f, encoding="latin1")
+        try:
+            obj = u.load()
+            return obj if isinstance(obj, list) else []
+        except Exception:
+            pass
+    levels = list(getattr(u, "metastack", [])) + [getattr(u, "stack", [])]
+    found: list[Any] = []
+    if not levels or not levels[0]:
+        return found
+    base = levels[0]
+    outer_at = next((k for k, x in enumerate(base) if isinstance(x, list)), None)
+    if outer_at is None:
+        return found
+    found.extend(base[outer_at])
+    # protocol 0 appends item by item (pending items sit after the list on the same
+    # level); protocol >= 1 appends in batches (pending items sit one level deeper)
+    found.extend(x for x in base[outer_at + 1 :] if isinstance(x, dict))
+    if len(levels) > 1:
+        found.extend(x for x in levels[1] if isinstance(x, dict))
+    return found
+
+
+def load_refs_pickle(path: Path) -> tuple[list[Any], str | None]:
+    """Load a REFER refs pickle (Python 2 or 3).
+
+    Returns:
+        ``(refs, problem)``: ``problem`` describes a truncated or corrupt file from which
+        the complete refs before the damage were recovered.
+
+    Raises:
+        DataError: the file is missing, unreadable, not a list, or nothing could be
+            recovered from it.
+    """
+    if not path.is_file():
+        raise DataError(f"refs file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except OSError as e:
+        raise DataError(f"cannot read refs file {path}: {e}") from None
+    except Exception as e:  # EOFError, UnpicklingError, ValueError, ...
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        refs = [r for r in _salvage(path) if _looks_like_ref(r)]
+        if not refs:
+            raise DataError(
+                f"refs file {path} is truncated or corrupt ({reason}); no ref could be read"
+            ) from None
+        return refs, (
+            f"refs file {path} is truncated or corrupt ({reason}); recovered {len(refs)} "
+            "complete refs, the rest of the file is lost"
+        )
+    if not isinstance(obj, list):
+        raise DataError(f"refs file {path} holds a {type(obj).__name__}, expected a list of refs")
+    return obj, None
+
+
+_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+def _looks_like_ref(r: Any) -> bool:
+    if not isinstance(r, dict):
+        return False
+    keys = {_to_str(k) for k in r}
+    return all(k in keys for k in _REF_KEYS) and isinstance(
+        r.get("sentences", r.get(b"sentences")), list
+    )
+
+
+def _norm(obj: Any) -> Any:
+    """Decode bytes keys/values (pickles read with ``encoding='bytes'``) recursively."""
+    if isinstance(obj, dict):
+        return {_to_str(k): _norm(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_norm(v) for v in obj]
+    return _to_str(obj)
+
+
+# --------------------------------------------------------------------------- COCO json
+
+
+def load_json(path: Path, what: str) -> Any:
+    """Read a JSON file; :class:`DataError` names the file and the problem."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} {path} is not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+
+
+def _index_instances(
+    data: Any, path: Path, problems: list[str]
+) -> tuple[dict[Any, dict], dict[Any, dict], dict[Any, list]]:
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path} is not COCO instances JSON (needs 'images' and 'annotations')")
+    images: dict[Any, dict] = {}
+    for k, im in enumerate(data.get("images") or []):
+        if isinstance(im, dict) and "id" in im:
+            images[im["id"]] = im
+        else:
+            problems.append(f"{path}: images[{k}] has no id; skipped")
+    anns: dict[Any, dict] = {}
+    by_image: dict[Any, list] = {}
+    for k, a in enumerate(data["annotations"]):
+        if not (isinstance(a, dict) and "id" in a and "image_id" in a):
+            problems.append(f"{path}: annotations[{k}] lacks id or image_id; skipped")
+            continue
+        anns[a["id"]] = a
+        by_image.setdefault(a["image_id"], []).append(a["id"])
+    return images, anns, by_image
+
+
+def _check_expression(e: Expression, images: dict, anns: dict, instances_path: Path) -> Expression:
+    """Attach an error to an expression whose annotation or image is unknown."""
+    if e.error:
+        return e
+    err = kind = None
+    try:
+        ann = anns.get(e.ann_id)
+        hash(e.image_id)
+    except TypeError:
+        return replace(e, error="ann_id and image_id must be integers", error_kind="bad_record")
+    if ann is None:
+        err, kind = f"unknown ann_id {e.ann_id!r} (not in {instances_path})", "unknown_ann"
+    elif e.image_id is not None and ann.get("image_id") != e.image_id:
+        err, kind = (
+            f"ann_id {e.ann_id!r} belongs to image {ann.get('image_id')!r}, "
+            f"not to image {e.image_id!r}",
+            "bad_record",
+        )
+    elif e.image_id not in images:
+        err, kind = f"unknown image_id {e.image_id!r} (not in {instances_path})", "unknown_image"
+    elif not e.sentence.strip():
+        err, kind = "empty expression", "bad_record"
+    if err is None:
+        return e
+    return replace(e, error=err, error_kind=kind)
+
+
+def _dedupe(exprs: Iterable[Expression], problems: list[str]) -> list[Expression]:
+    seen: set[str] = set()
+    out: list[Expression] = []
+    for e in exprs:
+        key = str(e.sent_id)
+        if key in seen:
+            problems.append(f"duplicate sent_id {e.sent_id!r}: later occurrence skipped")
+            continue
+        seen.add(key)
+        out.append(e)
+    return out
+
+
+# --------------------------------------------------------------------------- REFER
+
+
+def check_dataset_split(dataset: str, split: str) -> str:
+    """Validate a dataset / split pair; return its splitBy.
+
+    Raises:
+        DataError: unknown dataset or a split the dataset does not have.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    split_by, splits = DATASETS[dataset]
+    if split not in splits:
+        raise DataError(
+            f"{dataset} ({split_by}) has no split {split!r}; its splits are {', '.join(splits)}"
+        )
+    return split_by
+
+
+def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
+    """Read one split of RefCOCO, RefCOCO+ or RefCOCOg in the REFER layout.
+
+    Raises:
+        DataError: invalid dataset/split, missing data root, refs file or instances.json,
+            unreadable files.
+    """
+    split_by = check_dataset_split(dataset, split)
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root}")
+    ds_dir = root / dataset
+    if not ds_dir.is_dir():
+        raise DataError(f"dataset folder not found: {ds_dir} (expected <data-root>/{dataset}/)")
+    refs_path = ds_dir / f"refs({split_by}).p"
+    inst_path = ds_dir / "instances.json"
+    problems: list[str] = []
+    raw_refs, problem = load_refs_pickle(refs_path)
+    if problem:
+        problems.append(problem)
+    images, anns, by_image = _index_instances(
+        load_json(inst_path, "instances file"), inst_path, problems
+    )
+    exprs: list[Expression] = []
+    for k, raw in enumerate(raw_refs):
+        ref = _norm(raw)
+        if not isinstance(ref, dict):
+            problems.append(f"{refs_path}: item {k} is a {type(ref).__name__}, not a ref; skipped")
+            continue
+        if ref.get("split") != split:
+            continue
+        missing = [key for key in _REF_KEYS if key not in ref]
+        sents = ref.get("sentences")
+        if missing or not isinstance(sents, list):
+            msg = f"ref {ref.get('ref_id', '#' + str(k))!r} lacks {', '.join(missing) or 'a sentence list'}"
+            problems.append(f"{refs_path}: {msg}; skipped")
+            continue
+        for j, s in enumerate(sents):
+            if not isinstance(s, dict) or "sent_id" not in s:
+                problems.append(f"{refs_path}: ref {ref['ref_id']!r} sentence {j} has no sent_id")
+                continue
+            text = s.get("raw")
+            if not isinstance(text, str) or not text.strip():
+                sent = s.get("sent")
+                text = sent if isinstance(sent, str) else ""
+            e = Expression(
+                sent_id=s["sent_id"],
+                sentence=text,
+                image_id=ref["image_id"],
+                ann_id=ref["ann_id"],
+                ref_id=ref["ref_id"],
+                split=split,
+                category_id=ref.get("category_id"),
+            )
+            exprs.append(_check_expression(e, images, anns, inst_path))
+    return EvalData(
+        name=dataset,
+        split=split,
+        format="refer",
+        expressions=_dedupe(exprs, problems),
+        images=images,
+        annotations=anns,
+        images_dir=root / IMAGES_SUBDIR,
+        anns_by_image=by_image,
+        problems=problems,
+        expected_count=EXPECTED_COUNTS.get((dataset, split)),
+        sources={"refs": str(refs_path), "instances": str(inst_path)},
+    )
+
+
+# --------------------------------------------------------------------------- generic
+
+
+def load_generic(
+    instances: str | Path,
+    expressions: str | Path,
+    images_dir: str | Path | None = None,
+    name: str = "generic",
+    split: str | None = None,
+) -> EvalData:
+    """Read a custom dataset: COCO instances JSON + JSONL of expressions.
+
+    Each JSONL line is ``{"image_id", "ann_id", "expression"}`` with optional
+    ``sent_id`` (default: the line number), ``ref_id`` and ``split`` (rows whose split
+    differs from ``split`` are skipped when ``split`` is given). ``image_id`` may be
+    left out: the annotation's image is used. Images are read from ``images_dir``
+    (default: the folder of the instances file) by their ``file_name``.
+
+    Raises:
+        DataError: a file is missing or the instances JSON is invalid. Bad JSONL lines do
+            not raise: they become failed expressions.
+    """
+    inst_path = Path(instances)
+    expr_path = Path(expressions)
+    problems: list[str] = []
+    images, anns, by_image = _index_instances(
+        load_json(inst_path, "instances file"), inst_path, problems
+    )
+    if not expr_path.is_file():
+        raise DataError(f"expressions file not found: {expr_path}")
+    exprs: list[Expression] = []
+    try:
+        lines = expr_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read expressions file {expr_path}: {err}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            exprs.append(
+                Expression(
+                    sent_id=n,
+                    sentence="",
+                    image_id=None,
+                    ann_id=None,
+                    split=split,
+                    error=f"{expr_path} line {n}: bad JSON ({err})",
+                    error_kind="bad_record",
+                )
+            )
+            continue
+        if split is not None and "split" in row and row["split"] != split:
+            continue
+        text = row.get("expression")
+        ids = {k: row.get(k) for k in ("ann_id", "image_id", "sent_id", "ref_id")}
+        good_ids = all(v is None or isinstance(v, (int, str)) for v in ids.values())
+        ok = isinstance(text, str) and ids["ann_id"] is not None and good_ids
+        if not good_ids:
+            ids = dict.fromkeys(ids)
+        ann_id, image_id = ids["ann_id"], ids["image_id"]
+        if image_id is None and ann_id in anns:
+            image_id = anns[ann_id].get("image_id")
+        e = Expression(
+            sent_id=ids["sent_id"] if ids["sent_id"] is not None else n,
+            sentence=text if isinstance(text, str) else "",
+            image_id=image_id,
+            ann_id=ann_id,
+            ref_id=ids["ref_id"] if ids["ref_id"] is not None else ann_id,
+            split=row.get("split", split),
+            category_id=anns.get(ann_id, {}).get("category_id"),
+        )
+        if not ok:
+            e = replace(
+                e,
+                error=f"{expr_path} line {n}: needs an integer or string 'ann_id' (and ids) "
+                "and a string 'expression'",
+                error_kind="bad_record",
+            )
+        exprs.append(_check_expression(e, images, anns, inst_path))
+    return EvalData(
+        name=name,
+        split=split or "all",
+        format="generic",
+        expressions=_dedupe(exprs, problems),
+        images=images,
+        annotations=anns,
+        images_dir=Path(images_dir) if images_dir is not None else inst_path.parent,
+        anns_by_image=by_image,
+        problems=problems,
+        expected_count=None,
+        sources={"instances": str(inst_path), "expressions": str(expr_path)},
+    )
