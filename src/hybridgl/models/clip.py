@@ -99,6 +99,12 @@ def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
         raise WeightsError(f"cannot load CLIP checkpoint {path}: {e}") from None
     for k in _OPENAI_EXTRA_KEYS:
         state.pop(k, None)
+    # buffers the model rebuilds itself (open_clip's text attn_mask is not persistent)
+    # may be present in a traced archive: they carry no weights
+    persistent = set(model.state_dict())
+    for name, _ in model.named_buffers():
+        if name not in persistent:
+            state.pop(name, None)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
