@@ -176,3 +176,27 @@ def test_demo_page_reports_bad_image(page_and_server, tmp_path):
     assert "notes.png" in page.locator("#error").inner_text()
     page.screenshot(path=str(ARTIFACTS / "browser-bad-image.png"))
     assert js_errors == []
+
+
+DROP_FILE = """([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, { type: 'image/jpeg' }));
+  const zone = document.getElementById('drop-zone');
+  zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_demo_page_accepts_a_dropped_image(page_and_server):
+    import base64
+
+    page, server, (image_path, gt), js_errors = page_and_server
+    page.goto(server.url + "/")
+    b64 = base64.b64encode(image_path.read_bytes()).decode()
+    page.evaluate(DROP_FILE, [b64, image_path.name])
+    page.wait_for_selector("#canvas:not([hidden])")
+    h, w = gt.shape[1:]
+    assert f"{w}×{h}" in page.locator("#image-info").inner_text()
+    assert page.locator("#phrase").is_enabled()
+    assert js_errors == []

@@ -25,6 +25,7 @@ from server_support import (  # noqa: E402
 
 from hybridgl.masks import mask_to_box, png_to_mask, rle_to_mask  # noqa: E402
 from hybridgl.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from hybridgl.server.cache import LRUCache  # noqa: E402
 
 SETTINGS = ServerSettings(
     max_upload_bytes=1_000_000,
@@ -303,6 +304,24 @@ def test_bad_input_gets_4xx_json(client, images, case):
         assert_error(r, status, code)
 
 
+def test_streamed_body_over_the_limit_gets_413(client):
+    """A chunked upload (no Content-Length) is cut off once it passes the limit."""
+
+    def body():
+        yield b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+        for _ in range(300):  # 3 MB
+            yield b"\xff" * 10_000
+        yield b'\r\n--xyz\r\nContent-Disposition: form-data; name="expression"\r\n\r\nx'
+        yield b"\r\n--xyz--\r\n"
+
+    r = client.post(
+        "/v1/segment",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_error(r, 413, "payload_too_large")
+
+
 def test_wrong_route_and_method_get_json(client):
     assert_error(client.get("/v1/segment"), 405, "method_not_allowed")
     assert_error(client.get("/no/such/page"), 404, "not_found")
@@ -363,6 +382,34 @@ def test_model_that_fails_to_load_gives_503(images):
 
 
 # ------------------------------------------------------------------ settings and CLI
+
+
+def test_lru_cache_evicts_by_count_and_bytes():
+    class Blob:
+        def __init__(self, n):
+            self.n = n
+
+        def nbytes(self):
+            return self.n
+
+    cache = LRUCache(3, max_bytes=100)
+    for key in "abc":
+        cache.put(key, Blob(10))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", Blob(10))  # over the count: b (least recently used) goes
+    assert "b" not in cache and {"a", "c", "d"} == {k for k in "abcd" if k in cache}
+    cache.put("e", Blob(85))  # over the count (c goes), then over the bytes (a goes)
+    assert {k for k in "abcde" if k in cache} == {"d", "e"}
+    assert cache.info()["bytes"] == 95
+    assert cache.get("zzz") is None
+    info = cache.info()
+    assert info["hits"] == 1 and info["misses"] == 1 and info["evictions"] >= 2
+    huge = LRUCache(2, max_bytes=10)
+    huge.put("x", Blob(50))  # the newest entry is kept even when alone over the bound
+    assert "x" in huge
+    off = LRUCache(0)
+    off.put("x", Blob(1))
+    assert len(off) == 0 and off.get("x") is None
 
 
 def test_settings_are_validated():
