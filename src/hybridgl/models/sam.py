@@ -52,6 +52,64 @@ SAM_ARCHS: dict[str, SamArch] = {
 }
 
 
+# Elements of one attention-score block in the global-attention layers (64 Mi floats,
+# 256 MiB): queries are split over heads so that ViT-H's 16 x 4096 x 4096 scores (1 GiB,
+# materialised three times by SAM's own code) never exist at once.
+_ATTN_BLOCK_ELEMENTS = 64 * 2**20
+
+
+def _lean_attention_class():
+    from segment_anything.modeling.image_encoder import Attention, add_decomposed_rel_pos
+
+    class LeanAttention(Attention):
+        """SAM's image-encoder attention computed a few heads at a time.
+
+        The same operations as ``Attention.forward`` per head (heads are independent), so
+        the output is the same; peak memory of a global-attention layer drops from three
+        ``(B * heads, L, L)`` float tensors to three slices of about 256 MiB.
+        """
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, h, w, _ = x.shape
+            n = h * w
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
+            step = max(1, _ATTN_BLOCK_ELEMENTS // (n * n))
+            if step >= q.shape[0]:
+                return super().forward(x)
+            out = torch.empty_like(v)
+            for s in range(0, q.shape[0], step):
+                qs = q[s : s + step]
+                attn = (qs * self.scale) @ k[s : s + step].transpose(-2, -1)
+                if self.use_rel_pos:
+                    attn = add_decomposed_rel_pos(
+                        attn, qs, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w)
+                    )
+                out[s : s + step] = attn.softmax(dim=-1) @ v[s : s + step]
+            y = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+            return self.proj(y)
+
+    return LeanAttention
+
+
+_LEAN_ATTENTION: type | None = None
+
+
+def use_lean_attention(sam: torch.nn.Module) -> torch.nn.Module:
+    """Make the image encoder's attention layers compute a few heads at a time (same
+    results, less peak memory: about 2 GiB less with ViT-H). Parameters and state-dict keys
+    are unchanged."""
+    global _LEAN_ATTENTION
+    if _LEAN_ATTENTION is None:
+        _LEAN_ATTENTION = _lean_attention_class()
+    from segment_anything.modeling.image_encoder import Attention
+
+    for module in sam.image_encoder.modules():
+        if type(module) is Attention:
+            module.__class__ = _LEAN_ATTENTION
+    return sam
+
+
 def build_sam(arch: str) -> torch.nn.Module:
     """Build an uninitialised-from-checkpoint SAM of the named size (``vit_h``, ``vit_l``,
     ``vit_b`` or ``tiny``) with the official input size 1024 and patch size 16."""
@@ -68,7 +126,7 @@ def build_sam(arch: str) -> torch.nn.Module:
     a = SAM_ARCHS[arch]
     image_size, patch = 1024, 16
     grid = image_size // patch
-    return Sam(
+    sam = Sam(
         image_encoder=ImageEncoderViT(
             depth=a.encoder_depth,
             embed_dim=a.encoder_embed_dim,
@@ -104,6 +162,7 @@ def build_sam(arch: str) -> torch.nn.Module:
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+    return use_lean_attention(sam)
 
 
 def random_sam(arch: str, seed: int) -> torch.nn.Module:
@@ -163,13 +222,38 @@ class SamProposer:
             masks ``(N, H, W)`` bool and boxes ``(N, 4)`` float64 XYWH (SAM's ``bbox``), in
             the generator's order. ``N`` may be 0.
         """
-        records = self.generator.generate(image)
+        dev = next(self.sam.parameters()).device.type
+        if torch.is_autocast_enabled(dev):
+            records = self._generate_encoder_autocast(image, dev, torch.get_autocast_dtype(dev))
+        else:
+            records = self.generator.generate(image)
         h, w = image.shape[:2]
         if not records:
             return np.zeros((0, h, w), dtype=bool), np.zeros((0, 4), dtype=np.float64)
         masks = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])
         boxes = np.asarray([r["bbox"] for r in records], dtype=np.float64)
         return masks, boxes
+
+    def _generate_encoder_autocast(
+        self, image: np.ndarray, device_type: str, dtype: torch.dtype
+    ) -> list[dict]:
+        """Under autocast only SAM's image encoder runs in ``dtype``; its embedding goes
+        back to float32 for the mask decoder, whose scores SAM's generator turns into numpy
+        (which has no bfloat16)."""
+        predictor = self.generator.predictor
+        plain = predictor.set_torch_image
+
+        def set_torch_image(*args, **kwargs):
+            with torch.autocast(device_type, dtype=dtype):
+                plain(*args, **kwargs)
+            predictor.features = predictor.features.float()
+
+        predictor.set_torch_image = set_torch_image
+        try:
+            with torch.autocast(device_type, enabled=False):
+                return self.generator.generate(image)
+        finally:
+            del predictor.set_torch_image
 
 
 def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
