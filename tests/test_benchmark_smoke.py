@@ -1,0 +1,118 @@
+"""Smoke test of benchmarks/run.py: tiny random models, a 1 x 1 x 1 workload, checks the
+structure of results.json and results.md (no timings are asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location(
+        "hybridgl_bench_run", REPO / "benchmarks" / "run.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    if not (DATA / "coco-mini" / "annotations").exists():
+        pytest.skip(f"real data not available: {DATA / 'coco-mini'} is missing")
+    return _load_run()
+
+
+def test_tiny_run_writes_json_and_markdown(bench, tmp_path, capsys):
+    import hybridgl.segmenter as segmod
+    from hybridgl.models import hybrid_clip
+
+    before = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
+    originals = (hybrid_clip.make_views, hybrid_clip.hybrid_features, segmod.gem_patch_tokens)
+    rc = bench.main(
+        [
+            "--tiny",
+            "--in-process",
+            "--configs",
+            "vit_b:fp32",
+            "--images",
+            "1",
+            "--objects",
+            "1",
+            "--expressions",
+            "1",
+            "--points-per-side",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    assert os.environ.get("HYBRIDGL_RANDOM_WEIGHTS") == before  # restored
+    # the timing probe puts the library's functions back
+    assert (hybrid_clip.make_views, hybrid_clip.hybrid_features, segmod.gem_patch_tokens) == (
+        originals
+    )
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {"command", "machine", "weights", "workload", "configs", "summary", "targets"} <= set(
+        report
+    )
+    m = report["machine"]
+    assert {"cpu", "torch", "threads", "date", "bf16_native"} <= set(m)
+    assert report["workload"]["total"] == 1 and len(report["workload"]["items"]) == 1
+    (c,) = report["configs"]
+    assert "error" not in c, c.get("error")
+    assert (c["sam"], c["dtype"]) == ("vit_b", "fp32")
+    for key in ("sam_encoder", "mask_decoding", "views", "hybrid_features", "gem", "guidance"):
+        assert c["sam_stages"][key] >= 0 and c["gt_stages"][key] >= 0
+    assert c["gt_proposals"] >= 1 and c["e2e_seconds"] > 0
+    assert c["clip_models"] == 1 and c["peak_rss_gib"] > 0 and c["threads"] >= 1
+    for name in ("workload_sam", "workload_gt"):
+        w = c[name]
+        assert len(w["ours"]["chosen"]) == 1 and len(w["reference"]["chosen"]) == 1
+        assert w["speedup"] > 0
+        # both schedules run the same computation, so they choose the same mask
+        assert w["same_choices"] is True
+    gt = c["workload_gt"]
+    # the reference schedule recomputes GEM per expression, ours once per image
+    assert gt["ours"]["stats"]["gem_passes"] == 1 and gt["reference"]["stats"]["gem_passes"] == 1
+    md = (tmp_path / "results.md").read_text()
+    assert md.strip() in capsys.readouterr().out  # the table also goes to stdout
+    for heading in (
+        "## Time per stage",
+        "## End to end and further expressions",
+        "## RefCOCO-shaped workload",
+        "## Memory and models",
+        "## Targets",
+    ):
+        assert heading in md
+    assert "| SAM image encoder |" in md and "speedup" in md
+
+
+def test_bad_options_are_usage_errors(bench):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--sam", "vit_x"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--configs", "vit_b:fp64"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--images", "0"])
+    assert e.value.code == 2
+
+
+def test_workload_uses_real_expressions(bench):
+    work = bench.build_workload(2, 3, 3)
+    assert len(work) == 2
+    for item in work:
+        assert len(item["objects"]) == 3 and all(len(o) == 3 for o in item["objects"])
+        assert Path(item["path"]).exists()
+    assert work[0]["real"] > 0  # coco-mini holds RefCOCO images
