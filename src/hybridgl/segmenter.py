@@ -111,10 +111,10 @@ class Segmenter:
 
     def __init__(
         self,
-        clip_model: torch.nn.Module,
+        clip_model: Any,
         tokenizer: Any,
         parser: Any,
-        sam: torch.nn.Module | None,
+        sam: Any | None,
         config: MethodConfig,
         device: torch.device,
         dtype: torch.dtype | None = None,
@@ -212,13 +212,16 @@ class Segmenter:
             clip_path = weights.resolve(
                 weights.clip_checkpoint_name(clip), path=clip_checkpoint, weights_dir=weights_dir
             )
+            # resolve every file before loading any, so a missing one fails fast
             sam_path = None
             if sam is not None:
                 sam_path = weights.resolve(
                     weights.sam_checkpoint_name(sam), path=sam_checkpoint, weights_dir=weights_dir
                 )
             clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path)
-            sam_model = load_sam_checkpoint(build_sam(sam), sam_path) if sam is not None else None
+            sam_model = None
+            if sam is not None and sam_path is not None:
+                sam_model = load_sam_checkpoint(build_sam(sam), sam_path)
 
         clip_model = clip_model.to(dev).eval()
         if sam_model is not None:
@@ -483,11 +486,12 @@ class Segmenter:
         cands: list[Candidate],
         timings: dict[str, float],
     ) -> Prediction:
-        box = tuple(float(v) for v in st.boxes[chosen])
+        b = st.boxes[chosen]
+        box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         return Prediction(
             mask=st.masks[chosen].copy(),
             box=box,
-            score=score,  # type: ignore[arg-type]
+            score=score,
             found=True,
             candidates=cands,
             pure_index=pure,

@@ -6,6 +6,8 @@ patch tokens into text-groundable features (METHOD.md section 6). No extra weigh
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ def gem_input(image: np.ndarray, size: int, keep_aspect: bool = False) -> torch.
         canvas = Image.new("RGB", (side, side), fill)
         canvas.paste(pil, ((side - w) // 2, (side - h) // 2))
         pil = canvas
-    pil = pil.resize((size, size), Image.BICUBIC)
+    pil = pil.resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -70,7 +72,7 @@ def self_self_attention(
 
 @torch.no_grad()
 def gem_patch_tokens(
-    visual: torch.nn.Module, pixels: torch.Tensor, depth: int = 7, iters: int = 1
+    visual: Any, pixels: torch.Tensor, depth: int = 7, iters: int = 1
 ) -> torch.Tensor:
     """GEM patch tokens after ``ln_post`` and the projection.
 

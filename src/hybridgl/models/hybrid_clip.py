@@ -3,6 +3,8 @@ encoder (section 3), batched over proposals in chunks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
@@ -127,7 +129,7 @@ def _token_mask(x: torch.Tensor, m_grid: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def hybrid_features(
-    visual: torch.nn.Module,
+    visual: Any,
     global_view: torch.Tensor | None,
     local_view: torch.Tensor,
     m_grid: torch.Tensor,
@@ -204,7 +206,7 @@ def hybrid_features(
 
 @torch.no_grad()
 def encode_proposals(
-    visual: torch.nn.Module,
+    visual: Any,
     image: np.ndarray,
     masks: torch.Tensor,
     cfg: MethodConfig,

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def _lean_attention_class():
 _LEAN_ATTENTION: type | None = None
 
 
-def use_lean_attention(sam: torch.nn.Module) -> torch.nn.Module:
+def use_lean_attention(sam: Any) -> Any:
     """Make the image encoder's attention layers compute a few heads at a time (same
     results, less peak memory: about 2 GiB less with ViT-H). Parameters and state-dict keys
     are unchanged."""
@@ -110,7 +111,7 @@ def use_lean_attention(sam: torch.nn.Module) -> torch.nn.Module:
     return sam
 
 
-def build_sam(arch: str) -> torch.nn.Module:
+def build_sam(arch: str) -> Any:
     """Build an uninitialised-from-checkpoint SAM of the named size (``vit_h``, ``vit_l``,
     ``vit_b`` or ``tiny``) with the official input size 1024 and patch size 16."""
     from segment_anything.modeling import (
@@ -165,7 +166,7 @@ def build_sam(arch: str) -> torch.nn.Module:
     return use_lean_attention(sam)
 
 
-def random_sam(arch: str, seed: int) -> torch.nn.Module:
+def random_sam(arch: str, seed: int) -> Any:
     """A SAM of the named size with seeded random weights (a test and benchmark device).
 
     PyTorch's default initialisation under ``seed``, plus two changes so that SAM's own
@@ -185,7 +186,7 @@ def random_sam(arch: str, seed: int) -> torch.nn.Module:
     return sam
 
 
-def load_sam_checkpoint(sam: torch.nn.Module, path: Path) -> torch.nn.Module:
+def load_sam_checkpoint(sam: Any, path: Path) -> Any:
     """Load an official SAM ``.pth`` with ``weights_only=True``; missing or unexpected keys fail."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -205,7 +206,7 @@ def load_sam_checkpoint(sam: torch.nn.Module, path: Path) -> torch.nn.Module:
 class SamProposer:
     """Class-agnostic mask proposals from SAM's automatic mask generator."""
 
-    def __init__(self, sam: torch.nn.Module, config: SamConfig) -> None:
+    def __init__(self, sam: Any, config: SamConfig) -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
         self.sam = sam
@@ -262,16 +263,9 @@ def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
     ``x`` = min column, ``y`` = min row, ``w`` = max column - x, ``h`` = max row - y (so a
     one-pixel mask has w = h = 0). Empty masks get ``(0, 0, 0, 0)``.
     """
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float64)
-    if n == 0:
-        return boxes
-    cols = masks.any(axis=1)  # (N, W)
-    rows = masks.any(axis=2)  # (N, H)
-    for i in range(n):
-        cs = np.flatnonzero(cols[i])
-        rs = np.flatnonzero(rows[i])
-        if cs.size == 0:
-            continue
-        boxes[i] = (cs[0], rs[0], cs[-1] - cs[0], rs[-1] - rs[0])
+    from hybridgl.masks import mask_to_box
+
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float64)
+    for i, m in enumerate(masks):
+        boxes[i] = mask_to_box(m)
     return boxes

@@ -7,13 +7,13 @@ Each function computes what the corresponding open_clip module computes (tests c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 
-def embed(
-    visual: torch.nn.Module, pixels: torch.Tensor, pos_embed: torch.Tensor | None = None
-) -> torch.Tensor:
+def embed(visual: Any, pixels: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
     """Patch conv, class token, positional embedding and ``ln_pre``.
 
     Args:
@@ -33,7 +33,7 @@ def embed(
     return visual.ln_pre(x)
 
 
-def qkv(block: torch.nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv(block: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head q, k, v ``(B, heads, L, head_dim)`` from the block's in-projection."""
     attn = block.attn
     b, n, d = h.shape
@@ -49,9 +49,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
-def attention(
-    block: torch.nn.Module, h: torch.Tensor, allowed: torch.Tensor | None = None
-) -> torch.Tensor:
+def attention(block: Any, h: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head self-attention of ``block`` on ``h`` (already ``ln_1``-normalised).
 
     Args:
@@ -62,23 +60,21 @@ def attention(
     return block.attn.out_proj(merge_heads(o))
 
 
-def mlp_residual(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mlp_residual(block: Any, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def run_block(
-    block: torch.nn.Module, x: torch.Tensor, allowed: torch.Tensor | None = None
-) -> torch.Tensor:
+def run_block(block: Any, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """One residual attention block, optionally with an attention mask."""
     x = x + block.ls_1(attention(block, block.ln_1(x), allowed))
     return mlp_residual(block, x)
 
 
-def project_cls(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def project_cls(visual: Any, x: torch.Tensor) -> torch.Tensor:
     """``ln_post`` of the class token, then the projection: ``(B, L, D)`` -> ``(B, E)``."""
     y = visual.ln_post(x[:, 0])
     return y @ visual.proj if visual.proj is not None else y
 
 
-def blocks(visual: torch.nn.Module) -> list[torch.nn.Module]:
+def blocks(visual: Any) -> list[Any]:
     return list(visual.transformer.resblocks)
