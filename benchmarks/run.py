@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -453,7 +454,9 @@ def count_clip_models() -> int:
         if c
     )
     gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, kinds))
+    with warnings.catch_warnings():  # isinstance on some torch objects warns
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, kinds))
 
 
 def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
