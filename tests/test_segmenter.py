@@ -214,3 +214,22 @@ def test_bf16_autocast_runs(monkeypatch, coco_sample):
     seg.set_image(path, proposals=masks)
     pred = seg.predict("a person")
     assert pred.found and pred.mask.shape == masks.shape[1:]
+
+
+@pytest.mark.parametrize("size", ["tiny", pytest.param("full", marks=pytest.mark.slow)])
+def test_trimmed_text_encoder_equals_encode_text(size):
+    """The causal text transformer run only up to the last end token gives CLIP's output."""
+    from hybridgl.models.clip import build_clip, get_tokenizer, randomize_clip
+    from hybridgl.segmenter import encode_text_trimmed
+
+    model = randomize_clip(build_clip("ViT-B-16", size), seed=4).eval()
+    texts = ["a dog", "the man on the left in a red shirt", "x " * 120, "a photo of a cat."]
+    tokens = get_tokenizer()(texts)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encode_text_trimmed(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5
+        )
+        short = tokens[:1]  # one short text alone: about 4 positions instead of 77
+        torch.testing.assert_close(
+            encode_text_trimmed(model, short), model.encode_text(short), atol=1e-5, rtol=1e-5
+        )

@@ -57,7 +57,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def encode_text_trimmed(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``clip.encode_text`` run on the first ``n`` token positions only, ``n`` = 1 + the
     last end-of-text position in the batch.
 
