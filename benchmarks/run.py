@@ -541,7 +541,8 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         sam_work = work[: cfg.get("sam_images") or len(work)]
         res["workload_sam"] = _compare(seg, sam_work, None, cfg.get("sam_reference", True))
         _partial(cfg, res)
-    res["workload_gt"] = _compare(seg, work, gt, cfg.get("gt_reference", True))
+    if cfg.get("gt_workload", True):
+        res["workload_gt"] = _compare(seg, work, gt, cfg.get("gt_reference", True))
     res["peak_rss_gib"] = _peak_rss_gib()
     res["rss_end_gib"] = _rss_gib()
     res["clip_models"] = count_clip_models()
@@ -995,6 +996,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="explicit SAM:dtype list instead of --sam x --dtype, e.g. vit_h:fp32,vit_b:bf16",
     )
     p.add_argument(
+        "--workloads",
+        type=lambda v: [] if v == "none" else _csv_list(v, ("sam", "gt"), "--workloads"),
+        default=["sam", "gt"],
+        help="workload comparisons to run: sam (SAM proposals), gt (COCO masks), both "
+        "(default) or none",
+    )
+    p.add_argument(
         "--sam-images",
         type=_positive,
         default=None,
@@ -1150,7 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
                 "threads": args.threads,
                 "weights_dir": args.weights_dir,
-                "sam_workload": sam_ref or args.no_reference,
+                "sam_workload": "sam" in args.workloads and (sam_ref or args.no_reference),
+                "gt_workload": "gt" in args.workloads,
                 "sam_reference": sam_ref,
                 "sam_images": args.sam_images,
                 "points_per_side": args.points_per_side,
