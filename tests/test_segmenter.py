@@ -233,3 +233,15 @@ def test_trimmed_text_encoder_equals_encode_text(size):
         torch.testing.assert_close(
             encode_text_trimmed(model, short), model.encode_text(short), atol=1e-5, rtol=1e-5
         )
+
+
+def test_text_embeddings_do_not_depend_on_the_cache(tiny_segmenter):
+    seg = tiny_segmenter
+    seg._text_cache.clear()
+    alone = seg.encode_texts(["the dog"])[0].clone()
+    seg._text_cache.clear()
+    mixed = seg.encode_texts(["a much longer phrase about a red car on the left", "the dog"])
+    assert torch.equal(mixed[1], alone)  # bitwise: no dependence on batch or cache history
+    before = seg.stats["text_encodes"]
+    again = seg.encode_texts(["the dog", "the dog"])
+    assert seg.stats["text_encodes"] == before and torch.equal(again[0], alone)

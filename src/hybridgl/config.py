@@ -29,7 +29,11 @@ class SamConfig:
     crop_n_layers: int = 0
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 800
-    points_per_batch: int = 64
+    # SAM's default is 64; batching changes memory, not the masks (each point is decoded
+    # and filtered on its own, then NMS runs over all of them in point order). 16 keeps
+    # SAM ViT-H + CLIP under 6 GiB on a CPU (docs/PERFORMANCE.md); tests compare the
+    # masks with the generator at 64.
+    points_per_batch: int = 16
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
 

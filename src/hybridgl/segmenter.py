@@ -362,21 +362,26 @@ class Segmenter:
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """CLIP text embeddings ``(len(texts), E)`` float32, unnormalised, cached by string.
 
-        Texts longer than CLIP's 77-token context are truncated.
+        Texts longer than CLIP's 77-token context are truncated. Each text is encoded on
+        its own (a few positions long, see :func:`encode_text_trimmed`), so its embedding is
+        bitwise the same whatever else is encoded or cached: batching texts of other lengths
+        would change the float rounding, and results would depend on the cache's history.
         """
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(list(missing)).to(self.device)
-            with self._autocast():
-                emb = encode_text_trimmed(self.clip, tokens).float()
-            self.stats["text_encodes"] += len(missing)
-            for t, e in zip(missing, emb, strict=True):
-                self._text_cache[t] = e
-                if len(self._text_cache) > self._text_cache_size:
-                    self._text_cache.popitem(last=False)
-        for t in texts:
-            self._text_cache.move_to_end(t)
-        return torch.stack([self._text_cache[t] for t in texts])
+        found: dict[str, torch.Tensor] = {}
+        for t in dict.fromkeys(texts):
+            emb = self._text_cache.get(t)
+            if emb is None:
+                tokens = self.tokenizer([t]).to(self.device)
+                with self._autocast():
+                    emb = encode_text_trimmed(self.clip, tokens)[0].float()
+                self.stats["text_encodes"] += 1
+                self._text_cache[t] = emb
+            else:
+                self._text_cache.move_to_end(t)
+            found[t] = emb
+        while len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return torch.stack([found[t] for t in texts])
 
     def parse(self, expression: str) -> Parse:
         """Parse an expression (METHOD.md sections 4 to 6); ExpressionError when empty."""

@@ -189,7 +189,10 @@ def random_sam(arch: str, seed: int) -> Any:
 def load_sam_checkpoint(sam: Any, path: Path) -> Any:
     """Load an official SAM ``.pth`` with ``weights_only=True``; missing or unexpected keys fail."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the 2.4 GiB ViT-H file is not held twice while loading
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, wrong format
         raise WeightsError(f"cannot load SAM checkpoint {path}: {e}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
