@@ -203,6 +203,8 @@ def test_missing_weights_offline_error(monkeypatch, tmp_path):
         Segmenter.from_pretrained(sam="vit_b")
     msg = str(e.value)
     assert "ViT-B-16.pt" in msg and "openaipublic" in msg and str(tmp_path / "weights") in msg
+    # every missing file is named in the one error, not only the first
+    assert "sam_vit_b_01ec64.pth" in msg and "dl.fbaipublicfiles.com" in msg
 
 
 def test_bf16_autocast_runs(monkeypatch, coco_sample):

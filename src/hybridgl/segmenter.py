@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from hybridgl import guidance
 from hybridgl.config import MethodConfig, get_preset
-from hybridgl.errors import ExpressionError
+from hybridgl.errors import ExpressionError, WeightsError
 from hybridgl.images import ImageInput, load_image
 from hybridgl.models import hybrid_clip
 from hybridgl.models.gem import gem_input, gem_patch_tokens
@@ -240,15 +240,28 @@ class Segmenter:
             if sam is not None:
                 sam_model = random_sam("tiny" if random_mode == "tiny" else sam, seed + 1)
         else:
-            clip_path = weights.resolve(
-                weights.clip_checkpoint_name(clip), path=clip_checkpoint, weights_dir=weights_dir
-            )
-            # resolve every file before loading any, so a missing one fails fast
-            sam_path = None
-            if sam is not None:
-                sam_path = weights.resolve(
-                    weights.sam_checkpoint_name(sam), path=sam_checkpoint, weights_dir=weights_dir
+            # resolve every file before loading any, and name every missing one at once
+            problems: list[str] = []
+            clip_path = sam_path = None
+            try:
+                clip_path = weights.resolve(
+                    weights.clip_checkpoint_name(clip),
+                    path=clip_checkpoint,
+                    weights_dir=weights_dir,
                 )
+            except WeightsError as e:
+                problems.append(str(e))
+            if sam is not None:
+                try:
+                    sam_path = weights.resolve(
+                        weights.sam_checkpoint_name(sam),
+                        path=sam_checkpoint,
+                        weights_dir=weights_dir,
+                    )
+                except WeightsError as e:
+                    problems.append(str(e))
+            if problems or clip_path is None:
+                raise WeightsError("\n\n".join(problems))
             clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path)
             sam_model = None
             if sam is not None and sam_path is not None:
