@@ -108,19 +108,11 @@ def _refcoco_objects(image_ids: set[int]) -> dict[int, dict[str, list[str]]]:
 def coco_masks(image: dict, anns: list[dict]):
     """Instance masks of one COCO image, ``(N, H, W)`` bool."""
     import numpy as np
-    from pycocotools import mask as mask_utils
+
+    from hybridgl.eval.refer import annotation_to_mask
 
     h, w = image["height"], image["width"]
-    out = []
-    for a in anns:
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        elif isinstance(seg["counts"], list):
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        out.append(mask_utils.decode(rle).astype(bool))
+    out = [annotation_to_mask(a, h, w) for a in anns]
     return np.stack(out) if out else np.zeros((0, h, w), bool)
 
 

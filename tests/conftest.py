@@ -35,22 +35,12 @@ def coco_val() -> dict:
 
 
 def coco_masks(coco: dict, image_id: int) -> np.ndarray:
-    """All instance masks of one image, ``(N, H, W)`` bool, via pycocotools."""
-    from pycocotools import mask as mask_utils
+    """All instance masks of one image, ``(N, H, W)`` bool (the library's annToMask)."""
+    from hybridgl.eval.refer import annotation_to_mask
 
     im = coco["images"][image_id]
     h, w = im["height"], im["width"]
-    out = []
-    for a in coco["anns"].get(image_id, []):
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rles = mask_utils.frPyObjects(seg, h, w)
-            rle = mask_utils.merge(rles)
-        elif isinstance(seg["counts"], list):
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        out.append(mask_utils.decode(rle).astype(bool))
+    out = [annotation_to_mask(a, h, w) for a in coco["anns"].get(image_id, [])]
     return np.stack(out) if out else np.zeros((0, h, w), bool)
 
 

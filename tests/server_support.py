@@ -31,20 +31,9 @@ def require_coco() -> None:
 
 
 def _instance_masks(image: dict, anns: list[dict]) -> np.ndarray:
-    from pycocotools import mask as mask_utils
+    from hybridgl.eval.refer import annotation_to_mask
 
-    h, w = image["height"], image["width"]
-    out = []
-    for a in anns:
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        elif isinstance(seg["counts"], list):
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        out.append(mask_utils.decode(rle).astype(bool))
-    return np.stack(out)
+    return np.stack([annotation_to_mask(a, image["height"], image["width"]) for a in anns])
 
 
 def coco_images(n: int, min_instances: int = 3, max_instances: int = 8) -> list[tuple[Path, Any]]:
