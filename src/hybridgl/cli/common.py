@@ -189,7 +189,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     group.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive(int),
         default=3,
         metavar="K",
         help="ranked candidates to report per expression (default: 3)",
@@ -214,13 +214,31 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return group
 
 
-def _positive_int(text: str) -> int:
+def positive(kind: type = int) -> Any:
+    """An argparse ``type`` accepting numbers of ``kind`` (int or float) above 0."""
+    noun = "integer" if kind is int else "number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` accepting integers >= 0."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 

@@ -17,19 +17,10 @@ from hybridgl.cli.common import (
     add_model_args,
     build_segmenter,
     configure_logging,
+    non_negative_int,
     run_guarded,
 )
 from hybridgl.eval.refer import DATASETS, DataError, check_dataset_split
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,9 +65,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--images", metavar="DIR", help="generic: images folder (default: the instances' folder)"
     )
     s = p.add_argument_group("run")
-    s.add_argument("--limit", type=_nonneg_int, metavar="N", help="only the first N expressions")
     s.add_argument(
-        "--sample", type=_nonneg_int, metavar="N", help="a random subset of N expressions"
+        "--limit", type=non_negative_int, metavar="N", help="only the first N expressions"
+    )
+    s.add_argument(
+        "--sample", type=non_negative_int, metavar="N", help="a random subset of N expressions"
     )
     s.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample (default 0)")
     s.add_argument(

@@ -14,6 +14,8 @@ from hybridgl.cli.common import (
     add_model_args,
     build_segmenter,
     eprint,
+    non_negative_int,
+    positive,
 )
 
 # Fail at import (the CLI then lists `serve` as unavailable with the install hint) rather
@@ -34,32 +36,6 @@ Example:
 Listen on 127.0.0.1 (the default) unless the network in front of it is trusted: there is no
 authentication.
 """
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a positive {kind.__name__}, got {text!r}"
-            ) from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -96,49 +72,49 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     lim = p.add_argument_group("limits (each bad request gets a 4xx JSON error)")
     lim.add_argument(
         "--max-upload-mb",
-        type=_positive(float),
+        type=positive(float),
         default=20.0,
         metavar="MB",
         help="largest image file accepted, in MB (default: 20; 413 above)",
     )
     lim.add_argument(
         "--max-pixels",
-        type=_positive(int),
+        type=positive(int),
         default=40_000_000,
         metavar="N",
         help="largest image accepted, width x height (default: 40000000; 413 above)",
     )
     lim.add_argument(
         "--max-expressions",
-        type=_positive(int),
+        type=positive(int),
         default=16,
         metavar="N",
         help="most expressions per request (default: 16; 422 above)",
     )
     lim.add_argument(
         "--max-expression-chars",
-        type=_positive(int),
+        type=positive(int),
         default=500,
         metavar="N",
         help="longest expression in characters (default: 500; 422 above)",
     )
     lim.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         default=120.0,
         metavar="SECONDS",
         help="longest a request may wait for and use the model (default: 120; 504 after)",
     )
     lim.add_argument(
         "--max-queue",
-        type=_positive(int),
+        type=positive(int),
         default=32,
         metavar="N",
         help="most requests waiting for or using the model (default: 32; 503 above)",
     )
     lim.add_argument(
         "--max-top-k",
-        type=_positive(int),
+        type=positive(int),
         default=20,
         metavar="K",
         help="largest top_k a client may ask for (default: 20)",
@@ -146,14 +122,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     cache = p.add_argument_group("image cache")
     cache.add_argument(
         "--cache-size",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=8,
         metavar="N",
         help="images whose proposals and features are kept (default: 8; 0 disables)",
     )
     cache.add_argument(
         "--cache-mb",
-        type=_positive(int),
+        type=positive(int),
         default=2048,
         metavar="MB",
         help="memory bound of the image cache in MB (default: 2048)",
