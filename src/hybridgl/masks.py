@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+# Re-exported for callers that still import it from here (cli/batch.py until it switches);
+# the one implementation lives in hybridgl.fileio.
+from hybridgl.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from hybridgl.types import Prediction
@@ -248,29 +251,6 @@ def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     x0, x1 = int(cols[0]), int(cols[-1])
     y0, y1 = int(rows[0]), int(rows[-1])
     return (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
-
-    Creates the parent folder when needed.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
 
 
 def save_mask_png(mask: np.ndarray, path: PathLike) -> Path:

@@ -7,7 +7,8 @@ w = max column - x, h = max row - y, SAM's ``bbox`` convention).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,15 @@ class Parse:
     direction: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["context_nouns"] = list(self.context_nouns)
-        d["context_roots"] = list(self.context_roots)
-        return d
+        return {
+            "expression": str(self.expression),
+            "sentence": str(self.sentence),
+            "noun_phrase": str(self.noun_phrase),
+            "context_nouns": [str(n) for n in self.context_nouns],
+            "context_roots": [str(r) for r in self.context_roots],
+            "relation": str(self.relation),
+            "direction": str(self.direction),
+        }
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,15 @@ class Candidate:
     final_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: ints and floats, None for the undefined scores and for NaN/inf."""
+        return {
+            "index": int(self.index),
+            "clip_score": _finite(self.clip_score),
+            "probability": _finite(self.probability),
+            "relation_score": _finite(self.relation_score),
+            "coherence_score": _finite(self.coherence_score),
+            "final_score": _finite(self.final_score),
+        }
 
 
 @dataclass
@@ -101,19 +115,127 @@ class Prediction:
                 f"mask must be a (H, W) bool array, got {self.mask.dtype} {self.mask.shape}"
             )
 
-    def to_dict(self, include_mask: bool = False) -> dict[str, Any]:
-        """JSON-friendly view (the mask is left out unless asked for, as a nested list)."""
+    def to_dict(self, *, polygons: bool = False, candidates: bool = True) -> dict[str, Any]:
+        """The one JSON record of a prediction (docs/FORMATS.md, ``prediction.schema.json``).
+
+        Used unchanged by ``hybridgl segment --json``, batch and evaluation records and
+        every HTTP response; faces may add their own keys (``id``, ``image``, ``mask_png``,
+        ...) but never change these.
+
+        Args:
+            polygons: add ``"polygons"``, the mask's outer contours as COCO polygons
+                (pixel corners, largest first; holes are not represented).
+            candidates: include ``"candidates"`` (the ranked list); False leaves the key out.
+
+        Returns:
+            A dict of plain Python types that ``json.dumps(..., allow_nan=False)``
+            accepts: ``expression``, ``found``, ``score``, ``box`` (XYWH, SAM
+            convention), ``area``, ``height``, ``width``, ``mask`` (COCO compressed RLE
+            ``{"size": [H, W], "counts": str}``), ``index``, ``pure_index``,
+            ``num_proposals``, ``candidates``, ``parse``, ``timings`` (seconds) and,
+            when asked for, ``polygons``. A number that is not finite (NaN, inf) is
+            written as ``null``: JSON has no such numbers, and a made-up finite value
+            would look like a real score.
+        """
+        from hybridgl.masks import mask_to_polygons, mask_to_rle
+
         d: dict[str, Any] = {
-            "box": [float(v) for v in self.box],
-            "score": float(self.score),
+            "expression": self.parse.expression,
             "found": bool(self.found),
-            "index": self.index,
-            "pure_index": self.pure_index,
-            "num_proposals": self.num_proposals,
-            "candidates": [c.to_dict() for c in self.candidates],
-            "parse": self.parse.to_dict(),
-            "timings": dict(self.timings),
+            "score": _finite(self.score),
+            "box": [_finite(v) for v in self.box],
+            "area": int(np.count_nonzero(self.mask)),
+            "height": int(self.mask.shape[0]),
+            "width": int(self.mask.shape[1]),
+            "mask": mask_to_rle(self.mask),
         }
-        if include_mask:
-            d["mask"] = self.mask.tolist()
+        if polygons:
+            d["polygons"] = mask_to_polygons(self.mask)
+        d["index"] = _opt_int(self.index)
+        d["pure_index"] = _opt_int(self.pure_index)
+        d["num_proposals"] = int(self.num_proposals)
+        if candidates:
+            d["candidates"] = [c.to_dict() for c in self.candidates]
+        d["parse"] = self.parse.to_dict()
+        d["timings"] = {str(k): _finite(v) for k, v in self.timings.items()}
         return d
+
+    def to_coco_result(self, image_id: int | str, category_id: int = 1) -> dict[str, Any]:
+        """One record of a COCO results file (``COCO.loadRes`` / ``COCOeval`` input).
+
+        Args:
+            image_id: the image's id in the COCO annotation file.
+            category_id: the category the result is scored against (referring
+                segmentation has no classes; 1 by default).
+
+        Returns:
+            ``{"image_id", "category_id", "segmentation" (compressed RLE), "bbox",
+            "score"}``. ``bbox`` follows COCO's own convention, ``pycocotools.mask.toBbox``
+            of the mask (``w`` = number of columns covered, one more than the SAM-style
+            ``box``), which is also what ``COCO.loadRes`` recomputes for segmentation
+            results. A prediction with nothing found gives an empty segmentation and
+            ``[0, 0, 0, 0]``. A score that is not finite becomes 0.0 (COCO sorts on it).
+        """
+        from pycocotools import mask as mask_utils
+
+        from hybridgl.masks import mask_to_rle
+
+        rle = mask_to_rle(self.mask)
+        coded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        bbox = [float(v) for v in mask_utils.toBbox(coded)]
+        score = _finite(self.score)
+        return {
+            "image_id": image_id,
+            "category_id": int(category_id),
+            "segmentation": rle,
+            "bbox": bbox,
+            "score": 0.0 if score is None else score,
+        }
+
+    def to_supervision(self) -> Any:
+        """The prediction as a ``supervision.Detections`` (needs ``hybridgl[supervision]``).
+
+        Returns:
+            ``Detections.empty()`` when nothing was found; else one detection with
+            ``xyxy`` ``(1, 4)`` float32 (``x + w``, ``y + h`` of :attr:`box`: the last
+            covered column and row, as ``supervision.mask_to_xyxy`` computes them),
+            ``mask`` ``(1, H, W)`` bool, ``confidence`` ``(1,)``, ``class_id`` ``[0]``
+            (referring segmentation has one class; annotators colour by class by
+            default) and ``data`` with ``"expression"`` and ``"proposal_index"``
+            (arrays of one element).
+
+        Raises:
+            ImportError: supervision is not installed; the message names the extra.
+        """
+        try:
+            import supervision as sv
+        except ImportError:
+            raise ImportError(
+                'to_supervision needs supervision: pip install "hybridgl[supervision]"'
+            ) from None
+        if not self.found or not self.mask.any():
+            return sv.Detections.empty()
+        x, y, w, h = (float(v) for v in self.box)
+        score = _finite(self.score)
+        return sv.Detections(
+            xyxy=np.array([[x, y, x + w, y + h]], dtype=np.float32),
+            mask=self.mask[None].copy(),
+            confidence=np.array([np.nan if score is None else score], dtype=np.float32),
+            class_id=np.array([0]),
+            data={
+                "expression": np.array([self.parse.expression]),
+                "proposal_index": np.array([-1 if self.index is None else int(self.index)]),
+            },
+        )
+
+
+def _finite(value: Any) -> float | None:
+    """``float(value)``, or None when it is NaN or infinite (JSON has neither)."""
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -91,7 +91,7 @@ def save_image(image: np.ndarray, path: PathLike, quality: int = 90) -> Path:
     """
     from PIL import Image
 
-    from hybridgl.masks import atomic_write_bytes
+    from hybridgl.fileio import atomic_write_bytes
 
     target = Path(path)
     ext = target.suffix.lower()

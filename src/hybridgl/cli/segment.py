@@ -61,8 +61,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--json",
         dest="json_out",
         metavar="OUT.json",
-        help="write the results as JSON (RLE, polygons, box, score, candidates, parse); "
-        "'-' writes to stdout",
+        help="write the results as JSON, one record per expression in the format of "
+        "docs/FORMATS.md (mask RLE, polygons, box, score, candidates, parse); '-' writes to stdout",
     )
     p.add_argument(
         "--proposals",
@@ -154,16 +154,17 @@ def summary_line(index: int, record: dict[str, Any]) -> str:
 def format_document(doc: dict[str, Any]) -> str:
     """JSON with the top level indented and each result on one line (polygons stay short)."""
     head = {k: v for k, v in doc.items() if k != "results"}
-    lines = [json.dumps(r, ensure_ascii=False) for r in doc.get("results", [])]
-    body = json.dumps(head, ensure_ascii=False, indent=2)
+    lines = [json.dumps(r, ensure_ascii=False, allow_nan=False) for r in doc.get("results", [])]
+    body = json.dumps(head, ensure_ascii=False, indent=2, allow_nan=False)
     results = "[\n" + ",\n".join("    " + line for line in lines) + "\n  ]" if lines else "[]"
     return body[:-2] + ',\n  "results": ' + results + "\n}\n"
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridgl.errors import ExpressionError
+    from hybridgl.fileio import atomic_write_text
     from hybridgl.images import load_image
-    from hybridgl.masks import atomic_write_bytes, prediction_record, save_mask_png
+    from hybridgl.masks import save_mask_png
     from hybridgl.viz import overlay, save_image
 
     # Cheap checks first, so that bad input fails before the models load.
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     count = len(args.expressions)
     records = []
     for i, (expr, pred) in enumerate(zip(args.expressions, preds, strict=True)):
-        rec = prediction_record(pred, expr, id=i)
+        rec = {"id": i, **pred.to_dict(polygons=True)}
         if args.mask:
             path = save_mask_png(pred.mask, numbered_path(args.mask, i, count))
             rec["mask_png"] = str(path)
@@ -226,5 +227,5 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            atomic_write_bytes(args.json_out, text.encode("utf-8"))
+            atomic_write_text(args.json_out, text)
     return EXIT_OK
