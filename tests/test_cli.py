@@ -171,6 +171,30 @@ def test_bad_input_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "--device" in capsys.readouterr().err
 
 
+def test_large_images_and_proposals_are_bad_input_before_models_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+    from test_images import blank_png
+    from test_masks import _npy_header_only
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(blank_png(18000, 18000))  # 39 KB claiming 324 MP
+    assert main(["segment", str(bomb), "a cat"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "too large" in err and "Traceback" not in err
+    small = tmp_path / "small.png"
+    Image.new("RGB", (8, 6)).save(small)
+    assert main(["segment", str(small), "a cat", "--max-pixels", "47"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "8 x 6 = 48 pixels" in err and "--max-pixels" in err
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(_npy_header_only((10000, 6, 8)))
+    assert main(["segment", str(small), "a cat", "--proposals", str(huge)]) == EXIT_INPUT
+    assert "more than the limit" in capsys.readouterr().err
+    assert main(["segment", str(small), "a cat", "--max-pixels", "-1"]) == EXIT_USAGE
+
+
 @needs_data
 def test_missing_weights_exit_4(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -20,6 +20,7 @@ from hybridgl.masks import (
     png_to_mask,
     polygons_to_mask,
     prediction_record,
+    read_proposals_npy,
     rle_to_mask,
     save_mask_png,
 )
@@ -299,3 +300,74 @@ def test_prediction_record_not_found() -> None:
     assert "polygons" not in prediction_record(
         _prediction(HAND_MASKS["rect"]), "x", include_polygons=False
     )
+
+
+# ---------------------------------------------------------------- proposals files
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "|b1") -> bytes:
+    """A .npy file whose header claims ``shape`` but which holds no data at all."""
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return b"\x93NUMPY\x01\x00" + buf.getvalue()[8:]
+
+
+def test_read_proposals_npy_binarises_and_checks_size(tmp_path: Path) -> None:
+    soft = np.array([[[0.0, 0.3, 0.51], [1.0, 0.5, 0.7]]], np.float32)  # (1, 2, 3)
+    path = tmp_path / "p.npy"
+    np.save(path, soft)
+    want = np.array([[[False, False, True], [True, False, True]]])
+    for source in (path, str(path), path.read_bytes()):
+        np.testing.assert_array_equal(read_proposals_npy(source, 2, 3), want)
+    np.save(path, soft[0])  # a single (H, W) mask is N = 1
+    assert read_proposals_npy(path, 2, 3).shape == (1, 2, 3)
+    with pytest.raises(ValueError, match=r"size 2x3 but the image is 3x2"):
+        read_proposals_npy(path, 3, 2)
+
+
+def test_read_proposals_npy_refuses_huge_headers_before_allocating(tmp_path: Path) -> None:
+    # a 100-byte file claiming 40 GB of masks (10000 x 2000 x 2000 bool): refused from the
+    # header; np.load would first try to allocate the 40 GB
+    path = tmp_path / "huge.npy"
+    path.write_bytes(_npy_header_only((10000, 2000, 2000)))
+    assert path.stat().st_size < 200
+    with pytest.raises(ValueError, match="10,000 masks, more than the limit"):
+        read_proposals_npy(path, 2000, 2000)
+    with pytest.raises(ValueError, match="more than the limit"):
+        read_proposals_npy(path.read_bytes(), 2000, 2000, max_proposals=20000)
+    # a plausible shape whose data is missing: truncated, refused before reading
+    path.write_bytes(_npy_header_only((300, 2000, 2000)))
+    with pytest.raises(ValueError, match=r"truncated.*1,200,000,000 bytes"):
+        read_proposals_npy(path, 2000, 2000)
+    # without an image size, the masks themselves must fit the pixel limit
+    path.write_bytes(_npy_header_only((1, 20000, 20000)))
+    with pytest.raises(ValueError, match="above the limit"):
+        read_proposals_npy(path)
+
+
+@pytest.mark.parametrize(
+    ("arr", "match"),
+    [
+        (np.array([[["a", "b"]]]), "dtype <U1"),
+        (np.array([[[None, 1]]], dtype=object), "pickles are not accepted"),
+        (np.zeros((1, 1, 2), np.complex64), "dtype complex64"),
+        (np.zeros((1, 1, 1, 2), bool), r"shape \(1, 1, 1, 2\)"),
+    ],
+)
+def test_read_proposals_npy_refuses_odd_arrays(arr: np.ndarray, match: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.npy"
+    np.save(path, arr, allow_pickle=True)
+    with pytest.raises(ValueError, match=match):
+        read_proposals_npy(path, 1, 2)
+
+
+def test_read_proposals_npy_refuses_nan_and_non_npy(tmp_path: Path) -> None:
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([[[np.nan, 1.0]]]))
+    with pytest.raises(ValueError, match="NaN"):
+        read_proposals_npy(path, 1, 2)
+    with pytest.raises(ValueError, match="not a .npy file"):
+        read_proposals_npy(b"PK\x03\x04 a zip", 1, 2)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_proposals_npy(tmp_path / "missing.npy", 1, 2)

@@ -1,10 +1,35 @@
-"""Image loading: paths, PIL images and arrays to ``(H, W, 3)`` uint8 RGB."""
+"""Image loading: paths, bytes, PIL images and arrays to ``(H, W, 3)`` uint8 RGB.
+
+One set of rules for every kind of input (a file, its bytes, a PIL image, an array):
+
+* **Size**: at most ``max_pixels`` pixels (:data:`DEFAULT_MAX_PIXELS` unless told
+  otherwise). For files and bytes the size is read from the header, before any pixel is
+  decoded, so a 39 KB PNG that claims 18000 x 18000 pixels is refused at once and with
+  flat memory. Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is never changed; its
+  decompression-bomb error (over twice that limit, about 179 MP by default) is reported
+  as an :class:`~hybridgl.errors.ImageError` too, and its warning never reaches the user.
+* **Orientation**: the EXIF orientation of files and PIL images is applied.
+* **8 bits**: uint8 data is used as is. **16-bit** data (``I;16`` images, uint16 arrays)
+  keeps its high byte, ``v >> 8``: it is what Pillow itself does when it reads a 16-bit
+  colour PNG, so a 16-bit picture gives the same pixels whether it is stored as gray or
+  colour, and the standard 8-to-16-bit expansion ``v * 257`` comes back exactly.
+  32-bit integer images (mode ``I``) are read the same way when every value is in
+  ``[0, 65535]`` and refused otherwise. **Float** data (mode ``F``, float arrays) must lie
+  in ``[0, 1]`` and becomes ``round(v * 255)``; anything outside (or NaN) is refused
+  with an error naming the mode and the range found, never clipped.
+* **Channels**: gray (``HxW``, ``HxWx1``, modes ``1``/``L``/``I``/``F``) is repeated
+  to RGB; gray + alpha (``HxWx2``, ``LA``) and RGBA (``HxWx4``, ``RGBA``, palette
+  images with transparency) are composited on white, the same way for arrays and files;
+  every other Pillow mode (CMYK, YCbCr, palette, ...) is converted by Pillow.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -13,65 +38,180 @@ from hybridgl.errors import ImageError
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
-# A guard against decompression bombs; large but finite (about 180 MP).
-Image.MAX_IMAGE_PIXELS = 180_000_000
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "check_pixels", "load_image", "to_uint8"]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest image accepted by default, in pixels (50 MP).
+
+Every phone and most camera sensors (up to 48-50 MP) fit; decoding the largest accepted
+image costs 150 MB as RGB (up to 400 MB for a 16-bit RGBA intermediate). The server
+uses the same default (it derives its own from a memory budget no lower than this)."""
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def check_pixels(height: int, width: int, max_pixels: int | None, name: str = "image") -> None:
+    """Refuse an image of ``height x width`` above ``max_pixels`` (None: no limit).
+
+    Raises:
+        ImageError: the image is too large; the message gives both numbers.
+    """
+    if max_pixels is None:
+        return
+    pixels = int(height) * int(width)
+    if pixels > max_pixels:
+        raise ImageError(
+            f"{name} is too large: {width} x {height} = {pixels:,} pixels, "
+            f"above the limit of {max_pixels:,} (max_pixels; the CLI's --max-pixels)"
+        )
+
+
+def _float_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.size:
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ImageError(f"{what} holds NaN or infinite values; float images must be in [0, 1]")
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(
+                f"{what} has values in [{lo:g}, {hi:g}]; float images must be in [0, 1] "
+                "(scale them, or convert to uint8 or uint16 yourself)"
+            )
+    return np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def to_uint8(arr: np.ndarray, what: str = "image array") -> np.ndarray:
+    """Scale pixel values to uint8 by the module's rules (shape unchanged).
+
+    uint8 as is; bool as 0/255; uint16 ``v >> 8``; floats in ``[0, 1]`` as
+    ``round(v * 255)``; signed or 32-bit integers only when every value is in
+    ``[0, 65535]`` (then as 16-bit).
+
+    Raises:
+        ImageError: values outside the documented range, or an unsupported dtype;
+            the message names ``what`` (the dtype or Pillow mode) and the range found.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * np.uint8(255)
+    if arr.dtype == np.uint16:
+        return (arr >> 8).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        return _float_to_uint8(arr, what)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size:
+            lo, hi = int(np.min(arr)), int(np.max(arr))
+            if lo < 0 or hi > 65535:
+                raise ImageError(
+                    f"{what} has values in [{lo}, {hi}]; integer images must be 8-bit "
+                    "[0, 255] (uint8) or 16-bit [0, 65535]"
+                )
+        return (arr.astype(np.uint16) >> 8).astype(np.uint8)
+    raise ImageError(f"{what}: unsupported pixel type {arr.dtype} (use uint8, uint16 or float)")
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGB", img.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.split()[-1])
+    return background
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        # composite on white rather than dropping alpha onto undefined colours
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
-        img = background
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
+    """An 8-bit-or-deeper PIL image (EXIF already applied) to ``(H, W, 3)`` uint8."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        gray = to_uint8(np.asarray(img), what=f"image mode {mode}")
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    try:
+        if mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            img = _composite_on_white(img)
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+    except ValueError as e:  # e.g. "conversion from LAB to RGB not supported"
+        raise ImageError(f"unsupported image mode {mode}: {e}") from None
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def load_image(image: ImageInput) -> np.ndarray:
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (2, 3, 4))):
+        raise ImageError(
+            f"image array must be HxW, HxWx1 (gray), HxWx2 (gray+alpha), HxWx3 (RGB) "
+            f"or HxWx4 (RGBA), got shape {arr.shape}"
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"image is empty: shape {arr.shape}")
+    arr = to_uint8(arr, what=f"image array of dtype {arr.dtype}")
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr)
+    mode = "LA" if arr.shape[2] == 2 else "RGBA"
+    # through Pillow, so that alpha is composited exactly as for an RGBA file
+    return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode=mode))
+
+
+def _open(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # the size is checked against max_pixels below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError as e:
+        raise ImageError(
+            f"image {name} is too large: {e} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(f"cannot read image {name}: {e}") from None
+    with img:
+        width, height = img.size
+        check_pixels(height, width, max_pixels, name=f"image {name}")
+        try:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"cannot read image {name}: {e}") from None
+        return _pil_to_rgb(upright)
+
+
+def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return the image as a C-contiguous ``(H, W, 3)`` uint8 RGB array.
 
-    Accepts a path, encoded bytes, a PIL image or an array (``HxWx3`` uint8; ``HxW``
-    grayscale and ``HxWx4`` RGBA are converted). EXIF orientation is applied to
-    files and PIL images; grayscale, RGBA and palette images become RGB.
+    Accepts a path, encoded bytes, a PIL image or an array, all by the rules of this
+    module's docstring (16-bit as ``v >> 8``, floats in ``[0, 1]``, alpha composited on
+    white, gray to RGB, EXIF orientation applied to files and PIL images).
+
+    Args:
+        image: the image.
+        max_pixels: largest accepted ``height * width``; None accepts any size. Files
+            and bytes are checked from their header, before decoding.
 
     Raises:
-        ImageError: the input cannot be read or has an unsupported shape or dtype.
+        ImageError: the input cannot be read, is too large, or has an unsupported shape,
+            dtype, mode or value range.
     """
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype != np.uint8:
-            raise ImageError(f"image array must be uint8, got {arr.dtype}")
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        elif arr.ndim == 3 and arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        elif arr.ndim == 3 and arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] != 3:
-            raise ImageError(f"image array must be HxWx3, got shape {image.shape}")
-        if arr.shape[0] < 1 or arr.shape[1] < 1:
-            raise ImageError(f"image is empty: shape {image.shape}")
-        return np.ascontiguousarray(arr)
+        if image.ndim >= 2:
+            check_pixels(image.shape[0], image.shape[1], max_pixels, name="image array")
+        return _array_to_rgb(image)
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
-    if isinstance(image, (bytes, bytearray)):
-        source: object = io.BytesIO(image)
-        name = "<bytes>"
-    elif isinstance(image, (str, os.PathLike)):
+        width, height = image.size
+        check_pixels(height, width, max_pixels, name="image")
+        try:
+            image.load()
+            img = ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"cannot read image: {e}") from None
+        return _pil_to_rgb(img)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _open(io.BytesIO(bytes(image)), "<bytes>", max_pixels)
+    if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"image not found: {path}")
-        source = path
-        name = str(path)
-    else:
-        raise ImageError(f"unsupported image type {type(image).__name__}")
-    try:
-        with Image.open(source) as img:  # type: ignore[arg-type]
-            img.load()
-            return _pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {name}: {e}") from None
+        return _open(path, str(path), max_pixels)
+    raise ImageError(f"unsupported image type {type(image).__name__}")

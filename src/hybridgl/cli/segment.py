@@ -18,8 +18,10 @@ from hybridgl.cli.common import (
     UsageError,
     add_model_args,
     build_segmenter,
+    non_negative_int,
     predict_options,
 )
+from hybridgl.images import DEFAULT_MAX_PIXELS
 
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -69,6 +71,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MASKS.npy",
         help="use these N x H x W bool masks (.npy) instead of SAM's proposals",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images above N pixels, checked from the file header before decoding "
+        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours, Pillow's own "
+        "decompression-bomb limit still applies)",
+    )
     add_model_args(p)
     p.set_defaults(func=run)
     return p
@@ -104,33 +115,28 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise UsageError(f"{opt} {value!r}: {parent} is not a folder")
 
 
-def load_proposals(path: str | Path) -> np.ndarray:
-    """Read an ``(N, H, W)`` (or ``(H, W)``) mask array from a ``.npy`` file.
+def load_proposals(
+    path: str | Path, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """Read ``(N, H, W)`` (or ``(H, W)``) proposals from a ``.npy`` file.
+
+    The header is checked before anything is allocated (see
+    :func:`hybridgl.masks.read_proposals_npy`); with ``height`` and ``width`` the masks
+    must match the image.
 
     Raises:
-        InputError: the file is missing, not a .npy array, or not 2-D/3-D.
+        InputError: the file is missing, not a plain .npy array of bool or numbers, too
+            large, truncated, or of another size than the image.
     """
+    from hybridgl.masks import read_proposals_npy
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"proposals file not found: {p}")
     try:
-        with open(p, "rb") as f:
-            magic = f.read(6)
-    except OSError as e:
-        raise InputError(f"cannot read proposals {p}: {e}") from None
-    if magic != b"\x93NUMPY":
-        raise InputError(f"proposals {p} is not a .npy file (save it with numpy.save)")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"cannot read proposals {p}: not a .npy array ({e})") from None
-    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3):
-        raise InputError(f"proposals {p} must be an N x H x W array, got shape {np.shape(arr)}")
-    if arr.dtype != np.bool_:
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise InputError(f"proposals {p} must be bool or numeric, got {arr.dtype}")
-        arr = arr > 0.5 if np.issubdtype(arr.dtype, np.floating) else arr != 0
-    return arr if arr.ndim == 3 else arr[None]
+        return read_proposals_npy(p, height, width)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def summary_line(index: int, record: dict[str, Any]) -> str:
@@ -172,13 +178,11 @@ def run(args: argparse.Namespace) -> int:
     for i, expr in enumerate(args.expressions):
         if not expr.strip():
             raise ExpressionError(f"expression {i} is empty")
-    image = load_image(args.image)
-    proposals = load_proposals(args.proposals) if args.proposals else None
-    if proposals is not None and proposals.shape[1:] != image.shape[:2]:
-        raise InputError(
-            f"proposals {args.proposals} have size {proposals.shape[1]}x{proposals.shape[2]} "
-            f"but the image is {image.shape[0]}x{image.shape[1]} (H x W)"
-        )
+    max_pixels = args.max_pixels or None  # 0: no limit of ours
+    image = load_image(args.image, max_pixels=max_pixels)
+    proposals = (
+        load_proposals(args.proposals, image.shape[0], image.shape[1]) if args.proposals else None
+    )
 
     t0 = time.perf_counter()
     seg = build_segmenter(args)
