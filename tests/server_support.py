@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,13 @@ def pixel_key(image: Any) -> str:
     return hashlib.sha256(arr.tobytes() + repr(arr.shape).encode()).hexdigest()
 
 
+def _encode(seg: Any, image: Any, proposals: Any) -> Any:
+    encode = getattr(seg, "encode_image", None)
+    if encode is not None:
+        return encode(image, proposals=proposals)
+    return seg.set_image(image, proposals=proposals)
+
+
 class GivenProposals:
     """A real Segmenter that takes COCO instance masks as proposals for known images."""
 
@@ -69,10 +78,13 @@ class GivenProposals:
         self._seg = segmenter
         self._table = {pixel_key(path): masks for path, masks in images}
 
-    def set_image(self, image: Any, proposals: Any = None) -> Any:
+    def encode_image(self, image: Any, proposals: Any = None) -> Any:
         if proposals is None:
             proposals = self._table.get(pixel_key(image))
-        return self._seg.set_image(image, proposals=proposals)
+        return _encode(self._seg, image, proposals)
+
+    def set_image(self, image: Any, proposals: Any = None) -> Any:
+        raise AssertionError("the server must use encode_image, never set_image")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._seg, name)
@@ -89,10 +101,12 @@ class BlockingSegmenter:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def set_image(self, image: Any, proposals: Any = None) -> Any:
+    def encode_image(self, image: Any, proposals: Any = None) -> Any:
         self.entered.set()
         self.release.wait(60)
         raise RuntimeError("released by the test")
+
+    set_image = encode_image
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._seg, name)
@@ -110,3 +124,75 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def counters(seg: Any) -> dict[str, int]:
     return {k: int(seg.stats.get(k, 0)) for k in ("sam_runs", "feature_passes", "gem_passes")}
+
+
+class GatedSegmenter:
+    """Holds every ``encode_image`` until ``gate`` is set, then encodes for real.
+
+    ``inside`` counts the calls waiting at the gate (the memory-bound tests).
+    """
+
+    def __init__(self, segmenter: Any) -> None:
+        self._seg = segmenter
+        self.gate = threading.Event()
+        self.inside = 0
+        self._lock = threading.Lock()
+
+    def encode_image(self, image: Any, proposals: Any = None) -> Any:
+        with self._lock:
+            self.inside += 1
+        self.gate.wait(120)
+        return _encode(self._seg, image, proposals)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._seg, name)
+
+
+class BackgroundServer:
+    """Run an app with uvicorn on a background thread, on a free port of 127.0.0.1.
+
+    Uses the server's own uvicorn configuration (:func:`hybridgl.server.protocol.
+    uvicorn_config`, read timeout included). :attr:`url` is the base URL once started.
+    """
+
+    def __init__(self, app: Any, log_level: str = "warning") -> None:
+        import uvicorn
+
+        from hybridgl.server.protocol import uvicorn_config
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.host, self.port = self._sock.getsockname()[:2]
+        self.server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread exited during start-up")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start within {timeout:g} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
-from server_support import ARTIFACTS, GivenProposals, coco_images  # noqa: E402
+from server_support import ARTIFACTS, BackgroundServer, GivenProposals, coco_images  # noqa: E402
 
 from hybridgl.masks import rle_to_mask  # noqa: E402
-from hybridgl.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from hybridgl.server import ServerSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.browser
 

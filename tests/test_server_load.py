@@ -16,9 +16,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 httpx = pytest.importorskip("httpx")
 
-from server_support import GivenProposals, coco_images, counters  # noqa: E402
+from server_support import BackgroundServer, GivenProposals, coco_images, counters  # noqa: E402
 
-from hybridgl.server import BackgroundServer, ServerSettings, create_app  # noqa: E402
+from hybridgl.server import ServerSettings, create_app  # noqa: E402
 
 N_REQUESTS = 50
 REQUEST_TIMEOUT_S = 240.0

@@ -31,7 +31,6 @@ Examples:
 # (module, subcommand, what to install when it cannot be imported)
 PLUGINS = (
     ("hybridgl.eval.cli", "evaluate", "pip install 'hybridgl'"),
-    ("hybridgl.server.cli", "serve", "pip install 'hybridgl[server]'"),
 )
 
 
@@ -94,7 +93,7 @@ def _register_missing(subparsers: Any, name: str, reason: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from hybridgl import __version__
-    from hybridgl.cli import batch, segment, weights_cmd
+    from hybridgl.cli import batch, segment, serve, weights_cmd
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -109,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.register(subparsers)
     batch.register(subparsers)
     weights_cmd.register(subparsers)
+    serve.register(subparsers)
     for module, name, install in PLUGINS:
         _register_plugin(subparsers, module, name, install)
     for sub in _all_subparsers(subparsers):

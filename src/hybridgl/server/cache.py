@@ -69,6 +69,11 @@ class LRUCache(Generic[V]):
             self.hits += 1
             return value
 
+    def peek(self, key: str) -> V | None:
+        """The value for ``key`` or None, without counting a hit or miss or reordering."""
+        with self._lock:
+            return self._data.get(key)
+
     def put(self, key: str, value: V) -> None:
         """Store ``value`` under ``key``, evicting the least recently used entries."""
         if self.capacity == 0:
