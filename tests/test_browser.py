@@ -130,14 +130,14 @@ def test_demo_page_end_to_end(page_and_server):
     assert page.locator("#candidates li.selected[data-answer='true']").count() == 1
 
     # the JavaScript RLE decoder agrees with pycocotools on every mask it was sent
-    for rle in [res["rle"]] + [c["rle"] for c in res["candidates"]]:
+    for rle in [res["mask"]] + [c["mask"] for c in res["candidates"]]:
         mask = rle_to_mask(rle)
         h, w = mask.shape
         flat = np.flatnonzero(mask)  # row-major indices, as in the JS decoder
         assert page.evaluate(JS_DECODE, rle) == [h, w, int(mask.sum()), int(flat.sum())]
 
     # the overlay is on the canvas: the answer's outline pixels carry the answer colour
-    answer_mask = rle_to_mask(res["rle"])
+    answer_mask = rle_to_mask(res["mask"])
     size = page.evaluate(
         "(() => { const c = document.getElementById('canvas'); return [c.width, c.height]; })()"
     )
@@ -158,7 +158,7 @@ def test_demo_page_end_to_end(page_and_server):
     page.click(f"#candidates li[data-rank='{rank}']")
     page.wait_for_selector(f"#canvas[data-shown='candidate-{rank}']")
     assert page.locator(f"#candidates li[data-rank='{rank}']").get_attribute("class") == "selected"
-    cand_mask = rle_to_mask(res["candidates"][rank]["rle"])
+    cand_mask = rle_to_mask(res["candidates"][rank]["mask"])
     assert np.array_equal(cand_mask, gt[res["candidates"][rank]["index"]])
     assert fraction_with_colour(page, edge_pixels(cand_mask), CANDIDATE_RGB) > 0.9
     page.screenshot(path=str(ARTIFACTS / "browser-candidate.png"))

@@ -25,6 +25,7 @@ from server_support import (  # noqa: E402
 )
 
 from hybridgl.masks import mask_to_box, png_to_mask, rle_to_mask  # noqa: E402
+from hybridgl.schemas import validate  # noqa: E402
 from hybridgl.server import ServerSettings, create_app  # noqa: E402
 from hybridgl.server.cache import LRUCache  # noqa: E402
 
@@ -130,8 +131,9 @@ def test_segment_json_shapes_and_candidates(client, images):
         "a dog next to the table",
     ]
     for res in body["results"]:
-        mask = rle_to_mask(res["rle"])
-        assert mask.shape == (h, w) and res["rle"]["size"] == [h, w]
+        validate(res)  # the package's one prediction record (docs/FORMATS.md)
+        mask = rle_to_mask(res["mask"])
+        assert mask.shape == (h, w) and res["mask"]["size"] == [h, w]
         assert res["found"] is True and res["area"] == int(mask.sum()) > 0
         assert res["box"] == pytest.approx(list(mask_to_box(mask)))
         assert np.array_equal(mask, gt[res["index"]])  # the answer is one of the proposals
@@ -144,7 +146,7 @@ def test_segment_json_shapes_and_candidates(client, images):
         assert 1 <= len(cands) <= 3
         assert res["index"] in [c["index"] for c in cands]
         for c in cands:
-            cmask = rle_to_mask(c["rle"])
+            cmask = rle_to_mask(c["mask"])
             assert np.array_equal(cmask, gt[c["index"]])
             assert c["box"] == pytest.approx(list(mask_to_box(cmask)))
             assert {"clip_score", "probability"} <= set(c)
@@ -162,7 +164,7 @@ def test_expressions_as_json_list_keep_order(client, images):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [x["expression"] for x in results] == ["a chair", "the tv", "the lamp"]
-    assert all("polygons" not in x and "rle" not in x["candidates"][0] for x in results)
+    assert all("polygons" not in x and "mask" not in x["candidates"][0] for x in results)
     assert all(len(x["candidates"]) <= 2 for x in results)
 
 
@@ -175,7 +177,7 @@ def test_rle_round_trip_equals_png_mask(client, images):
     assert png.headers["content-type"] == "image/png"
     assert png.headers["x-cache-hit"] == "true"
     from_png = png_to_mask(png.content)
-    from_rle = rle_to_mask(js.json()["results"][0]["rle"])
+    from_rle = rle_to_mask(js.json()["results"][0]["mask"])
     assert from_png.shape == from_rle.shape
     assert np.array_equal(from_png, from_rle)
 

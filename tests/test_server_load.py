@@ -51,7 +51,7 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     """Equal answers: same masks, boxes, parses and candidates; scores equal to float noise."""
     if len(a) != len(b):
         return False
-    exact = ("expression", "found", "box", "rle", "area", "index", "pure_index", "parse")
+    exact = ("expression", "found", "box", "mask", "area", "index", "pure_index", "parse")
     for x, y in zip(a, b, strict=True):
         if any(x[k] != y[k] for k in exact):
             return False

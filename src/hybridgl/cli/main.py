@@ -29,9 +29,7 @@ Examples:
 """
 
 # (module, subcommand, what to install when it cannot be imported)
-PLUGINS = (
-    ("hybridgl.eval.cli", "evaluate", "pip install 'hybridgl'"),
-)
+PLUGINS = (("hybridgl.eval.cli", "evaluate", "pip install 'hybridgl'"),)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

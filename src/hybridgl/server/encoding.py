@@ -15,71 +15,38 @@ def _num(x: Any) -> float | None:
     """A JSON-safe float (None for NaN/inf/None)."""
     if x is None:
         return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
+    f = float(x)
     return f if math.isfinite(f) else None
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (bool, int, str)) or obj is None:
-        return obj
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return str(obj)
-
-
-def _candidate_record(cand: Any, state: Any, with_mask: bool) -> dict[str, Any]:
-    from hybridgl.masks import mask_to_rle
-
-    rec = {k: _clean(v) for k, v in cand.to_dict().items()}
-    idx = int(cand.index)
-    boxes = getattr(state, "boxes", None)
-    if boxes is not None and 0 <= idx < len(boxes):
-        rec["box"] = [_num(v) for v in boxes[idx]]
-    if with_mask:
-        rec["rle"] = mask_to_rle(np.asarray(state.masks[idx], dtype=bool))
-    return rec
 
 
 def prediction_json(
     pred: Any,
-    expression: str,
     state: Any,
     *,
     candidate_masks: bool = False,
     polygons: bool = True,
 ) -> dict[str, Any]:
-    """JSON record of one prediction: the CLI's record plus candidate boxes and timings.
+    """One result: the package's one prediction record plus candidate boxes (and masks).
 
-    Keys: ``expression``, ``found``, ``score``, ``box`` (XYWH), ``area``, ``height``,
-    ``width``, ``rle`` (COCO compressed), ``polygons`` (unless turned off), ``index``,
-    ``pure_index``, ``num_proposals``, ``candidates`` (each with its proposal ``box`` and,
-    with ``candidate_masks``, its ``rle``), ``parse`` and ``timings``.
+    The record is :meth:`hybridgl.types.Prediction.to_dict` unchanged (docs/FORMATS.md);
+    the server adds ``box`` (XYWH) to each candidate and, with ``candidate_masks``, its
+    ``mask`` as COCO RLE, the same encoding as the record's own ``mask``.
     """
-    from hybridgl.masks import prediction_record
+    from hybridgl.masks import mask_to_rle
 
-    rec = _clean(prediction_record(pred, expression, include_polygons=polygons))
-    rec["candidates"] = [_candidate_record(c, state, candidate_masks) for c in pred.candidates]
-    # the library reports seconds; the API reports milliseconds throughout
-    rec["timings"] = {
-        f"{name}_ms": _num(float(value) * 1000.0) for name, value in dict(pred.timings).items()
-    }
+    rec = pred.to_dict(polygons=polygons)
+    boxes = getattr(state, "boxes", None)
+    for cand in rec.get("candidates", []):
+        idx = int(cand["index"])
+        if boxes is not None and 0 <= idx < len(boxes):
+            cand["box"] = [_num(v) for v in boxes[idx]]
+        if candidate_masks:
+            cand["mask"] = mask_to_rle(np.asarray(state.masks[idx], dtype=bool))
     return rec
 
 
 def segment_body(
     outcome: Outcome,
-    expressions: list[str],
     *,
     top_k: int,
     guidance: bool,
@@ -90,8 +57,8 @@ def segment_body(
     """The JSON body of ``POST /v1/segment`` (docs/SERVER.md, "JSON response")."""
     state = outcome.state
     results = [
-        prediction_json(p, e, state, candidate_masks=candidate_masks, polygons=polygons)
-        for p, e in zip(outcome.predictions, expressions, strict=True)
+        prediction_json(p, state, candidate_masks=candidate_masks, polygons=polygons)
+        for p in outcome.predictions
     ]
     return {
         "image": {

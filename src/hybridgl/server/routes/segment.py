@@ -90,7 +90,6 @@ def include(app: FastAPI) -> None:
                 }
                 body = encoding.segment_body(
                     outcome,
-                    exprs,
                     top_k=k,
                     guidance=use_guidance,
                     candidate_masks=candidate_masks,

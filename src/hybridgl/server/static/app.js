@@ -173,11 +173,11 @@
     if (!res) return;
     state.selected = selection;
     if (selection === "answer") {
-      if (res.found) drawMask(res.rle, res.box, COLORS.answer, res.parse.noun_phrase || res.expression);
+      if (res.found) drawMask(res.mask, res.box, COLORS.answer, res.parse.noun_phrase || res.expression);
     } else {
       const cand = res.candidates[selection];
-      if (cand && cand.rle) {
-        drawMask(cand.rle, cand.box, COLORS.candidate, `#${selection + 1} · proposal ${cand.index}`);
+      if (cand && cand.mask) {
+        drawMask(cand.mask, cand.box, COLORS.candidate, `#${selection + 1} · proposal ${cand.index}`);
       }
     }
     els.canvas.dataset.shown = selection === "answer" ? "answer" : `candidate-${selection}`;
