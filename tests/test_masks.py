@@ -371,3 +371,20 @@ def test_read_proposals_npy_refuses_nan_and_non_npy(tmp_path: Path) -> None:
         read_proposals_npy(b"PK\x03\x04 a zip", 1, 2)
     with pytest.raises(ValueError, match="cannot read"):
         read_proposals_npy(tmp_path / "missing.npy", 1, 2)
+
+
+def test_masks_to_boxes_xywh_matches_mask_to_box(coco_masks: list[np.ndarray]) -> None:
+    from hybridgl.masks import masks_to_boxes_xywh
+
+    hand = [HAND_MASKS[k] for k in ("one_pixel", "corner_pixel", "rect", "line", "two_rects")]
+    shape = hand[0].shape
+    same_size = [m for m in hand if m.shape == shape] + [np.zeros(shape, bool)]
+    coco_same = [m for m in coco_masks if m.shape == coco_masks[0].shape][:20]
+    for stack in (np.stack(same_size), np.stack(coco_same)):
+        got = masks_to_boxes_xywh(stack)
+        assert got.dtype == np.float64 and got.shape == (len(stack), 4)
+        np.testing.assert_array_equal(got, [mask_to_box(m) for m in stack])
+    assert masks_to_boxes_xywh(np.zeros((0, 3, 4), bool)).shape == (0, 4)
+    np.testing.assert_array_equal(
+        masks_to_boxes_xywh(np.array([[[0, 2], [0, 0]]], np.uint8)), [[1, 0, 0, 0]]
+    )

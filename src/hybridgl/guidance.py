@@ -18,6 +18,8 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from hybridgl.types import DIRECTIONS, RELATIONS
+
 __all__ = [
     "RELATIONS",
     "DIRECTIONS",
@@ -33,10 +35,9 @@ __all__ = [
     "final_scores",
 ]
 
-#: Relation names understood by :func:`relation_sums`; anything else acts as ``"none"``.
-RELATIONS = ("none", "left", "right", "up", "down", "big", "small", "within")
-#: Direction names understood by :func:`direction_prior`; anything else gives ones.
-DIRECTIONS = ("none", "left", "right", "middle", "up", "down")
+# The one vocabulary (hybridgl.types): relation names understood by :func:`relation_sums`
+# (anything else acts as "none") and direction names understood by :func:`direction_prior`
+# (anything else gives ones).
 
 _EPS = 1e-12
 

@@ -39,6 +39,7 @@ __all__ = [
     "mask_to_png_bytes",
     "mask_to_polygons",
     "mask_to_rle",
+    "masks_to_boxes_xywh",
     "png_to_mask",
     "polygons_to_mask",
     "prediction_record",
@@ -360,6 +361,34 @@ def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     x0, x1 = int(cols[0]), int(cols[-1])
     y0, y1 = int(rows[0]), int(rows[-1])
     return (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+
+
+def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
+    """XYWH boxes of ``(N, H, W)`` masks, :func:`mask_to_box`'s (SAM's) convention.
+
+    ``x`` = min column, ``y`` = min row, ``w`` = max column - x, ``h`` = max row - y (so a
+    one-pixel mask has w = h = 0). Empty masks get ``(0, 0, 0, 0)``.
+
+    Returns:
+        ``(N, 4)`` float64.
+    """
+    arr: np.ndarray = np.asarray(masks)
+    if arr.ndim != 3:
+        raise ValueError(f"masks must be an (N, H, W) array, got shape {arr.shape}")
+    if arr.dtype != np.bool_:
+        arr = np.not_equal(arr, 0)
+    boxes = np.zeros((arr.shape[0], 4), dtype=np.float64)
+    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        return boxes
+    rows: np.ndarray = np.any(arr, axis=2)  # (N, H)
+    cols: np.ndarray = np.any(arr, axis=1)  # (N, W)
+    found: np.ndarray = np.any(rows, axis=1)
+    y0 = rows.argmax(axis=1)
+    y1 = arr.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+    x0 = cols.argmax(axis=1)
+    x1 = arr.shape[2] - 1 - cols[:, ::-1].argmax(axis=1)
+    boxes[found] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[found]
+    return boxes
 
 
 def save_mask_png(mask: np.ndarray, path: PathLike) -> Path:

@@ -39,10 +39,12 @@ __all__ = [
     "DIRECTION_LEFT_KEYWORDS",
     "DIRECTION_MIDDLE_KEYWORDS",
     "DIRECTION_RIGHT_KEYWORDS",
+    "DIRECTION_TABLE",
     "DIRECTION_UP_KEYWORDS",
     "DOWN_KEYWORDS",
     "LEFT_KEYWORDS",
     "NULL_KEYWORDS",
+    "RELATION_TABLE",
     "RELATION_WORDS",
     "RIGHT_KEYWORDS",
     "SMALL_KEYWORDS",
@@ -84,6 +86,32 @@ DIRECTION_RIGHT_KEYWORDS: frozenset[str] = frozenset({"right"})
 DIRECTION_MIDDLE_KEYWORDS: frozenset[str] = frozenset({"middle", "between"})
 DIRECTION_UP_KEYWORDS: frozenset[str] = frozenset({"up", "top", "above"})
 DIRECTION_DOWN_KEYWORDS: frozenset[str] = frozenset({"down", "under", "bottom", "low"})
+
+KeywordTable = tuple[tuple[str, frozenset[str]], ...]
+
+#: Relation name -> keywords, in the order the reference tests them (names: RELATIONS).
+RELATION_TABLE: KeywordTable = (
+    ("left", LEFT_KEYWORDS),
+    ("right", RIGHT_KEYWORDS),
+    ("up", UP_KEYWORDS),
+    ("down", DOWN_KEYWORDS),
+    ("big", BIG_KEYWORDS),
+    ("small", SMALL_KEYWORDS),
+    ("within", WITHIN_KEYWORDS),
+)
+# Reference quirk: its "right" test compares the token with the whole set (str == set),
+# which is never true, so "right" never fires unless the fix is asked for. No other entry
+# holds "right" or "east", so leaving the entry out is the same scan.
+_REFERENCE_RELATION_TABLE: KeywordTable = tuple(e for e in RELATION_TABLE if e[0] != "right")
+
+#: Direction name -> keywords, in the reference's order (names: DIRECTIONS).
+DIRECTION_TABLE: KeywordTable = (
+    ("left", DIRECTION_LEFT_KEYWORDS),
+    ("right", DIRECTION_RIGHT_KEYWORDS),
+    ("middle", DIRECTION_MIDDLE_KEYWORDS),
+    ("up", DIRECTION_UP_KEYWORDS),
+    ("down", DIRECTION_DOWN_KEYWORDS),
+)
 
 _NO_HEAD = 999  # the reference's starting "best head index"
 
@@ -177,51 +205,36 @@ def _key_noun_phrase(doc: Doc, chunks: Sequence[Span], sentence: str) -> str:
     return sentence
 
 
+def _scan(doc: Doc, table: KeywordTable) -> str:
+    """The keyword scan shared by the relation and the direction (sections 5 and 6).
+
+    Tokens are visited in order; a token whose head index is smaller than the best so
+    far takes the name of the first table entry holding its text (the reference's
+    ``if/elif`` chain, where every branch also asks ``head < best``). So the keyword
+    whose head comes first wins, and on equal heads the earlier token stays.
+    """
+    found, best = "none", _NO_HEAD
+    for tok in doc:
+        head = tok.head.i
+        if head >= best:
+            continue
+        for name, words in table:
+            if tok.text in words:
+                found, best = name, head
+                break
+    return found
+
+
 def _relation(doc: Doc, context_roots: Sequence[str], fix_right_relation: bool) -> str:
     """Relation word (section 5): the keyword with the smallest head index, scanning in order."""
     if any(root in NULL_KEYWORDS for root in context_roots):
         return "none"
-    relation, best = "none", _NO_HEAD
-    for tok in doc:
-        text, head = tok.text, tok.head.i
-        if text in LEFT_KEYWORDS and head < best:
-            relation, best = "left", head
-        elif (
-            # Reference quirk: it compares the token with the whole set (str == set), which
-            # is never true, so "right" never fires unless the fix is asked for.
-            (text in RIGHT_KEYWORDS if fix_right_relation else text == RIGHT_KEYWORDS)  # type: ignore[comparison-overlap]
-            and head < best
-        ):
-            relation, best = "right", head
-        elif text in UP_KEYWORDS and head < best:
-            relation, best = "up", head
-        elif text in DOWN_KEYWORDS and head < best:
-            relation, best = "down", head
-        elif text in BIG_KEYWORDS and head < best:
-            relation, best = "big", head
-        elif text in SMALL_KEYWORDS and head < best:
-            relation, best = "small", head
-        elif text in WITHIN_KEYWORDS and head < best:
-            relation, best = "within", head
-    return relation
+    return _scan(doc, RELATION_TABLE if fix_right_relation else _REFERENCE_RELATION_TABLE)
 
 
 def _direction(doc: Doc) -> str:
     """Direction word (section 6): same head-index rule as the relation, own keywords."""
-    direction, best = "none", _NO_HEAD
-    for tok in doc:
-        text, head = tok.text, tok.head.i
-        if text in DIRECTION_LEFT_KEYWORDS and head < best:
-            direction, best = "left", head
-        elif text in DIRECTION_RIGHT_KEYWORDS and head < best:
-            direction, best = "right", head
-        elif text in DIRECTION_MIDDLE_KEYWORDS and head < best:
-            direction, best = "middle", head
-        elif text in DIRECTION_UP_KEYWORDS and head < best:
-            direction, best = "up", head
-        elif text in DIRECTION_DOWN_KEYWORDS and head < best:
-            direction, best = "down", head
-    return direction
+    return _scan(doc, DIRECTION_TABLE)
 
 
 def _parse_doc(expression: str, sentence: str, doc: Doc, fix_right_relation: bool) -> Parse:

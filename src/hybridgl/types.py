@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+#: The relation vocabulary (METHOD.md section 5), defined here only: the parser's keyword
+#: table (hybridgl.text.RELATION_TABLE), the guidance and the JSON Schema use these names.
 RELATIONS = ("none", "left", "right", "up", "down", "big", "small", "within")
+#: The direction vocabulary (METHOD.md section 6), defined here only.
 DIRECTIONS = ("none", "left", "right", "middle", "up", "down")
 
 

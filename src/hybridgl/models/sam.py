@@ -18,6 +18,10 @@ import torch
 from hybridgl.config import SamConfig
 from hybridgl.errors import WeightsError
 
+# Moved to hybridgl.masks (mask formats and boxes live there); re-exported for the
+# callers that still import it from here.
+from hybridgl.masks import masks_to_boxes_xywh  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 
@@ -258,17 +262,3 @@ class SamProposer:
                 return self.generator.generate(image)
         finally:
             del predictor.set_torch_image
-
-
-def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
-    """XYWH boxes of ``(N, H, W)`` bool masks, SAM's convention.
-
-    ``x`` = min column, ``y`` = min row, ``w`` = max column - x, ``h`` = max row - y (so a
-    one-pixel mask has w = h = 0). Empty masks get ``(0, 0, 0, 0)``.
-    """
-    from hybridgl.masks import mask_to_box
-
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float64)
-    for i, m in enumerate(masks):
-        boxes[i] = mask_to_box(m)
-    return boxes
