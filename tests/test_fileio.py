@@ -113,3 +113,18 @@ def test_rename_error_names_the_target_and_leaves_no_temp(tmp_path: Path) -> Non
     assert str(target) in str(info.value)
     assert ".tmp" not in str(info.value)
     assert _names(tmp_path) == ["out.json"]
+
+
+def test_atomic_path_rewords_writer_errors_on_the_temp_only(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+
+    class Mine(FileNotFoundError):
+        pass
+
+    with pytest.raises(Mine), atomic_path(target):
+        raise Mine("the caller's own error passes unchanged")
+    with pytest.raises(OSError) as info, atomic_path(target) as tmp:
+        raise OSError(28, "No space left on device", str(tmp))
+    assert info.value.errno == 28 and str(target) in str(info.value)
+    assert ".tmp" not in str(info.value)
+    assert _names(tmp_path) == []

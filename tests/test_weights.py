@@ -267,7 +267,7 @@ def test_download_then_cache_reuse(
     assert path.read_bytes() == PAYLOAD
     assert weights.sha256_file(path) == PAYLOAD_SHA
     assert server.hits == ["/" + FILENAME]
-    assert not [n for n in leftovers(isolated_env) if n.endswith(".part")]
+    assert not [n for n in leftovers(isolated_env) if n.startswith(".")]  # no temporary file left
 
     assert weights.resolve("fake") == path
     assert weights.resolve("fake", verify=True) == path
@@ -315,7 +315,7 @@ def test_interrupted_download_keeps_existing_good_file(
     with pytest.raises(WeightsError):
         weights.download(fake, isolated_env, progress=False)
     assert good.read_bytes() == PAYLOAD
-    assert not [n for n in leftovers(isolated_env) if n.endswith(".part")]
+    assert not [n for n in leftovers(isolated_env) if n.startswith(".")]  # no temporary file left
 
 
 def test_http_error_names_url_and_manual_steps(
@@ -501,3 +501,22 @@ def test_verify_marker_skips_rehash_until_file_changes(
     assert not weights.verify_file(fake, path)
     assert len(calls) == 1
     assert not weights.verify_file(fake, tmp_path / "absent.pth")
+
+
+def test_offline_and_failed_download_give_the_same_hint(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch, isolated_env: Path
+) -> None:
+    # one wording of "get it by hand": where from, the SHA-256, and where it is looked for
+    url = server.url("missing.pth")
+    ckpt = make_ckpt(url)
+    monkeypatch.setitem(weights.REGISTRY, "fake", ckpt)
+    with pytest.raises(WeightsError) as failed:
+        weights.resolve("fake", progress=False)
+    monkeypatch.setenv("HYBRIDGL_OFFLINE", "1")
+    with pytest.raises(WeightsError) as offline:
+        weights.resolve("fake", progress=False)
+    hint = (
+        f"Download {ckpt.filename} manually from {url} (SHA-256 {ckpt.sha256}) and put it "
+        f"in one of these directories, searched in this order:\n  - {isolated_env}\n"
+    )
+    assert hint in str(failed.value) and hint in str(offline.value)

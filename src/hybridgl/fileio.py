@@ -69,6 +69,10 @@ def _reword(exc: OSError, target: Path) -> OSError:
     return OSError(exc.errno, f"cannot write file: {exc.strerror}", str(target))
 
 
+def _names(exc: OSError, tmp: Path) -> bool:
+    return str(tmp) in (str(exc.filename), str(exc.filename2)) or str(tmp) in str(exc)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename durable where the platform allows it (best effort)."""
     try:
@@ -113,7 +117,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
     The temporary file exists (empty) when the block starts; the writer may overwrite or
     replace it. On success it is fsync-ed and renamed over ``path``; on any exception it
-    is removed and the exception propagates (an ``OSError`` reworded to name ``path``).
+    is removed and the exception propagates unchanged, except that an ``OSError`` naming
+    the temporary file is reworded to name ``path``.
 
     Yields:
         The temporary file's path, in the same folder as ``path``.
@@ -126,15 +131,21 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise _reword(e, target) from None
     try:
         yield tmp
+    except OSError as e:
+        _unlink_quietly(tmp)
+        if _names(e, tmp):  # the writer failed on our temporary file: name the target
+            raise _reword(e, target) from None
+        raise  # anything else (e.g. an error subclassing OSError) is the caller's own
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    try:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:
         _unlink_quietly(tmp)
         raise _reword(e, target) from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
     _fsync_dir(target.parent)
 
 

@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.errors import WeightsError
+from hybridgl.fileio import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def _write_marker(path: Path, sha256: str) -> None:
     try:
         st = path.stat()
         record = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        _marker_path(path).write_text(json.dumps(record) + "\n", encoding="utf-8")
+        atomic_write_json(_marker_path(path), record, indent=None)
     except OSError as exc:
         logger.debug("could not write verification marker for %s: %s", path, exc)
 
@@ -475,10 +475,11 @@ def _download_url(ckpt: Checkpoint, url: str | None = None) -> str:
     return ckpt.url
 
 
-def _where_to_put(ckpt: Checkpoint, dirs: list[Path]) -> str:
+def _how_to_get(ckpt: Checkpoint, dirs: list[Path], url: str | None = None) -> str:
+    """The one hint for getting a checkpoint by hand: where from, and where to put it."""
     places = "\n".join(f"  - {d}" for d in dirs)
     return (
-        f"Download {ckpt.filename} from {_download_url(ckpt)} "
+        f"Download {ckpt.filename} manually from {_download_url(ckpt, url)} "
         f"(SHA-256 {ckpt.sha256}) and put it in one of these directories, searched in "
         f"this order:\n{places}\n"
         f"Set {WEIGHTS_DIR_ENV} to add a directory, {CACHE_DIR_ENV} to move the cache, "
@@ -552,9 +553,9 @@ def resolve(
         raise WeightsError(
             f"Checkpoint {ckpt.name!r} ({ckpt.filename}) was not found and {why}.\n"
             + note
-            + _where_to_put(ckpt, dirs)
+            + _how_to_get(ckpt, dirs)
         )
-    return _download_impl(ckpt, cache_dir(), progress=progress)
+    return _download(ckpt, cache_dir(), progress=progress)
 
 
 # --------------------------------------------------------------------------- download
@@ -581,14 +582,6 @@ class _Progress:
             self._bar.close()
 
 
-def _manual_hint(ckpt: Checkpoint, url: str, dest_dir: Path) -> str:
-    return (
-        f"Download {url} manually (SHA-256 {ckpt.sha256}) and put it at "
-        f"{dest_dir / ckpt.filename}, or in a directory named by {WEIGHTS_DIR_ENV}, "
-        f"or pass its path explicitly."
-    )
-
-
 def download(
     ckpt: Checkpoint,
     dest_dir: Path | None = None,
@@ -598,10 +591,10 @@ def download(
 ) -> Path:
     """Download a checkpoint, check its SHA-256 and move it into place atomically.
 
-    The file streams into a hidden temporary file in ``dest_dir`` while being hashed; only
-    a complete file with the right SHA-256 is renamed to ``dest_dir/ckpt.filename``. On
-    any failure the temporary file is removed and nothing appears under the final name
-    (an existing file there is left untouched).
+    The file streams into a hidden temporary file in ``dest_dir`` while being hashed
+    (:func:`hybridgl.fileio.atomic_path`); only a complete file with the right SHA-256 is
+    renamed to ``dest_dir/ckpt.filename``. On any failure the temporary file is removed
+    and nothing appears under the final name (an existing file there is left untouched).
 
     Args:
         ckpt: Checkpoint to download.
@@ -615,99 +608,79 @@ def download(
         Path of the downloaded file.
 
     Raises:
-        WeightsError: On a network error, an incomplete transfer or a SHA-256 mismatch;
-            the message names the URL and how to fetch the file by hand.
+        WeightsError: On a network error, an incomplete transfer, a SHA-256 mismatch or a
+            folder that cannot be written; the message names the URL and how to fetch the
+            file by hand.
     """
-    return _download_impl(ckpt, dest_dir, progress=progress, url=url, timeout=timeout)
-
-
-def _download_impl(
-    ckpt: Checkpoint,
-    dest_dir: Path | None,
-    progress: bool = True,
-    url: str | None = None,
-    timeout: float = 60,
-) -> Path:
     target_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     source = _download_url(ckpt, url)
     final = target_dir / ckpt.filename
-    try:
-        target_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target_dir)
-    except OSError as exc:
-        raise WeightsError(
-            f"Cannot write {ckpt.filename} into {target_dir}: {exc}. "
-            + _manual_hint(ckpt, source, target_dir)
-        ) from exc
+
+    def hint() -> str:
+        return _how_to_get(ckpt, search_dirs(), url)
+
     logger.info("downloading %s from %s to %s", ckpt.name, source, final)
-    tmp = Path(tmp_name)
-    moved = False
+    received = 0
     try:
-        digest = hashlib.sha256()
-        received = 0
-        expected_length: int | None = None
-        with os.fdopen(fd, "wb") as out:
+        with atomic_path(final) as tmp:
+            digest = hashlib.sha256()
+            expected_length: int | None = None
             try:
-                request = urllib.request.Request(source, headers={"User-Agent": "hybridgl"})
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    header = response.headers.get("Content-Length")
-                    if header is not None and header.strip().isdigit():
-                        expected_length = int(header)
-                    show = progress and sys.stderr.isatty()
-                    bar = _Progress(expected_length or ckpt.size, ckpt.filename, show)
-                    try:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-                    finally:
-                        bar.close()
+                with open(tmp, "wb") as out:
+                    request = urllib.request.Request(source, headers={"User-Agent": "hybridgl"})
+                    with urllib.request.urlopen(request, timeout=timeout) as response:
+                        header = response.headers.get("Content-Length")
+                        if header is not None and header.strip().isdigit():
+                            expected_length = int(header)
+                        show = progress and sys.stderr.isatty()
+                        bar = _Progress(expected_length or ckpt.size, ckpt.filename, show)
+                        try:
+                            while chunk := response.read(_CHUNK):
+                                out.write(chunk)
+                                digest.update(chunk)
+                                received += len(chunk)
+                                bar.update(len(chunk))
+                        finally:
+                            bar.close()
             except urllib.error.HTTPError as exc:
                 raise WeightsError(
                     f"Downloading {ckpt.filename} from {source} failed: HTTP {exc.code} "
-                    f"{exc.reason}. " + _manual_hint(ckpt, source, target_dir)
+                    f"{exc.reason}. " + hint()
                 ) from exc
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                 raise WeightsError(
-                    f"Downloading {ckpt.filename} from {source} failed: {reason}. "
-                    + _manual_hint(ckpt, source, target_dir)
+                    f"Downloading {ckpt.filename} from {source} failed: {reason}. " + hint()
                 ) from exc
-            out.flush()
-            os.fsync(out.fileno())
-
-        if expected_length is not None and received != expected_length:
-            raise WeightsError(
-                f"Download of {ckpt.filename} from {source} was interrupted: received "
-                f"{received} of {expected_length} bytes; nothing was kept. Try again. "
-                + _manual_hint(ckpt, source, target_dir)
-            )
-        actual = digest.hexdigest()
-        if actual != ckpt.sha256:
-            raise WeightsError(
-                f"Checksum mismatch for {ckpt.filename} downloaded from {source}: "
-                f"expected sha256 {ckpt.sha256}, got {actual} ({received} bytes). "
-                "The file was discarded. " + _manual_hint(ckpt, source, target_dir)
-            )
-        if ckpt.size is not None and received != ckpt.size:
-            logger.warning(
-                "%s has %d bytes, the registry says %d; accepted because its SHA-256 matches",
-                ckpt.filename,
-                received,
-                ckpt.size,
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-        moved = True
-    finally:
-        if not moved:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # pragma: no cover - e.g. a read-only directory
-                logger.warning("could not remove temporary file %s: %s", tmp, exc)
+            if expected_length is not None and received != expected_length:
+                raise WeightsError(
+                    f"Download of {ckpt.filename} from {source} was interrupted: received "
+                    f"{received} of {expected_length} bytes; nothing was kept. Try again. " + hint()
+                )
+            actual = digest.hexdigest()
+            if actual != ckpt.sha256:
+                raise WeightsError(
+                    f"Checksum mismatch for {ckpt.filename} downloaded from {source}: "
+                    f"expected sha256 {ckpt.sha256}, got {actual} ({received} bytes). "
+                    "The file was discarded. " + hint()
+                )
+    except WeightsError:
+        raise
+    except OSError as exc:  # the folder cannot be created or written, the disk is full
+        raise WeightsError(
+            f"Cannot write {ckpt.filename} into {target_dir}: {exc}. " + hint()
+        ) from exc
+    if ckpt.size is not None and received != ckpt.size:
+        logger.warning(
+            "%s has %d bytes, the registry says %d; accepted because its SHA-256 matches",
+            ckpt.filename,
+            received,
+            ckpt.size,
+        )
     _write_marker(final, ckpt.sha256)
     logger.info("saved %s (%d bytes, sha256 ok)", final, received)
     return final
+
+
+# resolve's ``download`` argument shadows the function inside resolve; this is its name there.
+_download = download
