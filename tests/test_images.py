@@ -191,8 +191,10 @@ def test_unsupported_arrays(arr: np.ndarray) -> None:
 # ---------------------------------------------------------------- size limits
 
 
-def test_default_limit_is_50_megapixels() -> None:
-    assert DEFAULT_MAX_PIXELS == 50_000_000
+def test_default_limit_is_the_servers() -> None:
+    from hybridgl.server.settings import ServerSettings
+
+    assert DEFAULT_MAX_PIXELS == ServerSettings().pixel_limit == 44_739_242
 
 
 @pytest.mark.parametrize("kind", ["path", "bytes", "pil", "array"])

@@ -40,12 +40,15 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "check_pixels", "load_image", "to_uint8"]
 
-DEFAULT_MAX_PIXELS = 50_000_000
-"""Largest image accepted by default, in pixels (50 MP).
+DEFAULT_MAX_PIXELS = (1 << 30) // (2 * 12)
+"""Largest image accepted by default: 44,739,242 pixels (about 44.7 MP, e.g. 8192 x 5461).
 
-Every phone and most camera sensors (up to 48-50 MP) fit; decoding the largest accepted
-image costs 150 MB as RGB (up to 400 MB for a 16-bit RGBA intermediate). The server
-uses the same default (it derives its own from a memory budget no lower than this)."""
+The same default as the server's, derived from its memory budget (docs/SERVER.md,
+"Memory"): 1 GiB for decoded images, 2 images decoded at once, about 12 bytes per pixel at
+the peak of one decode (Pillow's 4-byte RGB buffer, the RGB array, a rotation or mode
+copy, the mask). The CLI and the Python API use it so that an image the server refuses is
+refused everywhere, with the same message. Raise it with ``max_pixels`` /
+``--max-pixels`` for larger photos (a 48 MP phone photo needs it)."""
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
