@@ -22,6 +22,7 @@ import pytest
 from hybridgl.cli.batch import mask_filename, read_rows
 from hybridgl.cli.common import (
     EXIT_INPUT,
+    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_USAGE,
@@ -193,6 +194,40 @@ def test_large_images_and_proposals_are_bad_input_before_models_load(
     assert main(["segment", str(small), "a cat", "--proposals", str(huge)]) == EXIT_INPUT
     assert "more than the limit" in capsys.readouterr().err
     assert main(["segment", str(small), "a cat", "--max-pixels", "-1"]) == EXIT_USAGE
+
+
+def test_segment_output_folders_are_checked_before_models_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    import hybridgl.cli.segment as segment_cli
+
+    def no_models(*_a: object, **_k: object) -> None:
+        raise AssertionError("models must not load when an output cannot be written")
+
+    monkeypatch.setattr(segment_cli, "build_segmenter", no_models)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (8, 6)).save(small)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # root may write anywhere, so the folder's missing permission is simulated
+    monkeypatch.setattr(
+        segment_cli.os,
+        "access",
+        lambda p, mode: False if Path(p) == locked else real_access(p, mode),
+    )
+    out = locked / "new" / "deeper" / "r.json"  # missing folders: checked at `locked`
+    assert main(["segment", str(small), "a cat", "--json", str(out)]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert str(locked) in err and "Traceback" not in err and ".tmp" not in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert (
+        main(["segment", str(small), "a cat", "--mask", str(afile / "sub" / "m.png")]) == EXIT_USAGE
+    )
+    assert "is not a folder" in capsys.readouterr().err
 
 
 @needs_data

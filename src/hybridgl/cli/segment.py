@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,9 +112,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         target = Path(value)
         if target.is_dir():
             raise UsageError(f"{opt} {value!r} is a folder; give a file name")
+        # the nearest existing folder above the file: missing ones are created on writing
         parent = target.parent
-        if parent.exists() and not parent.is_dir():
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
             raise UsageError(f"{opt} {value!r}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            # found before the models load and inference run; the same exit code (1) as
+            # the write itself would give
+            raise PermissionError(errno.EACCES, f"{opt}: cannot write into folder", str(parent))
 
 
 def load_proposals(
