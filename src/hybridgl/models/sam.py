@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamArch:
-    """Widths of one SAM size. ``tiny`` is a test device, not a real model."""
+    """Widths of one SAM size. ``tiny`` is a test device, not a real model.
+
+    ``image_size`` is SAM's input side (the longest image side is resized to it): 1024 for
+    every real size. The tiny test SAM runs at 256 px (a 16 x 16 embedding grid, 64 x 64
+    low-resolution masks), so that the automatic generator, still with the paper's
+    settings, costs about a second per photo on a CPU instead of several.
+    """
 
     encoder_embed_dim: int
     encoder_depth: int
@@ -38,6 +44,7 @@ class SamArch:
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_head_hidden_dim: int = 256
+    image_size: int = 1024
 
 
 SAM_ARCHS: dict[str, SamArch] = {
@@ -53,6 +60,7 @@ SAM_ARCHS: dict[str, SamArch] = {
         decoder_mlp_dim=64,
         decoder_heads=2,
         iou_head_hidden_dim=32,
+        image_size=256,
     ),
 }
 
@@ -117,7 +125,8 @@ def use_lean_attention(sam: Any) -> Any:
 
 def build_sam(arch: str) -> Any:
     """Build an uninitialised-from-checkpoint SAM of the named size (``vit_h``, ``vit_l``,
-    ``vit_b`` or ``tiny``) with the official input size 1024 and patch size 16."""
+    ``vit_b`` or ``tiny``) with patch size 16 and the size's input side (the official 1024
+    for the real sizes, 256 for ``tiny``)."""
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -129,7 +138,7 @@ def build_sam(arch: str) -> Any:
     if arch not in SAM_ARCHS:
         raise ValueError(f"unknown SAM size {arch!r}; choose one of {sorted(SAM_ARCHS)}")
     a = SAM_ARCHS[arch]
-    image_size, patch = 1024, 16
+    image_size, patch = a.image_size, 16
     grid = image_size // patch
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -178,6 +187,10 @@ def random_sam(arch: str, seed: int) -> Any:
     ``N(0, 0.02)`` (SAM leaves it at zero), the hypernetwork outputs are scaled by 1000
     (stable, far-from-zero mask logits) and the IoU head predicts about 1. The masks mean
     nothing; they exercise the proposal path with the paper's settings.
+
+    For ``tiny`` only, the IoU head predicts about 1 for the first of SAM's three multimask
+    outputs and about 0 for the other two, so the generator keeps a third of the masks
+    (random masks are fragmented; their RLEs dominate the generator's time).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -187,6 +200,8 @@ def random_sam(arch: str, seed: int) -> Any:
             for mlp in sam.mask_decoder.output_hypernetworks_mlps:
                 mlp.layers[-1].weight.mul_(1000.0)
             sam.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(1.0)
+            if arch == "tiny":  # output 0 is the single-mask token; 1..3 are multimask
+                sam.mask_decoder.iou_prediction_head.layers[-1].bias[2:].fill_(0.0)
     return sam
 
 
