@@ -207,14 +207,14 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.server.protocol import uvicorn_config
 
     settings = settings_from_args(args)
+    if not settings.loopback and settings.api_key is None:
+        eprint(
+            f"{PROG}: warning: listening on {settings.host} without an API key: anyone "
+            "who can reach this port can use the server (set --api-key or "
+            "HYBRIDGL_API_KEY, or bind 127.0.0.1)"
+        )
     sock = _bind(settings.host, settings.port)  # before the slow model load: fail fast
     try:
-        if not settings.loopback and settings.api_key is None:
-            eprint(
-                f"{PROG}: warning: listening on {settings.host} without an API key: anyone "
-                "who can reach this port can use the server (set --api-key or "
-                "HYBRIDGL_API_KEY, or bind 127.0.0.1)"
-            )
         segmenter = build_segmenter(args)
         app = create_app(segmenter, settings)
         host, port = sock.getsockname()[:2]

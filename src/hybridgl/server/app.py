@@ -18,7 +18,12 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from hybridgl.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, install_error_handlers
+from hybridgl.server.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    MultipartFramingMiddleware,
+    install_error_handlers,
+)
 from hybridgl.server.routes import info, pages, segment
 from hybridgl.server.service import ModelService
 from hybridgl.server.settings import ServerSettings
@@ -84,6 +89,7 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(MultipartFramingMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # outermost: first

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,88 @@ def decode_upload(upload: Upload, settings: ServerSettings) -> np.ndarray:
     from hybridgl.images import load_image
 
     try:
-        return load_image(upload.data)
+        return load_image(upload.data, max_pixels=settings.pixel_limit)
     except ImageError as e:
         raise ApiError(415, "invalid_image", str(e)) from None
+
+
+#: Builds caller proposals ``(N, H, W)`` bool for a decoded image of ``H x W`` pixels.
+ProposalsBuilder = Callable[[int, int], np.ndarray]
+
+
+def _binarise(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    from hybridgl import masks as masks_module
+
+    rule = getattr(masks_module, "as_proposal_masks", None)  # the package's one rule
+    if rule is not None:
+        return rule(masks, height, width)
+    if masks.ndim == 2:
+        masks = masks[None]
+    return masks if masks.dtype == np.bool_ else masks > 0.5
+
+
+def _rle_proposals(text: bytes, height: int, width: int, settings: ServerSettings) -> np.ndarray:
+    """``(N, H, W)`` bool from a JSON list of COCO RLEs, checked before decoding any."""
+    from hybridgl.masks import rle_to_mask
+
+    try:
+        items = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"proposals are neither a .npy file nor a JSON list of RLEs: {e}"
+        ) from None
+    except RecursionError:
+        raise ValueError("the proposals JSON is nested too deeply") from None
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise ValueError(
+            'proposals JSON must be a list of COCO RLEs {"size": [H, W], "counts": ...}'
+        )
+    if len(items) > settings.max_proposals:
+        raise ValueError(f"{len(items)} proposals; at most {settings.max_proposals} per request")
+    for i, rle in enumerate(items):
+        if list(rle.get("size", [])) != [height, width]:
+            raise ValueError(
+                f"proposal {i} has size {rle.get('size')!r}; the image is [{height}, {width}] "
+                "(H, W after EXIF rotation)"
+            )
+    if len(items) * height * width > settings.image_memory_bytes:
+        raise ValueError(
+            f"{len(items)} masks of {width}x{height} pixels exceed the image memory budget "
+            f"of {settings.image_memory_bytes} bytes"
+        )
+    if not items:
+        return np.zeros((0, height, width), dtype=bool)
+    return np.stack([rle_to_mask(rle) for rle in items])
+
+
+def proposals_builder(part: bytes, settings: ServerSettings) -> ProposalsBuilder:
+    """Caller proposals from a request part: a ``.npy`` array or a JSON list of COCO RLEs.
+
+    Nothing is decoded here: the returned builder runs after the image is decoded (under
+    the same memory bound) and checks everything against the image's size first. Its
+    errors are 422 ``invalid_proposals``.
+    """
+    if not part:
+        raise ApiError(422, "invalid_proposals", "the proposals part is empty")
+
+    def build(height: int, width: int) -> np.ndarray:
+        from hybridgl.masks import read_proposals_npy
+
+        try:
+            if part[:6] == b"\x93NUMPY":
+                masks = read_proposals_npy(
+                    part,
+                    height,
+                    width,
+                    max_proposals=settings.max_proposals,
+                    max_bytes=settings.image_memory_bytes,
+                )
+            else:
+                masks = _rle_proposals(part, height, width, settings)
+            return _binarise(masks, height, width)
+        except ValueError as e:
+            raise ApiError(422, "invalid_proposals", str(e)) from None
+
+    return build

@@ -128,6 +128,60 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+def _boundary(scope: dict) -> bytes | None:
+    """The multipart boundary of a ``multipart/form-data`` request, else None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            kind, _, params = bytes(value).partition(b";")
+            if kind.strip().lower() != b"multipart/form-data":
+                return None
+            for param in params.split(b";"):
+                key, _, val = param.strip().partition(b"=")
+                if key.strip().lower() == b"boundary":
+                    return val.strip().strip(b'"') or None
+            return None
+    return None
+
+
+class MultipartFramingMiddleware:
+    """Answer 400 when a multipart body ends without its closing boundary.
+
+    The multipart parser silently drops an unterminated last part (a cut-off upload
+    would otherwise come back as "image: Field required"); this watches the streamed body
+    for the closing delimiter ``--BOUNDARY--`` and fails the request at its end without
+    one. Bodies without a boundary at all are refused by the parser itself (also 400).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        boundary = _boundary(scope) if scope["type"] == "http" else None
+        if boundary is None:
+            await self.app(scope, receive, send)
+            return
+        closing = b"--" + boundary + b"--"
+        tail = b""
+        closed = False
+
+        async def framed_receive() -> dict:
+            nonlocal tail, closed
+            msg = await receive()
+            if msg["type"] == "http.request" and not closed:
+                window = tail + msg.get("body", b"")
+                closed = closing in window
+                tail = window[-(len(closing) - 1) :]
+                if not closed and not msg.get("more_body", False):
+                    raise HTTPException(
+                        400,
+                        "broken multipart body: it ends without the closing boundary "
+                        f"'--{boundary.decode('latin-1')}--' (cut off?)",
+                    )
+            return msg
+
+        await self.app(scope, framed_receive, send)
+
+
 def is_public(path: str) -> bool:
     """Whether ``path`` is answered without the API key."""
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)

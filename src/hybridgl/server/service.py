@@ -41,7 +41,7 @@ import numpy as np
 
 from hybridgl.server.cache import LRUCache
 from hybridgl.server.errors import ApiError
-from hybridgl.server.inputs import Upload, decode_upload
+from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload
 from hybridgl.server.settings import ServerSettings
 
 log = logging.getLogger("hybridgl.server")
@@ -237,7 +237,7 @@ class ModelService:
         *,
         top_k: int,
         guidance: bool,
-        proposals: Callable[[Upload], np.ndarray] | None = None,
+        proposals: ProposalsBuilder | None = None,
         proposals_key: str = "",
     ) -> Outcome:
         """Segment each expression in the uploaded image.
@@ -247,8 +247,9 @@ class ModelService:
             upload: a checked upload (:func:`hybridgl.server.inputs.inspect_upload`).
             expressions: checked expressions.
             top_k, guidance: scoring options.
-            proposals: builds caller proposals ``(N, H, W)`` bool for the image; called on
-                an image thread, after decoding (so its memory is bounded too).
+            proposals: builds caller proposals ``(N, H, W)`` bool for the decoded image's
+                size; called on an image thread after decoding (so its memory is bounded
+                too). None: the segmenter's own proposals (SAM).
             proposals_key: identifies those proposals in the cache key (their hash).
         """
         seg = self.require_model()
@@ -284,7 +285,7 @@ class ModelService:
         ticket: Ticket,
         key: str,
         upload: Upload,
-        proposals: Callable[[Upload], np.ndarray] | None,
+        proposals: ProposalsBuilder | None,
         deadline: float,
     ) -> tuple[Any, bool, float]:
         """The cached ImageState for ``key``, or a fresh one (decoded and encoded once)."""
@@ -310,7 +311,7 @@ class ModelService:
         self,
         seg: Any,
         upload: Upload,
-        proposals: Callable[[Upload], np.ndarray] | None,
+        proposals: ProposalsBuilder | None,
         key: str,
     ) -> tuple[Any, float]:
         """On an image thread: decode, build proposals, encode on the model thread, cache."""
@@ -319,7 +320,7 @@ class ModelService:
         start = time.perf_counter()
         with self.images.running():
             image = decode_upload(upload, self.settings)
-            masks = proposals(upload) if proposals is not None else None
+            masks = proposals(*image.shape[:2]) if proposals is not None else None
 
             def encode() -> Any:
                 try:

@@ -10,8 +10,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hybridgl.server import encoding
-from hybridgl.server.inputs import check_top_k, inspect_upload, parse_expressions
+from hybridgl.server.inputs import (
+    check_top_k,
+    inspect_upload,
+    parse_expressions,
+    proposals_builder,
+)
 from hybridgl.server.routes import Service, Settings
+from hybridgl.server.service import proposals_digest
 
 RESPONSES: dict[int | str, dict] = {
     200: {
@@ -22,7 +28,10 @@ RESPONSES: dict[int | str, dict] = {
     401: {"description": "the server needs an API key and none or a wrong one was sent"},
     413: {"description": "upload or image too large"},
     415: {"description": "not a readable image"},
-    422: {"description": "missing, empty, too long or too many expressions; bad parameters"},
+    422: {
+        "description": "missing, empty, too long or too many expressions; bad proposals; "
+        "bad parameters"
+    },
     503: {"description": "model unavailable or server busy (see Retry-After)"},
     504: {"description": "request timed out"},
 }
@@ -44,6 +53,13 @@ def include(app: FastAPI) -> None:
         ] = None,
         expressions: Annotated[
             str | None, Form(description='alternative: a JSON list of strings, ["a", "b"]')
+        ] = None,
+        proposals: Annotated[
+            UploadFile | str | None,
+            File(
+                description="optional caller proposals replacing SAM: an (N, H, W) .npy array "
+                "or a JSON list of COCO RLEs at the image's size"
+            ),
         ] = None,
         format: Annotated[
             Literal["json", "png_mask", "png_overlay"],
@@ -69,8 +85,25 @@ def include(app: FastAPI) -> None:
             data = await image.read()  # only now: admitted uploads bound the memory held
             await image.close()
             upload = await run_in_threadpool(inspect_upload, data, settings)
+            builder, proposals_key = None, ""
+            if proposals is not None:
+                if isinstance(proposals, str):
+                    part = proposals.encode("utf-8")
+                else:
+                    part = await proposals.read()
+                    await proposals.close()
+                builder = proposals_builder(part, settings)
+                proposals_key = proposals_digest(part)
             t_checked = time.perf_counter()
-            outcome = await service.segment(ticket, upload, exprs, top_k=k, guidance=use_guidance)
+            outcome = await service.segment(
+                ticket,
+                upload,
+                exprs,
+                top_k=k,
+                guidance=use_guidance,
+                proposals=builder,
+                proposals_key=proposals_key,
+            )
             t_model = time.perf_counter()
             headers = encoding.result_headers(outcome)
             if format == "png_mask":
