@@ -8,8 +8,8 @@ Memory budget (docs/SERVER.md, "Memory"): decoded images are the one request-dep
 cost that scales with the pixel count. At most ``images_in_flight`` uploads are decoded and
 held at once, and decoding one peaks at about :data:`DECODE_BYTES_PER_PIXEL` bytes per pixel,
 so the default ``max_pixels`` is ``image_memory_bytes // (images_in_flight *
-DECODE_BYTES_PER_PIXEL)``: 1.2 GB / (2 x 12 B) = 50 000 000 pixels, the library's
-:data:`hybridgl.images.DEFAULT_MAX_PIXELS` (a test keeps the two equal).
+DECODE_BYTES_PER_PIXEL)``: 1 GiB / (2 x 12 B) = 44 739 242 pixels, the library's
+:data:`hybridgl.images.DEFAULT_MAX_PIXELS` (tests keep the two equal).
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-MB = 1024 * 1024  # the upload and cache options count in MiB, as before
+MB = 1024 * 1024  # the options in "MB" count MiB
 
 #: Peak bytes per pixel while one upload is decoded and held: Pillow's decode buffer
 #: (RGB is stored 4 bytes per pixel) and the ``(H, W, 3)`` uint8 array copied out of it
 #: (3; together 7.05 B/px measured for 20 MP PNG and JPEG files), a possible
 #: EXIF-rotation or mode-conversion copy (4) and the chosen mask (1).
 DECODE_BYTES_PER_PIXEL = 12
-
-#: The memory budget option counts in decimal megabytes (10^6 bytes).
-DECIMAL_MB = 1_000_000
 
 #: Paths answered without the API key (the health probe, and the web page and its static
 #: files, which hold no data: the page asks for the key when the API answers 401).
@@ -143,13 +140,13 @@ class ServerSettings:
         metavar="N",
     )
     image_memory_bytes: int = option(
-        1200 * DECIMAL_MB,
-        "memory budget for decoded images in flight, in MB of 10^6 bytes (sets the "
-        "default --max-pixels and bounds caller proposals)",
+        1024 * MB,
+        "memory budget for decoded images in flight, in MB (sets the default --max-pixels "
+        "and bounds caller proposals)",
         flag="--image-memory-mb",
         env="HYBRIDGL_IMAGE_MEMORY_MB",
         metavar="MB",
-        scale=DECIMAL_MB,
+        scale=MB,
     )
     images_in_flight: int = option(
         2,
