@@ -200,3 +200,53 @@ def test_demo_page_accepts_a_dropped_image(page_and_server):
     assert f"{w}×{h}" in page.locator("#image-info").inner_text()
     assert page.locator("#phrase").is_enabled()
     assert js_errors == []
+
+
+def test_page_loads_nothing_from_other_hosts_and_docs_are_off(page_and_server):
+    """Offline: the page and everything it loads come from the server itself; the CDN-based
+    Swagger UI / ReDoc pages are not served (the schema stays at /openapi.json)."""
+    page, server, _, js_errors = page_and_server
+    requested: list[str] = []
+
+    def record(req) -> None:
+        requested.append(req.url)
+
+    page.on("request", record)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-info:has-text('random weights')")
+    for path in ("/docs", "/redoc"):
+        response = page.goto(server.url + path)
+        assert response is not None and response.status == 404, path
+    response = page.goto(server.url + "/openapi.json")
+    assert response is not None and response.status == 200
+    outside = [u for u in requested if not u.startswith((server.url + "/", "data:", "blob:"))]
+    assert requested and outside == []
+    page.remove_listener("request", record)
+    assert js_errors == []
+
+
+def test_page_asks_for_the_api_key(page_and_server, tiny_segmenter):
+    page, _, (image_path, gt), _ = page_and_server
+    seg = GivenProposals(tiny_segmenter, [(image_path, gt)])
+    key = "browser-key-42"
+    with BackgroundServer(create_app(seg, ServerSettings(api_key=key))) as server:
+        own = page.context.browser.new_page()
+        try:
+            own.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            own.on("pageerror", lambda e: errors.append(str(e)))
+            own.goto(server.url + "/")
+            own.wait_for_selector("#key-form:not([hidden])")
+            assert own.locator("#model-info").inner_text() == "API key needed"
+            own.fill("#api-key", key)
+            own.press("#api-key", "Enter")
+            own.wait_for_selector("#model-info:has-text('random weights')")
+            assert own.locator("#key-form").is_hidden()
+            own.set_input_files("#file-input", str(image_path))
+            own.fill("#phrase", "the person on the left")
+            own.press("#phrase", "Enter")
+            own.wait_for_selector("#candidates li")
+            assert own.evaluate("window.hybridgl.state.last.results[0].found") is True
+            assert errors == []
+        finally:
+            own.close()

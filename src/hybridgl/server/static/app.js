@@ -77,6 +77,8 @@
     candidates: $("candidates"),
     timing: $("timing"),
     modelInfo: $("model-info"),
+    keyForm: $("key-form"),
+    key: $("api-key"),
   };
   const state = {
     file: null,
@@ -252,6 +254,25 @@
   }
 
   // ------------------------------------------------------------------ requests
+  // A server started with an API key answers 401 to the API: the page then asks for the
+  // key and sends it as a bearer token (kept for this browser tab only).
+  const KEY_STORE = "hybridgl.apiKey";
+  class NeedKey extends Error {}
+
+  async function api(path, options) {
+    const opts = Object.assign({}, options || {});
+    const key = sessionStorage.getItem(KEY_STORE);
+    opts.headers = Object.assign({}, opts.headers || {});
+    if (key) opts.headers.Authorization = `Bearer ${key}`;
+    const r = await fetch(path, opts);
+    if (r.status === 401) {
+      show(els.keyForm, true);
+      els.key.focus();
+      throw new NeedKey(key ? "The API key was not accepted; enter it again." : "This server needs an API key: enter it above.");
+    }
+    return r;
+  }
+
   async function segment(phrase) {
     if (!state.file) return;
     if (state.controller) state.controller.abort();
@@ -265,7 +286,7 @@
     els.submit.disabled = true;
     const t0 = performance.now();
     try {
-      const r = await fetch("/v1/segment?candidate_masks=true&polygons=false", {
+      const r = await api("/v1/segment?candidate_masks=true&polygons=false", {
         method: "POST",
         body: fd,
         signal: controller.signal,
@@ -331,8 +352,9 @@
 
   async function loadModelInfo() {
     try {
-      const r = await fetch("/v1/models");
+      const r = await api("/v1/models");
       const body = await r.json();
+      show(els.keyForm, false);
       const m = body.model || {};
       state.maxUpload = body.limits ? body.limits.max_upload_bytes : null;
       const bits = [m.sam && `SAM ${m.sam}`, m.clip && `CLIP ${m.clip}`, m.preset && `preset ${m.preset}`, m.device];
@@ -345,7 +367,7 @@
         els.modelInfo.appendChild(warn);
       }
     } catch (e) {
-      els.modelInfo.textContent = "server unreachable";
+      els.modelInfo.textContent = e instanceof NeedKey ? "API key needed" : "server unreachable";
     }
   }
 
@@ -385,6 +407,16 @@
       return;
     }
     segment(phrase);
+  });
+
+  els.keyForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = els.key.value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORE, key);
+    els.key.value = "";
+    setError("");
+    loadModelInfo();
   });
 
   window.hybridgl = { decodeRle, maskArea, state };
