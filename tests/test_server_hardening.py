@@ -114,11 +114,10 @@ def read_until_closed(sock: socket.socket) -> bytes:
 @pytest.mark.parametrize(
     "sent",
     [
-        b"",  # connects and says nothing
         b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty",  # half the headers
         b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # all headers but the blank line
     ],
-    ids=["silent", "half-headers", "no-blank-line"],
+    ids=["half-headers", "no-blank-line"],
 )
 def test_stalled_request_head_gets_408_and_is_closed(server, client, sent):
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
@@ -128,6 +127,13 @@ def test_stalled_request_head_gets_408_and_is_closed(server, client, sent):
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "request_timeout"
     assert client.get("/health").status_code == 200  # the server itself is fine
+
+
+def test_silent_connection_is_closed(server, client):
+    """A connection that never sends a byte is closed (quietly, like an idle keep-alive)."""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        assert read_until_closed(sock) == b""
+    assert client.get("/health").status_code == 200
 
 
 def test_stalled_request_body_is_closed(server, client):

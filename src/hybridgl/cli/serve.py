@@ -51,9 +51,6 @@ a reverse proxy for that (docs/SECURITY.md).
 SERVER_EXTRA = ("fastapi", "uvicorn", "multipart")
 INSTALL_HINT = 'pip install "hybridgl[server]"'
 
-# fields that may be 0 (everything else numeric must be > 0)
-_ZERO_ALLOWED = ("port", "cache_size")
-
 
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -75,7 +72,7 @@ def _parser_for(f: dataclasses.Field, kind: type) -> Callable[[str], Any]:
     if scale != 1:
         return positive(float)  # e.g. MB, converted to bytes afterwards
     if kind is int:
-        return non_negative_int if f.name in _ZERO_ALLOWED else positive(int)
+        return non_negative_int if f.metadata.get("minimum", 1) == 0 else positive(int)
     return positive(kind)
 
 

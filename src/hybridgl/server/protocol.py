@@ -6,8 +6,9 @@ holds its connection (and a file descriptor) forever. :func:`read_timeout_protoc
 an h11 protocol class that closes such connections:
 
 * the request head must be complete within ``read_timeout_s`` of the connection opening
-  (or of its first byte after a keep-alive pause); otherwise the client gets a 408 and the
-  connection is closed;
+  (or of its first byte after a keep-alive pause); otherwise the connection is closed,
+  after a 408 answer when part of a head had arrived (a connection that sent nothing is
+  closed quietly, like an expired keep-alive);
 * while the body streams in, no pause may be longer than ``read_timeout_s`` (the
   connection is closed; the app sees a disconnect). Pauses caused by the server itself
   (flow control while the app is busy) do not count.
@@ -114,11 +115,17 @@ class ReadTimeoutH11Protocol(H11Protocol):
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         if phase == "head":
-            log.warning(
-                "%s: request head not received within %gs; closing", client, self.read_timeout_s
-            )
-            if self.conn.our_state is h11.IDLE:
-                self.transport.write(_timeout_response(self.read_timeout_s))
+            if not self.conn.trailing_data[0]:
+                # nothing of a request arrived: close quietly, as an idle keep-alive ends
+                log.info("%s: no request within %gs; closing", client, self.read_timeout_s)
+            else:
+                log.warning(
+                    "%s: request head not received within %gs; closing",
+                    client,
+                    self.read_timeout_s,
+                )
+                if self.conn.our_state is h11.IDLE:
+                    self.transport.write(_timeout_response(self.read_timeout_s))
         else:
             log.warning("%s: request body stalled for %gs; closing", client, self.read_timeout_s)
         self.transport.close()

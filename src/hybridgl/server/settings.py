@@ -45,6 +45,7 @@ def option(
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
     cli: bool = True,
+    minimum: int = 1,
 ) -> Any:
     """A settings field with what ``hybridgl serve`` needs to offer it as an option.
 
@@ -59,6 +60,7 @@ def option(
         choices: allowed values (strings).
         secret: never shown in ``/v1/models`` or ``--help`` defaults.
         cli: False for fields that come from other options (``--top-k``, ``--no-guidance``).
+        minimum: smallest value the option accepts (1, or 0 where 0 means "none"/"any").
     """
     meta = {
         "help": help,
@@ -70,6 +72,7 @@ def option(
         "choices": choices,
         "secret": secret,
         "cli": cli,
+        "minimum": minimum,
     }
     return field(default=default, metadata=meta)
 
@@ -98,6 +101,7 @@ class ServerSettings:
         env="HYBRIDGL_PORT",
         metavar="PORT",
         group="network",
+        minimum=0,
     )
     log_level: str = option(
         "info",
@@ -192,6 +196,7 @@ class ServerSettings:
         env="HYBRIDGL_CACHE_SIZE",
         metavar="N",
         group="image cache",
+        minimum=0,
     )
     cache_max_bytes: int = option(
         2048 * MB,
