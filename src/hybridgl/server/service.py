@@ -41,7 +41,7 @@ import numpy as np
 
 from hybridgl.server.cache import LRUCache
 from hybridgl.server.errors import ApiError
-from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload
+from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload, too_large
 from hybridgl.server.settings import ServerSettings
 
 log = logging.getLogger("hybridgl.server")
@@ -326,7 +326,16 @@ class ModelService:
                 try:
                     return self._encode_image(seg, image, masks)
                 except ImageError as e:
+                    from hybridgl.images import DEFAULT_MAX_PIXELS
+
+                    h, w = image.shape[:2]
+                    if h * w > DEFAULT_MAX_PIXELS:  # the segmenter's own loader refused it
+                        raise too_large(w, h, DEFAULT_MAX_PIXELS) from None
                     raise ApiError(415, "invalid_image", str(e)) from None
+                except ValueError as e:  # the segmenter's checks of caller proposals
+                    if masks is None:
+                        raise
+                    raise ApiError(422, "invalid_proposals", str(e)) from None
 
             assert self._model is not None
             state = self._model.submit(encode).result()
