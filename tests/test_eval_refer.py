@@ -21,7 +21,7 @@ from hybridgl.eval.refer import (
     load_refer,
     load_refs_pickle,
 )
-from hybridgl.eval.runner import build_report, read_records, select_expressions
+from hybridgl.eval.runner import build_report, select_expressions
 
 needs_data = pytest.mark.skipif(not data_available(), reason=SKIP_REASON)
 
@@ -311,18 +311,6 @@ def test_count_warning_only_for_full_splits(tmp_path):
     assert r["counts"]["pending"] == 5
     r = build_report(data, data.expressions[:2], [], {}, {"limit": 2, "sample": None})
     assert r["count_warning"] is None
-
-
-def test_read_records_drops_truncated_last_line(tmp_path):
-    path = tmp_path / "predictions.jsonl"
-    lines = [json.dumps({"sent_id": k, "error": None if k != 1 else "boom"}) for k in range(3)]
-    path.write_text("\n".join(lines) + "\n" + lines[0][:7])
-    recs = read_records(path)
-    assert [r["sent_id"] for r in recs] == [0, 1, 2]
-    assert path.read_text() == "\n".join(lines) + "\n"
-    recs = read_records(path, drop_failed=True)
-    assert [r["sent_id"] for r in recs] == [0, 2]
-    assert len(path.read_text().splitlines()) == 2
 
 
 def test_import_hybridgl_does_not_import_eval():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
 
-import hybridgl.eval.cli as eval_cli
+import hybridgl.cli.evaluate as eval_cli
 from hybridgl.cli.main import main
 
 pytestmark = pytest.mark.skipif(not data_available(), reason=SKIP_REASON)

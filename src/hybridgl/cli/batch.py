@@ -6,9 +6,7 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +19,14 @@ from hybridgl.cli.common import (
     EXIT_PARTIAL,
     InputError,
     UsageError,
+    add_engine_args,
     add_model_args,
     build_segmenter,
-    eprint,
-    predict_options,
+    engine_options,
 )
+from hybridgl.jobs.engine import Progress, run_units
+from hybridgl.jobs.records import RecordWriter, read_records
+from hybridgl.jobs.units import SegmenterSpec, UnitWorker, WorkUnit, encode_and_predict
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 IMAGE_KEYS = ("image", "image_path", "file_name", "path")
@@ -121,6 +122,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -241,6 +243,9 @@ def read_rows(input_path: Path, expressions: list[str]) -> tuple[list[Row], list
     if input_path.is_dir():
         if not expressions:
             raise UsageError("a folder INPUT needs at least one --expression")
+        for k, text in enumerate(expressions):
+            if not text.strip():
+                raise UsageError(f"--expression {k + 1} is empty")
         items: Iterator[Row | BadRow] = _read_folder(input_path, expressions)
     else:
         if expressions:
@@ -275,9 +280,10 @@ def read_rows(input_path: Path, expressions: list[str]) -> tuple[list[Row], list
             if same and not item.explicit_id:
                 duplicates += 1
                 continue
+            # reported under its own row: the first row keeps the id and its record
             bad.append(
                 BadRow(
-                    id=item.id,
+                    id=f"line:{item.line}",
                     line=item.line,
                     image=item.image,
                     expression=item.expression,
@@ -308,114 +314,163 @@ def mask_filename(row_id: str) -> str:
     return f"{safe[:80]}-{digest}.png" if safe else f"{digest}.png"
 
 
-def load_done(results: Path) -> tuple[set[str], int]:
-    """Ids with a successful record in results.jsonl, and the number of unreadable lines."""
-    done: set[str] = set()
-    failed: set[str] = set()
-    broken = 0
-    if not results.is_file():
-        return done, 0
-    with open(results, encoding="utf-8", errors="replace") as f:
-        for text in f:
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError:
-                broken += 1
-                continue
-            if not isinstance(rec, dict) or "id" not in rec:
-                broken += 1
-                continue
-            rid = str(rec["id"])
-            if rec.get("error"):
-                failed.add(rid)
-                done.discard(rid)
-            else:
-                done.add(rid)
-                failed.discard(rid)
-    return done, broken
+# --------------------------------------------------------------------------- run
 
 
-class ResultsWriter:
-    """Appends JSON lines; :meth:`commit` flushes and fsyncs (once per image group)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = False
-        if path.is_file() and path.stat().st_size > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"  # a run killed mid-line
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if needs_newline:
-            self._f.write("\n")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def commit(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self.commit()
-            self._f.close()
-
-
-def _error_record(row: Row | BadRow, error: BaseException | str) -> dict[str, Any]:
+def _error_record(row: Row | BadRow | dict[str, Any], error: BaseException | str) -> dict[str, Any]:
     if isinstance(error, BaseException):
         message = str(error).strip() or type(error).__name__
         kind = type(error).__name__
     else:
         message, kind = error, "InputError"
-    rec: dict[str, Any] = {"id": row.id, "line": row.line}
-    if row.image is not None:
-        rec["image"] = row.image
-    if row.expression is not None:
-        rec["expression"] = row.expression
+    if not isinstance(row, dict):
+        row = {"id": row.id, "line": row.line, "image": row.image, "expression": row.expression}
+    rec: dict[str, Any] = {"id": row["id"], "line": row["line"]}
+    if row.get("image") is not None:
+        rec["image"] = row["image"]
+    if row.get("expression") is not None:
+        rec["expression"] = row["expression"]
     rec["error"] = message
     rec["error_type"] = kind
     return rec
 
 
-# --------------------------------------------------------------------------- run
+@dataclass
+class BatchTask:
+    """What a worker does with one image of a batch: encode it once, answer its rows.
+
+    Returns the records without the file names; the driver writes the mask PNGs
+    (and overlays) from the records' RLE, so workers need no access to the output folder.
+    """
+
+    top_k: int = 3
+    guidance: bool = True
+    polygons: bool = True
+
+    def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
+        from hybridgl.cli.segment import load_proposals
+        from hybridgl.images import load_image
+        from hybridgl.masks import prediction_record
+
+        try:
+            image = load_image(unit.data["image_path"])
+            props = unit.data.get("proposals")
+            proposals = load_proposals(props) if props else None
+        except Exception as e:  # noqa: BLE001 - recorded per row, the run goes on
+            return self.failed(unit, e)
+        seg = worker.segmenter  # missing weights end the run (exit 4)
+        _, preds = encode_and_predict(
+            seg, image, proposals, [r["expression"] for r in unit.rows], self.top_k, self.guidance
+        )
+        out = []
+        for row, pred in zip(unit.rows, preds, strict=True):
+            if isinstance(pred, BaseException):
+                out.append(_error_record(row, pred))
+                continue
+            try:
+                rec = prediction_record(
+                    pred, row["expression"], id=row["id"], include_polygons=self.polygons
+                )
+            except Exception as e:  # noqa: BLE001
+                out.append(_error_record(row, e))
+                continue
+            out.append({"id": rec.pop("id"), "line": row["line"], "image": row["image"], **rec})
+        return out
+
+    def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
+        return [_error_record(r, error) for r in unit.rows]
 
 
-def _progress(total: int, disable: bool) -> Any:
-    from tqdm import tqdm
+def make_units(rows: list[Row]) -> list[WorkUnit]:
+    """One unit per (image, proposals file), in the order images first appear."""
+    groups: dict[tuple[str, str], WorkUnit] = {}
+    for r in rows:
+        unit = groups.get(r.group_key)
+        if unit is None:
+            data = {"image_path": str(r.image_path)}
+            if r.proposals is not None:
+                data["proposals"] = str(r.proposals)
+            unit = groups[r.group_key] = WorkUnit(key="\t".join(r.group_key), rows=[], data=data)
+        unit.rows.append({"id": r.id, "line": r.line, "image": r.image, "expression": r.expression})
+    return list(groups.values())
 
-    return tqdm(
-        total=total,
-        desc="batch",
-        unit="expr",
-        file=sys.stderr,
-        disable=disable,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+
+class BatchSink:
+    """The driver side of a batch: mask PNGs, overlays, then the records (one fsync a unit)."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        writer: RecordWriter,
+        counts: Counts,
+        progress: Progress,
+        overlays: bool,
+    ) -> None:
+        self.out_dir = out_dir
+        self.writer = writer
+        self.counts = counts
+        self.progress = progress
+        self.overlays = overlays
+        self.seen: set[str] = set()
+
+    def fail(self, rec: dict[str, Any]) -> None:
+        self.writer.write(rec)
+        self.counts.failed += 1
+        self.counts.failed_ids.append(str(rec["id"]))
+        self.progress.message(f"hybridgl: failed {rec['id']}: {rec['error']}")
+
+    def __call__(self, unit: WorkUnit, records: list[dict[str, Any]]) -> None:
+        from hybridgl.masks import rle_to_mask, save_mask_png
+
+        if unit.key in self.seen:  # a retried unit delivered twice: write it once
+            return
+        self.seen.add(unit.key)
+        failed = 0
+        image = None
+        for rec in records:
+            if rec.get("error"):
+                self.fail(rec)
+                failed += 1
+                continue
+            mask = rle_to_mask(rec["rle"])
+            name = mask_filename(str(rec["id"]))
+            rec["mask_png"] = f"{MASKS}/{name}"
+            save_mask_png(mask, self.out_dir / rec["mask_png"])
+            if self.overlays:
+                from hybridgl.images import load_image
+                from hybridgl.viz import overlay, save_image
+
+                if image is None:
+                    image = load_image(unit.data["image_path"])
+                ov_rel = f"{OVERLAYS}/{Path(name).stem}.jpg"
+                box = rec["box"] if rec["found"] else None
+                save_image(
+                    overlay(image, mask, box=box, label=rec["expression"]), self.out_dir / ov_rel
+                )
+                rec["overlay"] = ov_rel
+            self.writer.write(rec)
+            self.counts.done += 1
+        self.writer.commit()
+        self.progress.rows(len(records), failed)
+        self.progress.unit_done()
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridgl.cli.segment import load_proposals
     from hybridgl.errors import ExpressionError
-    from hybridgl.images import load_image
-    from hybridgl.masks import prediction_record, save_mask_png
 
     t_start = time.perf_counter()
     input_path = Path(args.input)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
+    options = engine_options(args)
     rows, bad_rows, duplicates = read_rows(input_path, list(args.expressions))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS
-    done_ids, broken = load_done(results_path)
-    if broken:
-        eprint(f"hybridgl: warning: ignored {broken} unreadable line(s) in {results_path}")
+    log_ = read_records(results_path, key=_record_id)
+    # the resume rule: a row whose last record succeeded is skipped; failed rows run again
+    done_ids = log_.done_ids(retry_failed=True)
 
     counts = Counts(skipped=duplicates)
     todo = [r for r in rows if r.id not in done_ids]
@@ -425,103 +480,32 @@ def run(args: argparse.Namespace) -> int:
 
     # empty expressions fail up front, so they never cost an image encoding
     empty = [r for r in todo if not r.expression.strip()]
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for r in todo:
-        if r.expression.strip():
-            groups.setdefault(r.group_key, []).append(r)
+    units = make_units([r for r in todo if r.expression.strip()])
 
-    writer = ResultsWriter(results_path)
-    bar = _progress(len(todo) + len(bad_todo), disable=bool(args.no_progress))
-
-    def fail(row: Row | BadRow, error: BaseException | str) -> None:
-        rec = _error_record(row, error)
-        writer.write(rec)
-        counts.failed += 1
-        counts.failed_ids.append(row.id)
-        bar.write(f"hybridgl: failed {row.id}: {rec['error']}", file=sys.stderr)
-
-    seg = None
-    opts = predict_options(args)
+    writer = RecordWriter(results_path)
+    progress = Progress(
+        len(todo) + len(bad_todo), len(units), desc="batch", disable=bool(args.no_progress)
+    )
+    sink = BatchSink(out_dir, writer, counts, progress, overlays=bool(args.overlays))
+    task = BatchTask(top_k=args.top_k, guidance=not args.no_guidance, polygons=not args.no_polygons)
     try:
         for b in bad_todo:
-            fail(b, b.error)
-            bar.update(1)
+            sink.fail(_error_record(b, b.error))
+            progress.rows(1, 1)
         for r in empty:
-            fail(r, ExpressionError("expression is empty"))
-            bar.update(1)
+            sink.fail(_error_record(r, ExpressionError("expression is empty")))
+            progress.rows(1, 1)
         writer.commit()
-
-        for gi, group in enumerate(groups.values(), start=1):
-            bar.set_postfix_str(f"images {gi - 1}/{len(groups)} failed {counts.failed}")
-            first = group[0]
-            try:
-                image = load_image(first.image_path)
-                proposals = load_proposals(first.proposals) if first.proposals else None
-            except Exception as e:  # noqa: BLE001 - recorded per row, the run goes on
-                for r in group:
-                    fail(r, e)
-                bar.update(len(group))
-                writer.commit()
-                continue
-            if seg is None:
-                seg = build_segmenter(args)  # WeightsError here ends the run (exit 4)
-            try:
-                state = seg.set_image(image, proposals=proposals)
-            except Exception as e:  # noqa: BLE001
-                for r in group:
-                    fail(r, e)
-                bar.update(len(group))
-                writer.commit()
-                continue
-
-            valid = group
-            try:
-                preds: list[Any] = seg.predict_many([r.expression for r in valid], **opts)
-            except Exception:  # noqa: BLE001 - find the row at fault one by one
-                preds = []
-                for r in valid:
-                    try:
-                        preds.append(seg.predict(r.expression, **opts))
-                    except Exception as e:  # noqa: BLE001
-                        preds.append(e)
-            for r, pred in zip(valid, preds, strict=True):
-                if isinstance(pred, BaseException):
-                    fail(r, pred)
-                    bar.update(1)
-                    continue
-                try:
-                    rec = prediction_record(
-                        pred, r.expression, id=r.id, include_polygons=not args.no_polygons
-                    )
-                    mask_rel = f"{MASKS}/{mask_filename(r.id)}"
-                    save_mask_png(pred.mask, out_dir / mask_rel)
-                    out = {"id": rec.pop("id"), "line": r.line, "image": r.image, **rec}
-                    out["mask_png"] = mask_rel
-                    if args.overlays:
-                        from hybridgl.viz import overlay, save_image
-
-                        ov_rel = f"{OVERLAYS}/{Path(mask_filename(r.id)).stem}.jpg"
-                        drawn = overlay(
-                            state.image,
-                            pred.mask,
-                            box=pred.box if pred.found else None,
-                            label=r.expression,
-                        )
-                        save_image(drawn, out_dir / ov_rel)
-                        out["overlay"] = ov_rel
-                except OSError:
-                    raise  # a full disk or a read-only folder fails every row: stop
-                except Exception as e:  # noqa: BLE001
-                    fail(r, e)
-                    bar.update(1)
-                    continue
-                writer.write(out)
-                counts.done += 1
-                bar.update(1)
-            writer.commit()
-        bar.set_postfix_str(f"images {len(groups)}/{len(groups)} failed {counts.failed}")
+        run_units(
+            units,
+            task,
+            sink,
+            spec=SegmenterSpec.from_args(args, threads=options.threads_per_worker),
+            options=options,
+            factory=(lambda: build_segmenter(args)) if options.engine == "local" else None,
+        )
     finally:
-        bar.close()
+        progress.close()
         writer.close()
         seconds = time.perf_counter() - t_start
         _write_summary(out_dir, input_path, counts, seconds)
@@ -531,6 +515,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     return EXIT_PARTIAL if counts.failed else EXIT_OK
+
+
+def _record_id(rec: dict[str, Any]) -> str | None:
+    return str(rec["id"]) if "id" in rec else None
 
 
 def _write_summary(out_dir: Path, input_path: Path, counts: Counts, seconds: float) -> None:

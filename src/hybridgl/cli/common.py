@@ -296,3 +296,85 @@ def predict_options(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": getattr(args, "top_k", 3),
         "guidance": not getattr(args, "no_guidance", False),
     }
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--engine local|ray`` and the Ray options of the bulk jobs (``batch``, ``evaluate``)."""
+    group = parser.add_argument_group(
+        "engine", 'where the work runs (Ray needs the extra: pip install "hybridgl[ray]")'
+    )
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a pool of Ray actors, one model each",
+    )
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        default=None,
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for the run)",
+    )
+    group.add_argument(
+        "--workers",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="Ray workers (actors), each holding one model (default: one per GPU, else 2)",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=non_negative_float,
+        default=None,
+        metavar="G",
+        help="GPUs per Ray worker, fractions allowed (default: 1 when the cluster has GPUs, else 0)",
+    )
+    group.add_argument(
+        "--threads-per-worker",
+        type=positive(int),
+        default=None,
+        metavar="T",
+        help="torch CPU threads per worker (local engine: of this process)",
+    )
+    return group
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type`` accepting numbers >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    """:class:`hybridgl.jobs.engine.EngineOptions` from :func:`add_engine_args`' options.
+
+    Raises:
+        UsageError: Ray options with ``--engine local``.
+    """
+    from hybridgl.jobs.engine import EngineOptions
+
+    engine = getattr(args, "engine", "local") or "local"
+    if engine == "local":
+        given = [
+            opt
+            for opt, attr in (
+                ("--ray-address", "ray_address"),
+                ("--workers", "workers"),
+                ("--gpus-per-worker", "gpus_per_worker"),
+            )
+            if getattr(args, attr, None) is not None
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} need --engine ray")
+    return EngineOptions(
+        engine=engine,
+        ray_address=getattr(args, "ray_address", None),
+        workers=getattr(args, "workers", None),
+        gpus_per_worker=getattr(args, "gpus_per_worker", None),
+        threads_per_worker=getattr(args, "threads_per_worker", None),
+    )

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from hybridgl.cli.common import (
     EXIT_CODES_HELP,
-    EXIT_INTERNAL,
     EXIT_USAGE,
     PROG,
     configure_logging,
-    eprint,
     run_guarded,
 )
 
@@ -27,10 +24,6 @@ Examples:
   hybridgl batch rows.jsonl --out results/
   hybridgl weights download
 """
-
-# (module, subcommand, what to install when it cannot be imported)
-PLUGINS = (("hybridgl.eval.cli", "evaluate", "pip install 'hybridgl'"),)
-
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """--debug and -v, on the top parser and again on each subcommand.
@@ -61,37 +54,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         pass
 
 
-def _register_plugin(subparsers: Any, module: str, name: str, install: str) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
-            return  # the subcommand is not part of this installation
-        _register_missing(subparsers, name, f"{e}; install it with {install}")
-        return
-    except ImportError as e:
-        _register_missing(subparsers, name, f"{e}; install it with {install}")
-        return
-    register = getattr(mod, "register", None)
-    if callable(register):
-        register(subparsers)
-
-
-def _register_missing(subparsers: Any, name: str, reason: str) -> None:
-    p = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=True)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-    def unavailable(_args: argparse.Namespace) -> int:
-        eprint(f"{PROG}: error: the {name} command is unavailable: {reason}")
-        return EXIT_INTERNAL
-
-    p.set_defaults(func=unavailable)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from hybridgl import __version__
-    from hybridgl.cli import batch, segment, serve, weights_cmd
+    from hybridgl.cli import batch, evaluate, segment, serve, weights_cmd
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -103,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    # every subcommand, in one place, in the order `hybridgl --help` lists them
     segment.register(subparsers)
     batch.register(subparsers)
+    evaluate.register(subparsers)
     weights_cmd.register(subparsers)
     serve.register(subparsers)
-    for module, name, install in PLUGINS:
-        _register_plugin(subparsers, module, name, install)
     for sub in _all_subparsers(subparsers):
         _add_global_options(sub, top=False)
     return parser

@@ -26,7 +26,7 @@ from hybridgl.eval.refer import (
     load_generic,
     load_refer,
 )
-from hybridgl.eval.runner import build_report, read_records, run_evaluation, select_expressions
+from hybridgl.eval.runner import build_report, run_evaluation, select_expressions
 
 __all__ = [
     "DATASETS",
@@ -41,7 +41,6 @@ __all__ = [
     "iou_from_counts",
     "load_generic",
     "load_refer",
-    "read_records",
     "run_evaluation",
     "select_expressions",
     "summarize_counts",

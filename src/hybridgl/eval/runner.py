@@ -7,19 +7,22 @@ Output folder::
     report.json         metrics and counts (rewritten atomically at the end)
     report.md           the same as a Markdown table
 
-A rerun with the same folder skips the expressions whose ``sent_id`` is already in
-predictions.jsonl; an incomplete last line (an interrupted write) is dropped first.
+The work is a list of units, one image with every expression (of every dataset and split
+of the run) that uses it, run by :func:`hybridgl.jobs.engine.run_units` on the local or the
+Ray engine; records are written by the one resumable writer of :mod:`hybridgl.jobs.records`
+(same resume rule as ``batch``: an expression whose last record succeeded is skipped, an
+incomplete last line is cut off, the last record of an expression counts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,10 @@ from hybridgl.eval.metrics import (
     metrics_table,
     summarize_records,
 )
-from hybridgl.eval.refer import DataError, EvalData, Expression
+from hybridgl.eval.refer import DataError, EvalData, Expression, annotation_to_mask
+from hybridgl.jobs.engine import EngineOptions, Progress, run_units
+from hybridgl.jobs.records import RecordLog, RecordWriter, dumps, read_records
+from hybridgl.jobs.units import SegmenterSpec, UnitWorker, WorkUnit, encode_state, predict_on_state
 
 log = logging.getLogger("hybridgl.eval")
 
@@ -82,79 +88,6 @@ class RunConflictError(DataError):
     """The output folder holds results of a run with other settings."""
 
 
-# --------------------------------------------------------------------------- files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=_json_default)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def read_records(path: Path, drop_failed: bool = False) -> list[dict[str, Any]]:
-    """Read predictions.jsonl, repairing it first when needed.
-
-    Lines that are not complete JSON objects (an interrupted write leaves a truncated
-    last line) are dropped, and so are failed records when ``drop_failed``; the file is
-    then rewritten atomically so that appending continues from a clean state.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    records: list[dict[str, Any]] = []
-    bad = 0
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            bad += 1
-            continue
-        if isinstance(rec, dict) and "sent_id" in rec:
-            records.append(rec)
-        else:
-            bad += 1
-    dropped_failed = 0
-    if drop_failed:
-        kept = [r for r in records if not r.get("error")]
-        dropped_failed = len(records) - len(kept)
-        records = kept
-    if bad or dropped_failed or (raw and not raw.endswith(b"\n")):
-        if bad:
-            log.warning("%s: dropped %d incomplete or invalid line(s)", path, bad)
-        if dropped_failed:
-            log.info("%s: %d failed record(s) will be retried", path, dropped_failed)
-        atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
-    return records
-
-
 # --------------------------------------------------------------------------- selection
 
 
@@ -179,36 +112,7 @@ def select_expressions(
     return chosen
 
 
-def group_by_image(expressions: Iterable[Expression]) -> list[tuple[Any, list[Expression]]]:
-    """Expressions grouped by image, groups and members in first-appearance order."""
-    groups: dict[Any, list[Expression]] = {}
-    for e in expressions:
-        groups.setdefault(e.image_id, []).append(e)
-    return list(groups.items())
-
-
 # --------------------------------------------------------------------------- records
-
-
-def _base_record(data: EvalData, e: Expression) -> dict[str, Any]:
-    rec: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-    rec.update(
-        dataset=data.name,
-        split=data.split,
-        image_id=e.image_id,
-        ref_id=e.ref_id,
-        ann_id=e.ann_id,
-        sent_id=e.sent_id,
-        sentence=e.sentence,
-    )
-    return rec
-
-
-def failed_record(data: EvalData, e: Expression, error: str, kind: str) -> dict[str, Any]:
-    rec = _base_record(data, e)
-    rec["error"] = error
-    rec["error_kind"] = kind
-    return rec
 
 
 def _counts_fields(prefix: str, index: int | None, i: int, u: int) -> dict[str, Any]:
@@ -220,13 +124,111 @@ def _counts_fields(prefix: str, index: int | None, i: int, u: int) -> dict[str, 
     }
 
 
-def _gt_proposals(data: EvalData, image_id: Any, height: int, width: int) -> np.ndarray:
+class _ImageFailure(Exception):
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _row_of(data: EvalData, e: Expression) -> dict[str, Any]:
+    """The payload of one expression in a work unit (JSON-ready)."""
+    return {
+        "dataset": data.name,
+        "split": data.split,
+        "image_id": e.image_id,
+        "ref_id": e.ref_id,
+        "ann_id": e.ann_id,
+        "sent_id": e.sent_id,
+        "sentence": e.sentence,
+    }
+
+
+def record_key(rec: dict[str, Any]) -> str | None:
+    """The id of an evaluation record: dataset, split and sent_id."""
+    if not isinstance(rec, dict) or "sent_id" not in rec:
+        return None
+    return f"{rec.get('dataset')}\t{rec.get('split')}\t{rec['sent_id']}"
+
+
+def failed_record(row: dict[str, Any], error: str, kind: str) -> dict[str, Any]:
+    rec: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    rec.update({k: row.get(k) for k in ("dataset", "split", "image_id", "ref_id", "ann_id")})
+    rec.update(sent_id=row.get("sent_id"), sentence=row.get("sentence"))
+    rec["error"] = error
+    rec["error_kind"] = kind
+    return rec
+
+
+def make_units(
+    parts: Sequence[tuple[EvalData, Sequence[Expression]]], proposals: str
+) -> list[WorkUnit]:
+    """One unit per image, with the expressions of every dataset and split that use it.
+
+    RefCOCO and RefCOCO+ share their images: an image is encoded once for all of them.
+    With ``proposals="gt"`` the unit key also holds the image's annotation ids (the
+    proposals), so images whose annotation sets differ between datasets stay apart.
+    """
+    units: dict[str, WorkUnit] = {}
+    for data, exprs in parts:
+        for e in exprs:
+            path = str(data.image_path(e.image_id))
+            ann_ids = data.image_ann_ids(e.image_id)
+            key = path if proposals != "gt" else f"{path}\t{','.join(map(str, ann_ids))}"
+            unit = units.get(key)
+            if unit is None:
+                size = data.image_size(e.image_id)
+                unit = units[key] = WorkUnit(
+                    key=key,
+                    rows=[],
+                    data={
+                        "image_path": path,
+                        "size": list(size) if size else None,
+                        "image_ann_ids": ann_ids,
+                        "anns": [],
+                    },
+                )
+            known = {a[0] for a in unit.data["anns"]}
+            for ann_id in [*ann_ids, e.ann_id]:
+                if ann_id not in known and ann_id in data.annotations:
+                    unit.data["anns"].append([ann_id, data.annotations[ann_id]])
+                    known.add(ann_id)
+            unit.rows.append(_row_of(data, e))
+    return list(units.values())
+
+
+@dataclass
+class EvalTask:
+    """What a worker does with one image of an evaluation (see :func:`evaluate_unit`)."""
+
+    proposals: str = "sam"
+    top_k: int = 3
+    guidance: bool = True
+
+    def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
+        return evaluate_unit(worker, unit, self.proposals, self.top_k, self.guidance)
+
+    def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
+        msg = f"internal error: {type(error).__name__}: {error}"
+        return [failed_record(r, msg, "internal") for r in unit.rows]
+
+
+def _ann_mask(anns: dict[Any, Any], ann_id: Any, height: int, width: int) -> np.ndarray:
+    ann = anns.get(ann_id)
+    if ann is None:
+        raise DataError(f"unknown ann_id {ann_id!r}")
+    try:
+        return annotation_to_mask(ann, height, width)
+    except DataError as e:
+        raise DataError(f"annotation {ann_id!r}: {e}") from None
+
+
+def _gt_proposals(unit: WorkUnit, anns: dict[Any, Any], height: int, width: int) -> np.ndarray:
     masks = []
-    for ann_id in data.image_ann_ids(image_id):
+    for ann_id in unit.data.get("image_ann_ids") or []:
         try:
-            m = data.ann_mask(ann_id, height, width)
+            m = _ann_mask(anns, ann_id, height, width)
         except DataError as e:
-            log.warning("image %s: ground-truth proposal skipped: %s", image_id, e)
+            log.warning("%s: ground-truth proposal skipped: %s", unit.data["image_path"], e)
             continue
         if m.any():
             masks.append(m)
@@ -235,19 +237,11 @@ def _gt_proposals(data: EvalData, image_id: Any, height: int, width: int) -> np.
     return np.stack(masks)
 
 
-class _ImageFailure(Exception):
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _prepare_image(
-    data: EvalData, image_id: Any, segmenter: Any, proposals: str
-) -> tuple[Any, np.ndarray]:
+def _load(unit: WorkUnit) -> np.ndarray:
     from hybridgl.errors import ImageError
     from hybridgl.images import load_image
 
-    path = data.image_path(image_id)
+    path = Path(unit.data["image_path"])
     if not path.is_file():
         raise _ImageFailure(f"missing image: {path}", "missing_image")
     try:
@@ -255,95 +249,85 @@ def _prepare_image(
     except ImageError as e:
         raise _ImageFailure(f"unreadable image {path}: {e}", "bad_image") from None
     h, w = image.shape[:2]
-    size = data.image_size(image_id)
-    if size is not None and size != (h, w):
+    size = unit.data.get("size")
+    if size is not None and tuple(size) != (h, w):
         raise _ImageFailure(
             f"image {path} is {h}x{w} but instances.json says {size[0]}x{size[1]}",
             "size_mismatch",
         )
-    masks = _gt_proposals(data, image_id, h, w) if proposals == "gt" else None
-    try:
-        state = segmenter.set_image(image, proposals=masks)
-    except Exception as e:
-        raise _ImageFailure(
-            f"set_image failed on {path}: {type(e).__name__}: {e}", "prediction_failed"
-        ) from None
-    masks = np.asarray(state.masks, dtype=bool)
-    if masks.size == 0:
-        masks = np.zeros((0, h, w), dtype=bool)
-    if masks.ndim != 3 or masks.shape[1:] != (h, w):
-        raise _ImageFailure(
-            f"proposals of {path} have shape {masks.shape}, expected (N, {h}, {w})",
-            "prediction_failed",
-        )
-    return state, masks
+    return image
 
 
-def _predict_all(segmenter: Any, sentences: list[str], top_k: int, guidance: bool) -> list[Any]:
-    """predict_many, falling back to one call per sentence to isolate a failure."""
-    try:
-        return list(segmenter.predict_many(sentences, top_k=top_k, guidance=guidance))
-    except Exception as e:
-        log.debug("predict_many failed (%s); retrying one by one", e)
-    out: list[Any] = []
-    for s in sentences:
-        try:
-            out.append(segmenter.predict(s, top_k=top_k, guidance=guidance))
-        except Exception as e:
-            out.append(e)
-    return out
-
-
-def evaluate_image(
-    data: EvalData,
-    image_id: Any,
-    exprs: list[Expression],
-    segmenter: Any,
+def evaluate_unit(
+    worker: UnitWorker,
+    unit: WorkUnit,
     proposals: str = "sam",
     top_k: int = 3,
     guidance: bool = True,
 ) -> list[dict[str, Any]]:
-    """Records for every expression of one image (one ``set_image``, one ``predict_many``)."""
+    """Records for every expression of one image: one encoding, one ``predict_many``."""
     t0 = time.perf_counter()
+    anns = {a[0]: a[1] for a in unit.data.get("anns") or []}
+    rows = unit.rows
     try:
-        state, masks = _prepare_image(data, image_id, segmenter, proposals)
+        image = _load(unit)
+        h, w = image.shape[:2]
+        masks = _gt_proposals(unit, anns, h, w) if proposals == "gt" else None
+        segmenter = worker.segmenter
+        try:
+            state = encode_state(segmenter, image, masks)
+        except Exception as e:
+            raise _ImageFailure(
+                f"encoding failed on {unit.data['image_path']}: {type(e).__name__}: {e}",
+                "prediction_failed",
+            ) from None
+        props = np.asarray(state.masks, dtype=bool)
+        if props.size == 0:
+            props = np.zeros((0, h, w), dtype=bool)
+        if props.ndim != 3 or props.shape[1:] != (h, w):
+            raise _ImageFailure(
+                f"proposals of {unit.data['image_path']} have shape {props.shape}, "
+                f"expected (N, {h}, {w})",
+                "prediction_failed",
+            )
     except _ImageFailure as f:
-        return [failed_record(data, e, str(f), f.kind) for e in exprs]
+        return [failed_record(r, str(f), f.kind) for r in rows]
     image_time = time.perf_counter() - t0
-    h, w = masks.shape[1:]
 
     records: dict[int, dict[str, Any]] = {}
     gts: dict[Any, tuple[np.ndarray, tuple[int | None, int, int]]] = {}
-    todo: list[tuple[int, Expression]] = []
-    for k, e in enumerate(exprs):
-        if e.ann_id not in gts:
+    todo: list[tuple[int, dict[str, Any]]] = []
+    for k, r in enumerate(rows):
+        ann_id = r["ann_id"]
+        if ann_id not in gts:
             try:
-                gt = data.ann_mask(e.ann_id, h, w)
+                gt = _ann_mask(anns, ann_id, h, w)
             except DataError as err:
-                records[k] = failed_record(data, e, str(err), "bad_annotation")
+                records[k] = failed_record(r, str(err), "bad_annotation")
                 continue
             if not gt.any():
                 records[k] = failed_record(
-                    data, e, f"annotation {e.ann_id!r} has an empty mask", "bad_annotation"
+                    r, f"annotation {ann_id!r} has an empty mask", "bad_annotation"
                 )
                 continue
-            gts[e.ann_id] = (gt, best_proposal(masks, gt))
-        todo.append((k, e))
+            gts[ann_id] = (gt, best_proposal(props, gt))
+        todo.append((k, r))
 
     t1 = time.perf_counter()
-    preds = _predict_all(segmenter, [e.sentence for _, e in todo], top_k, guidance)
+    preds = predict_on_state(segmenter, state, [r["sentence"] for _, r in todo], top_k, guidance)
     per_expr = (time.perf_counter() - t1) / max(len(todo), 1)
-    for (k, e), pred in zip(todo, preds, strict=True):
+    for (k, r), pred in zip(todo, preds, strict=True):
         if isinstance(pred, Exception):
             records[k] = failed_record(
-                data, e, f"prediction failed: {type(pred).__name__}: {pred}", "prediction_failed"
+                r, f"prediction failed: {type(pred).__name__}: {pred}", "prediction_failed"
             )
             continue
-        gt, (up_idx, up_i, up_u) = gts[e.ann_id]
+        gt, (up_idx, up_i, up_u) = gts[r["ann_id"]]
         try:
-            rec = _base_record(data, e)
+            rec = failed_record(r, "", "")
+            rec["error"] = rec["error_kind"] = None
             pure_idx = pred.pure_index
-            pure_mask = masks[pure_idx] if pure_idx is not None else np.zeros_like(gt)
+            pure_mask = props[pure_idx] if pure_idx is not None else np.zeros_like(gt)
             pi, pu = intersection_union(pure_mask, gt)
             gi, gu = intersection_union(np.asarray(pred.mask, dtype=bool), gt)
             rec.update(
@@ -360,10 +344,10 @@ def evaluate_image(
             rec.update(_counts_fields("upper", up_idx, up_i, up_u))
         except Exception as err:  # a malformed prediction must not stop the run
             rec = failed_record(
-                data, e, f"scoring failed: {type(err).__name__}: {err}", "prediction_failed"
+                r, f"scoring failed: {type(err).__name__}: {err}", "prediction_failed"
             )
         records[k] = rec
-    return [records[k] for k in range(len(exprs))]
+    return [records[k] for k in range(len(rows))]
 
 
 # --------------------------------------------------------------------------- report
@@ -476,7 +460,7 @@ def _check_run_file(out_dir: Path, settings: dict[str, Any]) -> None:
         diff = [
             k
             for k in RESUME_KEYS
-            if json.loads(_dumps(old.get(k))) != json.loads(_dumps(settings.get(k)))
+            if json.loads(dumps({"v": old.get(k)})) != json.loads(dumps({"v": settings.get(k)}))
         ]
         if diff:
             details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
@@ -485,13 +469,65 @@ def _check_run_file(out_dir: Path, settings: dict[str, Any]) -> None:
                 "use another --out or delete that folder"
             )
     else:
-        atomic_write_text(path, json.dumps(settings, indent=2, default=_json_default) + "\n")
+        _write_text(path, json.dumps(settings, indent=2, default=str) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    from hybridgl.masks import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _expr_key(data: EvalData, e: Expression) -> str:
+    return f"{data.name}\t{data.split}\t{e.sent_id}"
+
+
+class EvalSink:
+    """Driver side of an evaluation: appends each image's records, one fsync per image."""
+
+    def __init__(self, writer: RecordWriter, progress: Progress | None, log_: RecordLog) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.log = log_
+        self.seen: set[str] = set()
+        self.images = 0
+        self.done = 0
+        self.failed = 0
+        self.callbacks: list[Callable[[int, int, int], None]] = []
+
+    def write(self, records: list[dict[str, Any]]) -> int:
+        failed = 0
+        for rec in records:
+            self.writer.write(rec)
+            key = record_key(rec)
+            if key is not None:
+                self.log.last.pop(key, None)
+                self.log.last[key] = rec
+            if rec.get("error"):
+                failed += 1
+        self.writer.commit()
+        self.failed += failed
+        self.done += len(records) - failed
+        if self.progress is not None:
+            self.progress.rows(len(records), failed)
+        return failed
+
+    def __call__(self, unit: WorkUnit, records: list[dict[str, Any]]) -> None:
+        if unit.key in self.seen:  # a retried unit delivered twice: write it once
+            return
+        self.seen.add(unit.key)
+        self.write(records)
+        self.images += 1
+        if self.progress is not None:
+            self.progress.unit_done()
+        for cb in self.callbacks:
+            cb(self.images, self.done, self.failed)
 
 
 def run_evaluation(
-    data: EvalData,
-    segmenter: Any,
-    out_dir: str | Path,
+    data: EvalData | Sequence[EvalData],
+    segmenter: Any = None,
+    out_dir: str | Path = "eval-runs/run",
     *,
     proposals: str = "sam",
     top_k: int = 3,
@@ -500,22 +536,30 @@ def run_evaluation(
     sample: int | None = None,
     seed: int = 0,
     retry_failed: bool = False,
-    progress: Callable[[int, int, int, int], None] | None = None,
+    progress: bool | Callable[[int, int, int, int], None] | None = None,
+    spec: SegmenterSpec | None = None,
+    factory: Callable[[], Any] | None = None,
+    engine: EngineOptions | None = None,
+    model_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate (or resume evaluating) a split and write the outputs to ``out_dir``.
+    """Evaluate (or resume evaluating) one or several splits and write the outputs.
 
     Args:
-        data: from :func:`~hybridgl.eval.refer.load_refer` or ``load_generic``.
-        segmenter: a :class:`hybridgl.Segmenter` (anything with ``set_image``,
-            ``predict_many``, ``predict`` and ``model_info``).
+        data: one split from :func:`~hybridgl.eval.refer.load_refer` or ``load_generic``,
+            or several (a suite: every image is encoded once for all splits using it).
+        segmenter: a ready :class:`hybridgl.Segmenter` for the local engine (or use
+            ``factory`` / ``spec`` to build one only when an image needs it).
         out_dir: output folder (created; an existing one is resumed).
         proposals: ``"sam"`` (the method) or ``"gt"`` (every COCO mask of the image
             replaces SAM's proposals).
         top_k, guidance: passed to ``predict_many``.
-        limit, sample, seed: subset selection (see :func:`select_expressions`).
+        limit, sample, seed: subset selection per split (see :func:`select_expressions`).
         retry_failed: evaluate again the expressions recorded as failed.
-        progress: called after each image with ``(images done, images to do,
-            expressions done, expressions failed)`` of this call.
+        progress: True for the tqdm bar on stderr, or a callback called after each image
+            with ``(images done, images to do, expressions done, expressions failed)``.
+        spec, factory, engine: how and where workers build their segmenter and run
+            (:func:`hybridgl.jobs.engine.run_units`); default: this process.
+        model_info: the model settings recorded in run.json (default: the segmenter's).
 
     Returns:
         The report (also written as report.json and report.md).
@@ -525,102 +569,262 @@ def run_evaluation(
     """
     if proposals not in ("sam", "gt"):
         raise ValueError(f"proposals must be 'sam' or 'gt', got {proposals!r}")
+    parts_data = [data] if isinstance(data, EvalData) else list(data)
+    if not parts_data:
+        raise ValueError("no data to evaluate")
+    suite = len(parts_data) > 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if segmenter is not None and factory is None:
+        factory = lambda: segmenter  # noqa: E731
+    if model_info is None:
+        model_info = _model_settings(segmenter) if segmenter is not None else {}
     settings = {
-        "format": data.format,
-        "dataset": data.name,
-        "split": data.split,
+        "format": parts_data[0].format,
+        "dataset": ",".join(d.name for d in parts_data) if suite else parts_data[0].name,
+        "split": ",".join(f"{d.name}/{d.split}" for d in parts_data)
+        if suite
+        else parts_data[0].split,
         "proposals": proposals,
         "top_k": int(top_k),
         "guidance": bool(guidance),
-        "model": _model_settings(segmenter),
+        "model": dict(model_info),
     }
     _check_run_file(out, settings)
     selection = {"limit": limit, "sample": sample, "seed": seed if sample is not None else None}
-    selected = select_expressions(data.expressions, limit, sample, seed)
-    if data.expected_count is not None and limit is None and sample is None:
-        if len(data.expressions) != data.expected_count:
-            log.warning(
-                "%s %s has %d expressions; the published split has %d (METHOD.md)",
-                data.name,
-                data.split,
-                len(data.expressions),
-                data.expected_count,
-            )
-    for p in data.problems:
-        log.warning("data problem: %s", p)
+    parts = []
+    for d in parts_data:
+        selected = select_expressions(d.expressions, limit, sample, seed)
+        if d.expected_count is not None and limit is None and sample is None:
+            if len(d.expressions) != d.expected_count:
+                log.warning(
+                    "%s %s has %d expressions; the published split has %d (METHOD.md)",
+                    d.name,
+                    d.split,
+                    len(d.expressions),
+                    d.expected_count,
+                )
+        for p in d.problems:
+            log.warning("data problem: %s", p)
+        parts.append((d, selected))
 
     pred_path = out / PREDICTIONS
-    records = read_records(pred_path, drop_failed=retry_failed)
-    done_ids = {str(r["sent_id"]) for r in records}
-    pending = [e for e in selected if str(e.sent_id) not in done_ids]
-    if done_ids:
+    log_ = read_records(pred_path, key=record_key)
+    done_ids = log_.done_ids(retry_failed=retry_failed)
+    pending = [(d, [e for e in sel if _expr_key(d, e) not in done_ids]) for d, sel in parts]
+    n_selected = sum(len(sel) for _, sel in parts)
+    n_pending = sum(len(p) for _, p in pending)
+    if log_.last:
         log.info(
             "resuming: %d of %d selected expressions already in %s",
-            len(selected) - len(pending),
-            len(selected),
+            n_selected - n_pending,
+            n_selected,
             pred_path,
         )
 
     t_start = time.perf_counter()
-    n_images = n_done = n_failed = 0
-    groups = group_by_image(e for e in pending if not e.error)
-    with open(pred_path, "a", encoding="utf-8") as f:
-
-        def write(rec: dict[str, Any]) -> None:
-            nonlocal n_done, n_failed
-            f.write(_dumps(rec) + "\n")
-            f.flush()
-            records.append(rec)
-            if rec.get("error"):
-                n_failed += 1
-            else:
-                n_done += 1
-
-        for e in pending:
-            if e.error:
-                write(failed_record(data, e, e.error, e.error_kind or "bad_record"))
-        for image_id, exprs in groups:
-            try:
-                recs = evaluate_image(data, image_id, exprs, segmenter, proposals, top_k, guidance)
-            except Exception as err:  # never stop the whole run on one image
-                log.exception("image %s failed", image_id)
-                recs = [
-                    failed_record(
-                        data, e, f"internal error: {type(err).__name__}: {err}", "internal"
-                    )
-                    for e in exprs
+    units = make_units([(d, [e for e in p if not e.error]) for d, p in pending], proposals)
+    n_rows = sum(len(u.rows) for u in units)
+    bar = None
+    if progress is True:
+        bar = Progress(n_pending, len(units), desc="evaluate", disable=False)
+    facts: dict[str, Any] = {}
+    with RecordWriter(pred_path) as writer:
+        sink = EvalSink(writer, bar, log_)
+        if callable(progress):
+            cb = progress
+            sink.callbacks.append(lambda i, dn, fl: cb(i, len(units), dn, fl))
+        try:
+            for d, todo in pending:
+                bad = [
+                    failed_record(_row_of(d, e), e.error, e.error_kind or "bad_record")
+                    for e in todo
+                    if e.error
                 ]
-            for rec in recs:
-                write(rec)
-            n_images += 1
-            log.debug("[%d/%d images] %d done, %d failed", n_images, len(groups), n_done, n_failed)
-            if progress is not None:
-                progress(n_images, len(groups), n_done, n_failed)
-        f.flush()
-        os.fsync(f.fileno())
+                if bad:
+                    sink.write(bad)
+            facts = run_units(
+                units,
+                EvalTask(proposals=proposals, top_k=int(top_k), guidance=bool(guidance)),
+                sink,
+                spec=spec or SegmenterSpec(),
+                options=engine,
+                factory=factory,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    wall = time.perf_counter() - t_start
 
-    report = build_report(
-        data,
-        selected,
-        records,
-        settings,
-        selection,
-        extra={
-            "this_run": {
-                "images": n_images,
-                "expressions": n_done + n_failed,
-                "failed": n_failed,
-                "wall_s": time.perf_counter() - t_start,
-            },
-            "files": {
-                "predictions": str(pred_path),
-                "report_json": str(out / REPORT_JSON),
-                "report_md": str(out / REPORT_MD),
-            },
-        },
-    )
-    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2, default=_json_default) + "\n")
-    atomic_write_text(out / REPORT_MD, report_markdown(report))
+    current = log_.current()
+    this_run = {
+        "images": sink.images,
+        "images_encoded": sink.images,
+        "expressions": sink.done + sink.failed,
+        "expressions_on_images": n_rows,
+        "failed": sink.failed,
+        "wall_s": wall,
+        "engine": facts.get("engine", (engine.engine if engine else "local")),
+        "workers": facts.get("workers"),
+    }
+    files = {
+        "predictions": str(pred_path),
+        "report_json": str(out / REPORT_JSON),
+        "report_md": str(out / REPORT_MD),
+    }
+    if not suite:
+        d, selected = parts[0]
+        report = build_report(
+            d, selected, current, settings, selection, extra={"this_run": this_run, "files": files}
+        )
+        md = report_markdown(report)
+    else:
+        report = build_suite_report(parts, current, settings, selection, this_run, files)
+        md = suite_markdown(report)
+    _write_text(out / REPORT_JSON, json.dumps(report, indent=2, default=str) + "\n")
+    _write_text(out / REPORT_MD, md)
     return report
+
+
+#: Published figures to compare with (METHOD.md "Evaluation protocol"): CLIP ViT-B/16,
+#: SAM ViT-H. Only RefCOCOg val is published there; the other splits have no figure in
+#: this repository's documents.
+PUBLISHED: dict[tuple[str, str], dict[str, dict[str, float]]] = {
+    ("refcocog", "val"): {
+        "HybridGL (paper)": {"mIoU": 51.3},
+        "released code, reproduced, pure": {"mIoU": 46.66, "oIoU": 37.14},
+        "released code, reproduced, guided": {"mIoU": 46.04, "oIoU": 35.48},
+    },
+}
+
+#: Splits of the paper's table, in its column order.
+PAPER_SPLITS: tuple[tuple[str, str], ...] = (
+    ("refcoco", "val"),
+    ("refcoco", "testA"),
+    ("refcoco", "testB"),
+    ("refcoco+", "val"),
+    ("refcoco+", "testA"),
+    ("refcoco+", "testB"),
+    ("refcocog", "val"),
+    ("refcocog", "test"),
+)
+
+
+def build_suite_report(
+    parts: Sequence[tuple[EvalData, Sequence[Expression]]],
+    records: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    selection: dict[str, Any],
+    this_run: dict[str, Any],
+    files: dict[str, Any],
+) -> dict[str, Any]:
+    """One report per split plus the paper-style table of a multi-split run."""
+    splits: dict[str, Any] = {}
+    for d, selected in parts:
+        mine = [r for r in records if r.get("dataset") == d.name and r.get("split") == d.split]
+        rep = build_report(
+            d, selected, mine, {**settings, "dataset": d.name, "split": d.split}, selection
+        )
+        splits[f"{d.name}/{d.split}"] = rep
+    images = len({str(d.image_path(e.image_id)) for d, selected in parts for e in selected})
+    comparison = []
+    for name, rep in splits.items():
+        ds, sp = name.split("/", 1)
+        guided = rep["metrics"].get("guided") or {}
+        pure = rep["metrics"].get("pure") or {}
+        for source, figs in PUBLISHED.get((ds, sp), {}).items():
+            ours = pure if source.endswith("pure") else guided
+            for metric, value in figs.items():
+                value_ours = ours.get(metric)
+                comparison.append(
+                    {
+                        "split": name,
+                        "published": source,
+                        "metric": metric,
+                        "published_value": value,
+                        "ours": value_ours,
+                        "difference": (value_ours - value)
+                        if isinstance(value_ours, (int, float))
+                        else None,
+                    }
+                )
+    return {
+        **settings,
+        "selection": dict(selection),
+        "suite": True,
+        "splits": splits,
+        "counts": {
+            "selected": sum(r["counts"]["selected"] for r in splits.values()),
+            "done": sum(r["counts"]["done"] for r in splits.values()),
+            "failed": sum(r["counts"]["failed"] for r in splits.values()),
+            "pending": sum(r["counts"]["pending"] for r in splits.values()),
+            "images": images,
+            "expressions_per_image": None,
+        },
+        "data_problems": [p for r in splits.values() for p in r["data_problems"]],
+        "comparison": comparison,
+        "this_run": this_run,
+        "files": files,
+    }
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def suite_markdown(report: dict[str, Any]) -> str:
+    """The paper's table layout: one column per split, mIoU / oIoU rows, published beside."""
+    splits = report["splits"]
+    names = [f"{d}/{s}" for d, s in PAPER_SPLITS if f"{d}/{s}" in splits]
+    names += [n for n in splits if n not in names]
+    c = report["counts"]
+    tr = report["this_run"]
+    lines = [
+        f"# Evaluation suite: {len(names)} splits",
+        "",
+        f"- proposals: {report['proposals']}; top_k: {report['top_k']}; "
+        f"guidance: {report['guidance']}",
+        "- model: "
+        + (", ".join(f"{k}={v}" for k, v in (report.get("model") or {}).items()) or "-"),
+        f"- expressions: {c['selected']} selected; {c['done']} done, {c['failed']} failed, "
+        f"{c['pending']} pending; {c['images']} distinct images",
+        f"- this run: {tr['images_encoded']} images encoded for {tr['expressions']} expressions "
+        f"({tr['engine']} engine), {tr['wall_s']:.1f} s",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for kind, label in (("pure", "pure (CLIP only)"), ("guided", "guided (HybridGL)"),
+                        ("upper", "upper bound")):  # fmt: skip
+        for metric in ("mIoU", "oIoU"):
+            cells = [_fmt((splits[n]["metrics"].get(kind) or {}).get(metric)) for n in names]
+            lines.append(f"| {label} {metric} | " + " | ".join(cells) + " |")
+    sources = sorted({src for figs in PUBLISHED.values() for src in figs})
+    for src in sources:
+        for metric in ("mIoU", "oIoU"):
+            cells = []
+            for n in names:
+                ds, sp = n.split("/", 1)
+                cells.append(_fmt(PUBLISHED.get((ds, sp), {}).get(src, {}).get(metric)))
+            if any(cell != "-" for cell in cells):
+                lines.append(f"| {src} {metric} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Published figures: METHOD.md (CLIP ViT-B/16, SAM ViT-H); only RefCOCOg val has one "
+        "there, the other splits have no published figure in this repository (`-`).",
+    ]
+    if report["comparison"]:
+        lines += ["", "| split | published | metric | published | ours | difference |",
+                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
+        for row in report["comparison"]:
+            lines.append(
+                f"| {row['split']} | {row['published']} | {row['metric']} | "
+                f"{_fmt(row['published_value'])} | {_fmt(row['ours'])} | {_fmt(row['difference'])} |"
+            )
+    for n in names:
+        rep = splits[n]
+        if rep.get("count_warning"):
+            lines += ["", f"**Warning:** {rep['count_warning']}."]
+    if report["data_problems"]:
+        lines += ["", "## Data problems", ""] + [f"- {p}" for p in report["data_problems"][:50]]
+    return "\n".join(lines) + "\n"

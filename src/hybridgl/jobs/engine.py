@@ -1,0 +1,138 @@
+"""Run work units on an engine and hand their records to a sink, in the driver.
+
+``run_units(units, task, sink, options)`` is the one entry point of ``batch`` and
+``evaluate``: the ``local`` engine runs the units in this process with one segmenter; the
+``ray`` engine (:mod:`hybridgl.jobs.ray_engine`, optional extra ``hybridgl[ray]``) runs
+them on a pool of Ray actors, one segmenter each. Either way the records of a unit come
+back to this process and the same sink writes them (one results file, one resume rule),
+so the two engines write the same records.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hybridgl.jobs.units import SegmenterSpec, Task, UnitWorker, WorkUnit
+
+__all__ = ["ENGINES", "EngineOptions", "Progress", "run_units"]
+
+ENGINES = ("local", "ray")
+
+#: sink(unit, records): write one unit's records (and commit them) in the driver
+Sink = Callable[[WorkUnit, list[dict[str, Any]]], None]
+
+
+@dataclass
+class EngineOptions:
+    """How to run: the engine and, for Ray, where and with how many workers."""
+
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    threads_per_worker: int | None = None
+    object_store_memory: int | None = None  # only for a local Ray started by the run
+
+
+class Progress:
+    """The progress bar of every bulk job: rows (expressions) and images, rate, ETA.
+
+    Driven by records arriving in the driver, so it reads the same on both engines.
+    """
+
+    def __init__(self, total_rows: int, total_units: int, desc: str, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self.total_units = total_units
+        self.units = 0
+        self.failed = 0
+        self.bar = tqdm(
+            total=total_rows,
+            desc=desc,
+            unit="expr",
+            file=sys.stderr,
+            disable=disable,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"images {self.units}/{self.total_units} failed {self.failed}")
+
+    def rows(self, n: int, failed: int = 0) -> None:
+        self.failed += failed
+        self.bar.update(n)
+        self._postfix()
+
+    def unit_done(self) -> None:
+        self.units += 1
+        self._postfix()
+
+    def message(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_units(
+    units: Sequence[WorkUnit] | Iterable[WorkUnit],
+    task: Task,
+    sink: Sink,
+    *,
+    spec: SegmenterSpec,
+    options: EngineOptions | None = None,
+    factory: Callable[[], Any] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Process every unit and pass its records to ``sink`` (in this process).
+
+    Args:
+        units: the work, one image each.
+        task: what a worker does with a unit.
+        sink: writes a unit's records; called once per unit, in completion order.
+        spec: how workers build their segmenter.
+        options: engine choice and Ray settings (default: local).
+        factory: local engine only: builds the segmenter (default ``spec.build``).
+        on_start: called once with engine facts (e.g. Ray's worker count) before work.
+
+    Returns:
+        Engine facts: ``engine``, ``units``, ``workers`` and, for Ray, the cluster's.
+    """
+    opts = options or EngineOptions()
+    if opts.engine == "local":
+        return _run_local(list(units), task, sink, spec, factory, on_start)
+    if opts.engine == "ray":
+        from hybridgl.jobs.ray_engine import run_ray
+
+        return run_ray(list(units), task, sink, spec, opts, on_start)
+    raise ValueError(f"unknown engine {opts.engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def _run_local(
+    units: list[WorkUnit],
+    task: Task,
+    sink: Sink,
+    spec: SegmenterSpec,
+    factory: Callable[[], Any] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    if factory is None:
+        spec.apply_env()
+        factory = spec.build
+    elif spec.threads:
+        import torch
+
+        torch.set_num_threads(int(spec.threads))
+    worker = UnitWorker(task, factory)
+    facts = {"engine": "local", "workers": 1, "units": len(units)}
+    if on_start is not None:
+        on_start(facts)
+    for unit in units:
+        sink(unit, worker.process(unit))
+    facts["segmenter"] = worker._segmenter
+    return facts

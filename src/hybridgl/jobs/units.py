@@ -1,0 +1,259 @@
+"""Work units and the worker that turns one unit into records.
+
+A **work unit** is one image with all its rows (expressions): every image is encoded once,
+by one worker, whichever engine runs it. A unit is plain JSON-ready data (paths as text,
+rows as dicts), so it can cross process and machine boundaries unchanged.
+
+A **task** says what a job does with a unit on a worker: load the image, encode it, answer
+the rows, and return one JSON-ready record per row. Tasks hold only plain settings, so they
+pickle to Ray actors; the segmenter is built on the worker from a :class:`SegmenterSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "SegmenterSpec",
+    "Task",
+    "UnitWorker",
+    "WorkUnit",
+    "encode_and_predict",
+    "encode_state",
+    "predict_on_state",
+]
+
+
+@dataclass
+class WorkUnit:
+    """One image and its rows.
+
+    ``key`` is unique within a job (the image and, where it changes the encoding, the
+    proposals); ``rows`` are the row payloads in the order their records are written;
+    ``data`` holds what the task needs for the image (path, proposals, annotations).
+    """
+
+    key: str
+    rows: list[dict[str, Any]]
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "rows": self.rows, "data": self.data}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> WorkUnit:
+        return cls(key=obj["key"], rows=list(obj["rows"]), data=dict(obj.get("data") or {}))
+
+
+class Task(Protocol):
+    """What a job does with one unit on a worker (picklable; no open files)."""
+
+    def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
+        """One record per row of ``unit``; per-row failures become error records."""
+        ...
+
+    def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
+        """Error records for every row of a unit whose processing raised ``error``."""
+        ...
+
+
+#: Environment variables a worker takes over from the driver (weights, random models).
+FORWARDED_ENV = (
+    "HYBRIDGL_RANDOM_WEIGHTS",
+    "HYBRIDGL_WEIGHTS_DIR",
+    "HYBRIDGL_CACHE_DIR",
+    "HYBRIDGL_OFFLINE",
+    "HYBRIDGL_WEIGHTS_URL_BASE",
+)
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """How to build the segmenter on a worker (the model options of the command line).
+
+    ``env`` carries the driver's ``HYBRIDGL_*`` settings (random weights, weights folder)
+    to workers started elsewhere; variables already set on a worker's node are kept only
+    when the driver did not set them.
+    """
+
+    sam: str | None = "vit_h"
+    preset: str = "paper"
+    device: str | None = None
+    weights_dir: str | None = None
+    spacy_model: str | None = None
+    threads: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_args(cls, args: Any, threads: int | None = None) -> SegmenterSpec:
+        env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
+        return cls(
+            sam=getattr(args, "sam", "vit_h"),
+            preset=getattr(args, "preset", "paper"),
+            device=getattr(args, "device", None),
+            weights_dir=getattr(args, "weights_dir", None),
+            spacy_model=getattr(args, "spacy_model", None),
+            threads=threads,
+            env=env,
+        )
+
+    def apply_env(self) -> None:
+        for k, v in self.env:
+            os.environ[k] = v
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(int(self.threads))
+
+    def model_info(self) -> dict[str, Any]:
+        """The segmenter's ``model_info`` (without the device), known without building it.
+
+        Recorded in a run's settings, so that a run resumed on another engine, whose models
+        load on remote workers, is recognised as the same run.
+        """
+        from hybridgl import weights
+        from hybridgl.config import get_preset
+        from hybridgl.text import DEFAULT_SPACY_MODEL
+
+        self.apply_env()
+        return {
+            "sam": self.sam,
+            "clip": "ViT-B-16",
+            "preset": self.preset,
+            "random_weights": weights.random_weights_mode(),
+            "dtype": "float32",
+            "spacy_model": self.spacy_model or DEFAULT_SPACY_MODEL,
+            "fusion": get_preset(self.preset).fusion,
+        }
+
+    def checkpoints(self) -> list[str]:
+        """Registry names of the checkpoints this spec needs (none with random weights)."""
+        from hybridgl import weights
+
+        self.apply_env()
+        if weights.random_weights_mode():
+            return []
+        names = [weights.clip_checkpoint_name("ViT-B-16")]
+        if self.sam is not None:
+            names.append(weights.sam_checkpoint_name(self.sam))
+        return names
+
+    def check_weights(self) -> None:
+        """Resolve every checkpoint now (raises the usual one-line ``WeightsError``)."""
+        from hybridgl import weights
+        from hybridgl.errors import WeightsError
+
+        problems = []
+        for name in self.checkpoints():
+            try:
+                weights.resolve(name, weights_dir=self.weights_dir, progress=False)
+            except WeightsError as e:
+                problems.append(str(e))
+        if problems:
+            raise WeightsError("; ".join(problems))
+
+    def build(self) -> Any:
+        """A ready :class:`~hybridgl.segmenter.Segmenter` (models loaded)."""
+        from hybridgl.segmenter import Segmenter
+
+        self.apply_env()
+        return Segmenter.from_pretrained(
+            sam=self.sam,
+            preset=self.preset,
+            device=self.device,
+            weights_dir=self.weights_dir,
+            spacy_model=self.spacy_model,
+        )
+
+
+class UnitWorker:
+    """Holds one segmenter (built on first use) and runs a task on units."""
+
+    def __init__(self, task: Task, factory: Callable[[], Any]) -> None:
+        self.task = task
+        self._factory = factory
+        self._segmenter: Any = None
+        self.units = 0
+
+    @property
+    def segmenter(self) -> Any:
+        """The worker's segmenter; built on first access, so bad input never loads models."""
+        if self._segmenter is None:
+            self._segmenter = self._factory()
+        return self._segmenter
+
+    def ensure_segmenter(self) -> None:
+        _ = self.segmenter
+
+    def process(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        """Records for every row of a unit; an unexpected error fails the unit's rows only.
+
+        Missing weights (:class:`~hybridgl.errors.WeightsError`) and system errors
+        (``OSError`` other than a missing or unreadable input) end the job instead.
+        """
+        from hybridgl.errors import WeightsError
+
+        self.units += 1
+        try:
+            records = self.task.run(self, unit)
+        except (WeightsError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - one bad image never stops the job
+            records = self.task.failed(unit, e)
+        if len(records) != len(unit.rows):  # pragma: no cover - a task bug
+            raise RuntimeError(
+                f"task returned {len(records)} records for {len(unit.rows)} rows of {unit.key}"
+            )
+        return records
+
+
+def encode_state(segmenter: Any, image: Any, proposals: Any = None) -> Any:
+    """Encode an image into an ``ImageState`` without touching the current image.
+
+    The explicit-state path (``encode_image``) keeps workers and threads independent;
+    segmenters without it fall back to ``set_image``.
+    """
+    encode = getattr(segmenter, "encode_image", None)
+    if encode is not None:
+        return encode(image, proposals=proposals)
+    return segmenter.set_image(image, proposals=proposals)
+
+
+def predict_on_state(
+    segmenter: Any, state: Any, expressions: list[str], top_k: int, guidance: bool
+) -> list[Any]:
+    """Answer every expression on an explicit state (``predict_many(..., state=)``).
+
+    A failing ``predict_many`` is retried one expression at a time so that the expression
+    at fault gets the error (returned in its place) and the others their predictions.
+    """
+    kw: dict[str, Any] = {"state": state} if hasattr(segmenter, "encode_image") else {}
+    if not expressions:
+        return []
+    try:
+        return list(segmenter.predict_many(expressions, top_k=top_k, guidance=guidance, **kw))
+    except Exception:  # noqa: BLE001 - find the expression at fault
+        pass
+    preds: list[Any] = []
+    for text in expressions:
+        try:
+            preds.append(segmenter.predict(text, top_k=top_k, guidance=guidance, **kw))
+        except Exception as e:  # noqa: BLE001
+            preds.append(e)
+    return preds
+
+
+def encode_and_predict(
+    segmenter: Any,
+    image: Any,
+    proposals: Any,
+    expressions: list[str],
+    top_k: int,
+    guidance: bool,
+) -> tuple[Any, list[Any]]:
+    """:func:`encode_state` then :func:`predict_on_state`: ``(state, predictions)``."""
+    state = encode_state(segmenter, image, proposals)
+    return state, predict_on_state(segmenter, state, expressions, top_k, guidance)
