@@ -135,6 +135,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["segment", "x.jpg", "cat", "--top-k", "0"],
         ["segment", "x.jpg", "cat", "--sam", "vit_z"],
         ["batch", "rows.jsonl"],
+        ["batch", ".", "--out", "o", "-e", ""],
+        ["batch", ".", "--out", "o", "-e", "a cat", "--workers", "2"],
+        ["evaluate", "--dataset", "refcoco", "--split", "val"],
+        ["evaluate", "--format", "generic", "--instances", "x.json"],
         ["weights"],
         ["weights", "download", "no_such_checkpoint"],
     ],
@@ -491,7 +495,9 @@ def test_read_rows_csv_and_errors(tmp_path: Path) -> None:
     assert rows[0].expression == "the cat, on the left"
     assert rows[0].image_path == tmp_path / "x.jpg"
     assert dups == 1
-    assert len(bad) == 1 and "duplicate id" in bad[0].error
+    # the repeated id is reported under its own row, so the first row's record keeps the id
+    assert len(bad) == 1 and "duplicate id 'a' (first used on line 2)" in bad[0].error
+    assert bad[0].id == "line:5" and bad[0].line == 5
 
     headerless = tmp_path / "h.csv"
     headerless.write_text("x.jpg,a cat\n")

@@ -330,7 +330,7 @@ def test_missing_data_exit_3(env, tmp_path):
     rc, _, stderr = evaluate("--data-root", str(tmp_path), "--dataset", "refcoco", "--split", "val")
     assert rc == 3 and "refs file not found" in stderr and "refs(unc).p" in stderr
     rc, _, stderr = evaluate("--format", "generic", "--instances", str(tmp_path / "x.json"))
-    assert rc == 3 and "needs --instances and --expressions" in stderr
+    assert rc == 2 and "needs --instances and --expressions" in stderr  # a missing option
     assert "Traceback" not in stderr
 
 
@@ -338,3 +338,54 @@ def test_recompute_helper_is_sound():
     recs = [dict(error=None, pure_i=1, pure_u=4, guided_i=3, guided_u=3, upper_i=3, upper_u=3)]
     got = recompute(recs)
     assert got["pure"]["mIoU"] == 25.0 and math.isclose(got["guided"]["oIoU"], 100.0)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system(touch TARGET)``: a crafted refs file."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_a_refs_pickle_that_would_run_code_is_refused(env, tmp_path, truncate):
+    root = tmp_path / "evil"
+    (root / "refcoco").mkdir(parents=True)
+    shutil.copy(env["root"] / "refcoco" / "instances.json", root / "refcoco" / "instances.json")
+    target = tmp_path / "pwned"
+    refs = pickle.loads((env["root"] / "refcoco" / "refs(unc).p").read_bytes())
+    blob = pickle.dumps([_Payload(target), *refs], protocol=2)
+    if truncate:  # the salvage path must not unpickle the bytes a second time
+        blob = blob[: len(blob) - 30]
+    path = root / "refcoco" / "refs(unc).p"
+    path.write_bytes(blob)
+    n_built = len(env["built"].segmenters)
+    rc, stdout, stderr = evaluate(
+        "--data-root", str(root), "--dataset", "refcoco", "--split", "val", "--proposals", "gt",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert rc == 3, stderr
+    assert not target.exists()
+    assert str(path) in stderr and "system" in stderr and "could run code" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert len(env["built"].segmenters) == n_built  # refused before any model loads
+
+
+def test_a_refs_file_without_usable_refs_fails_before_loading_models(env, tmp_path):
+    root = tmp_path / "empty"
+    (root / "refcoco").mkdir(parents=True)
+    shutil.copy(env["root"] / "refcoco" / "instances.json", root / "refcoco" / "instances.json")
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 1}], protocol=2))
+    n_built = len(env["built"].segmenters)
+    rc, _, stderr = evaluate(
+        "--data-root", str(root), "--dataset", "refcoco", "--split", "val", "--proposals", "gt",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert rc == 3, stderr
+    assert "no usable referring expression" in stderr and "refs(unc).p" in stderr
+    assert len(env["built"].segmenters) == n_built

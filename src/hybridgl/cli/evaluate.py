@@ -14,6 +14,7 @@ from typing import Any
 from hybridgl.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    UsageError,
     add_engine_args,
     add_model_args,
     build_segmenter,
@@ -122,7 +123,7 @@ def _pairs(datasets: str, splits: str) -> list[tuple[str, str]]:
     names = [x.strip() for x in datasets.split(",") if x.strip()]
     wanted = [x.strip() for x in splits.split(",") if x.strip()]
     if not names or not wanted:
-        raise DataError("--dataset and --split must name at least one dataset and split")
+        raise UsageError("--dataset and --split must name at least one dataset and split")
     pairs: list[tuple[str, str]] = []
     for ds in names:
         if ds not in DATASETS:
@@ -142,7 +143,7 @@ def load_data(args: argparse.Namespace) -> list[Any]:
 
     if args.format == "generic":
         if not args.instances or not args.expressions:
-            raise DataError("--format generic needs --instances and --expressions")
+            raise UsageError("--format generic needs --instances and --expressions")
         return [
             load_generic(
                 args.instances,
@@ -154,10 +155,10 @@ def load_data(args: argparse.Namespace) -> list[Any]:
         ]
     if args.suite:
         if args.dataset or args.split:
-            raise DataError("--suite replaces --dataset and --split; give one or the other")
+            raise UsageError("--suite replaces --dataset and --split; give one or the other")
         args.dataset, args.split = SUITES[args.suite]
     if not args.data_root or not args.dataset or not args.split:
-        raise DataError("--format refer needs --data-root, --dataset and --split (or --suite)")
+        raise UsageError("--format refer needs --data-root, --dataset and --split (or --suite)")
     return [load_refer(args.data_root, ds, sp) for ds, sp in _pairs(args.dataset, args.split)]
 
 

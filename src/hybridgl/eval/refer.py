@@ -216,18 +216,36 @@ def _to_str(v: Any) -> Any:
     return v
 
 
-class _SalvagingUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """Pure-Python unpickler whose stacks stay readable after a failure."""
+#: The only globals a REFER pickle may name: builtin containers and scalars (Python 2
+#: names are mapped to these by ``fix_imports``). Plain REFER files name none at all.
+SAFE_PICKLE_GLOBALS = frozenset(
+    ("builtins", name)
+    for name in (
+        "list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
+        "int", "float", "bool", "complex",
+    )
+)  # fmt: skip
 
 
-def _salvage(path: Path) -> list[Any]:
-    with open(path, "rb") as f:
-        u = _SalvagingUnpickler(f, encoding="latin1")
-        try:
-            obj = u.load()
-            return obj if isinstance(obj, list) else []
-        except Exception:
-            pass
+class UnsafePickleError(DataError):
+    """A pickle names a global outside :data:`SAFE_PICKLE_GLOBALS` (it could run code)."""
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Pure-Python unpickler that refuses every global but builtin containers and scalars.
+
+    Pure Python so that its stacks stay readable after a failure: a truncated file is
+    salvaged from this one pass, never unpickled a second time.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"{module}.{name}")
+
+
+def _salvage(u: Any) -> list[Any]:
+    """Complete refs left on a failed unpickler's stacks (a truncated file)."""
     levels = list(getattr(u, "metastack", [])) + [getattr(u, "stack", [])]
     found: list[Any] = []
     if not levels or not levels[0]:
@@ -246,26 +264,40 @@ def _salvage(path: Path) -> list[Any]:
 
 
 def load_refs_pickle(path: Path) -> tuple[list[Any], str | None]:
-    """Load a REFER refs pickle (Python 2 or 3).
+    """Load a REFER refs pickle (Python 2 or 3) without running any code it names.
+
+    The file is read once and unpickled once, by an unpickler that allows only builtin
+    containers and scalars (:data:`SAFE_PICKLE_GLOBALS`); a truncated file is salvaged
+    from that same pass.
 
     Returns:
         ``(refs, problem)``: ``problem`` describes a truncated or corrupt file from which
         the complete refs before the damage were recovered.
 
     Raises:
+        UnsafePickleError: the pickle names any other global (a class, a function).
         DataError: the file is missing, unreadable, not a list, or nothing could be
             recovered from it.
     """
+    import io
+
     if not path.is_file():
         raise DataError(f"refs file not found: {path}")
     try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+        blob = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read refs file {path}: {e}") from None
+    u = _RestrictedUnpickler(io.BytesIO(blob), encoding="latin1")
+    try:
+        obj = u.load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(
+            f"refs file {path} is not a REFER pickle: it names {e}, which could run code; "
+            "refused (only builtin containers and scalars are allowed)"
+        ) from None
     except Exception as e:  # EOFError, UnpicklingError, ValueError, ...
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        refs = [r for r in _salvage(path) if _looks_like_ref(r)]
+        refs = [r for r in _salvage(u) if _looks_like_ref(r)]
         if not refs:
             raise DataError(
                 f"refs file {path} is truncated or corrupt ({reason}); no ref could be read"
