@@ -83,12 +83,8 @@ def _check_record_masks(rec: dict, proposals: np.ndarray, png: Path | None) -> N
     """RLE, polygons and PNG all give back the chosen proposal."""
     h, w = rec["height"], rec["width"]
     expected = proposals[rec["index"]] if rec["found"] else np.zeros((h, w), bool)
-    # segment writes Prediction.to_dict ("mask"); batch still writes "rle" until it switches
-    if "mask" in rec:
-        validate(rec)
-    np.testing.assert_array_equal(
-        rle_to_mask(rec["mask"] if "mask" in rec else rec["rle"]), expected
-    )
+    validate(rec)  # segment and batch both write Prediction.to_dict records
+    np.testing.assert_array_equal(rle_to_mask(rec["mask"]), expected)
     poly = polygons_to_mask(rec["polygons"], h, w)
     assert not (expected & ~poly).any()
     if expected.any():
@@ -474,7 +470,7 @@ def test_batch_folder_with_expressions(
     assert [r["id"] for r in recs] == ["one.jpg::a person", "one.jpg::the left one"]
     for rec in recs:
         mask = png_to_mask(out / rec["mask_png"])
-        np.testing.assert_array_equal(mask, rle_to_mask(rec["rle"]))
+        np.testing.assert_array_equal(mask, rle_to_mask(rec["mask"]))
         assert mask.any() == rec["found"]
         assert (out / rec["overlay"]).is_file()
     assert main([*argv, "--no-progress"]) == EXIT_OK

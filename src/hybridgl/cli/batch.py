@@ -350,7 +350,6 @@ class BatchTask:
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.cli.segment import load_proposals
         from hybridgl.images import load_image
-        from hybridgl.masks import prediction_record
 
         try:
             image = load_image(unit.data["image_path"])
@@ -368,13 +367,12 @@ class BatchTask:
                 out.append(_error_record(row, pred))
                 continue
             try:
-                rec = prediction_record(
-                    pred, row["expression"], id=row["id"], include_polygons=self.polygons
-                )
+                rec = pred.to_dict(polygons=self.polygons)
             except Exception as e:  # noqa: BLE001
                 out.append(_error_record(row, e))
                 continue
-            out.append({"id": rec.pop("id"), "line": row["line"], "image": row["image"], **rec})
+            rec["expression"] = row["expression"]  # as written in the input
+            out.append({"id": row["id"], "line": row["line"], "image": row["image"], **rec})
         return out
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
@@ -432,7 +430,7 @@ class BatchSink:
                 self.fail(rec)
                 failed += 1
                 continue
-            mask = rle_to_mask(rec["rle"])
+            mask = rle_to_mask(rec["mask"])
             name = mask_filename(str(rec["id"]))
             rec["mask_png"] = f"{MASKS}/{name}"
             save_mask_png(mask, self.out_dir / rec["mask_png"])
@@ -522,7 +520,7 @@ def _record_id(rec: dict[str, Any]) -> str | None:
 
 
 def _write_summary(out_dir: Path, input_path: Path, counts: Counts, seconds: float) -> None:
-    from hybridgl.masks import atomic_write_bytes
+    from hybridgl.fileio import atomic_write_json
 
     doc = {
         "input": str(input_path),
@@ -533,6 +531,6 @@ def _write_summary(out_dir: Path, input_path: Path, counts: Counts, seconds: flo
         "seconds": round(seconds, 3),
     }
     try:
-        atomic_write_bytes(out_dir / "summary.json", (json.dumps(doc, indent=2) + "\n").encode())
+        atomic_write_json(out_dir / "summary.json", doc)
     except OSError:
         pass

@@ -78,6 +78,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "image_time_s",
     "error",
     "error_kind",
+    "prediction",
 )
 
 #: Settings a resumed run must share with the run that wrote the folder.
@@ -212,6 +213,16 @@ class EvalTask:
         return [failed_record(r, msg, "internal") for r in unit.rows]
 
 
+def _prediction_dict(pred: Any) -> dict[str, Any] | None:
+    """The prediction in the one result format (``Prediction.to_dict``), without timings."""
+    to_dict = getattr(pred, "to_dict", None)
+    if to_dict is None:
+        return None
+    d = dict(to_dict())
+    d.pop("timings", None)  # per-run noise; the record's time_s has the time
+    return d
+
+
 def _ann_mask(anns: dict[Any, Any], ann_id: Any, height: int, width: int) -> np.ndarray:
     ann = anns.get(ann_id)
     if ann is None:
@@ -342,6 +353,7 @@ def evaluate_unit(
             rec.update(_counts_fields("pure", pure_idx, pi, pu))
             rec.update(_counts_fields("guided", pred.index, gi, gu))
             rec.update(_counts_fields("upper", up_idx, up_i, up_u))
+            rec["prediction"] = _prediction_dict(pred)
         except Exception as err:  # a malformed prediction must not stop the run
             rec = failed_record(
                 r, f"scoring failed: {type(err).__name__}: {err}", "prediction_failed"
@@ -473,9 +485,9 @@ def _check_run_file(out_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from hybridgl.masks import atomic_write_bytes
+    from hybridgl.fileio import atomic_write_text
 
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_text(path, text)
 
 
 def _expr_key(data: EvalData, e: Expression) -> str:
