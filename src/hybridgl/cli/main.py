@@ -25,6 +25,7 @@ Examples:
   hybridgl weights download
 """
 
+
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """--debug and -v, on the top parser and again on each subcommand.
 
