@@ -12,19 +12,16 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from hybridgl.masks import (
-    atomic_write_bytes,
     mask_to_box,
     mask_to_png_bytes,
     mask_to_polygons,
     mask_to_rle,
     png_to_mask,
     polygons_to_mask,
-    prediction_record,
     read_proposals_npy,
     rle_to_mask,
     save_mask_png,
 )
-from hybridgl.types import Candidate, Parse, Prediction
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO_ANN = DATA / "coco-mini" / "annotations" / "instances_val2017.json"
@@ -215,14 +212,6 @@ def test_png_to_mask_rejects_garbage() -> None:
         png_to_mask(b"not a png")
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
-    target = tmp_path / "out.bin"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
-
-
 # ---------------------------------------------------------------- boxes
 
 
@@ -251,55 +240,6 @@ def test_box_matches_coco_bbox_minus_one(coco_masks: list[np.ndarray]) -> None:
         coco_box = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m.astype(np.uint8))))
         x, y, w, h = mask_to_box(m)
         assert (x, y, w + 1, h + 1) == tuple(float(v) for v in coco_box)
-
-
-# ---------------------------------------------------------------- records
-
-
-def _prediction(mask: np.ndarray, found: bool = True) -> Prediction:
-    parse = Parse(expression="the red cup", sentence="the red cup", noun_phrase="the red cup")
-    cands = [Candidate(index=2, clip_score=3.5, probability=0.7, final_score=0.9)]
-    return Prediction(
-        mask=mask,
-        box=mask_to_box(mask),
-        score=0.9,
-        found=found,
-        candidates=cands if found else [],
-        pure_index=2 if found else None,
-        index=2 if found else None,
-        parse=parse,
-        num_proposals=5 if found else 0,
-    )
-
-
-def test_prediction_record_round_trips() -> None:
-    m = HAND_MASKS["two_rects"]
-    rec = prediction_record(_prediction(m), "the red cup", id="r1")
-    rec = json.loads(json.dumps(rec))
-    assert rec["id"] == "r1"
-    assert rec["expression"] == "the red cup"
-    assert rec["found"] is True
-    assert rec["box"] == [1.0, 1.0, 17.0, 16.0]
-    assert rec["area"] == int(m.sum())
-    assert (rec["height"], rec["width"]) == m.shape
-    np.testing.assert_array_equal(rle_to_mask(rec["rle"]), m)
-    np.testing.assert_array_equal(polygons_to_mask(rec["polygons"], *m.shape), m)
-    assert rec["candidates"][0]["index"] == 2
-    assert rec["parse"]["noun_phrase"] == "the red cup"
-    assert rec["index"] == 2 and rec["num_proposals"] == 5
-
-
-def test_prediction_record_not_found() -> None:
-    rec = prediction_record(_prediction(np.zeros((6, 7), dtype=bool), found=False), "x")
-    assert "id" not in rec
-    assert rec["found"] is False
-    assert rec["box"] == [0.0, 0.0, 0.0, 0.0]
-    assert rec["polygons"] == []
-    assert rec["area"] == 0
-    assert not rle_to_mask(rec["rle"]).any()
-    assert "polygons" not in prediction_record(
-        _prediction(HAND_MASKS["rect"]), "x", include_polygons=False
-    )
 
 
 # ---------------------------------------------------------------- proposals files

@@ -20,21 +20,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-# Re-exported for callers that still import it from here (cli/batch.py until it switches);
-# the one implementation lives in hybridgl.fileio.
 from hybridgl.fileio import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from hybridgl.types import Prediction
 
 PathLike = str | os.PathLike
 
 __all__ = [
-    "atomic_write_bytes",
     "mask_to_box",
     "mask_to_png_bytes",
     "mask_to_polygons",
@@ -42,7 +36,6 @@ __all__ = [
     "masks_to_boxes_xywh",
     "png_to_mask",
     "polygons_to_mask",
-    "prediction_record",
     "read_proposals_npy",
     "rle_to_mask",
     "save_mask_png",
@@ -394,46 +387,3 @@ def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
 def save_mask_png(mask: np.ndarray, path: PathLike) -> Path:
     """Write a mask as an 8-bit 0/255 PNG, atomically."""
     return atomic_write_bytes(path, mask_to_png_bytes(mask))
-
-
-def prediction_record(
-    pred: Prediction,
-    expression: str,
-    id: str | int | None = None,
-    include_polygons: bool = True,
-) -> dict[str, Any]:
-    """JSON-ready record of one prediction.
-
-    Keys: ``id`` (only when given), ``expression``, ``found``, ``score``, ``box`` (XYWH,
-    SAM convention), ``area`` (pixels), ``height``, ``width``, ``rle`` (COCO compressed),
-    ``polygons`` (COCO, pixel corners; omitted when ``include_polygons`` is False),
-    ``index``, ``pure_index``, ``num_proposals``, ``candidates`` and ``parse``.
-    """
-    mask = _check_mask(pred.mask)
-    record: dict[str, Any] = {}
-    if id is not None:
-        record["id"] = id
-    record.update(
-        {
-            "expression": expression,
-            "found": bool(pred.found),
-            "score": float(pred.score),
-            "box": [float(v) for v in pred.box],
-            "area": int(mask.sum()),
-            "height": int(mask.shape[0]),
-            "width": int(mask.shape[1]),
-            "rle": mask_to_rle(mask),
-        }
-    )
-    if include_polygons:
-        record["polygons"] = mask_to_polygons(mask)
-    record.update(
-        {
-            "index": pred.index,
-            "pure_index": pred.pure_index,
-            "num_proposals": int(pred.num_proposals),
-            "candidates": [c.to_dict() for c in pred.candidates],
-            "parse": pred.parse.to_dict(),
-        }
-    )
-    return record
