@@ -57,15 +57,54 @@ def coco_sample(coco_val) -> tuple[Path, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def tiny_segmenter():
-    """A Segmenter with tiny random weights (a test device: outputs are meaningless)."""
+    """A Segmenter with tiny random weights (a test device: outputs are meaningless).
+
+    One for the whole session; ``HYBRIDGL_RANDOM_WEIGHTS`` is set only while it is built.
+    """
     old = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
     os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny"
     try:
         from hybridgl import Segmenter
 
-        yield Segmenter.from_pretrained(device="cpu")
+        seg = Segmenter.from_pretrained(device="cpu")
     finally:
         if old is None:
             os.environ.pop("HYBRIDGL_RANDOM_WEIGHTS", None)
         else:
             os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = old
+    return seg
+
+
+_TINY_SEGMENTERS: dict[str, object] = {}
+
+
+@pytest.fixture
+def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Make ``Segmenter.from_pretrained`` return one segmenter per set of arguments for the
+    whole session while ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` (every other call is untouched).
+
+    For tests of the faces (CLI, jobs) that build their models through the real entry
+    points: the tiny models are seeded, so a fresh build would give the same segmenter; a
+    shared one saves building CLIP, SAM and the tokenizer per command. Do not use it where a
+    test reads a segmenter's ``stats`` counters (they accumulate across tests). Returns the
+    cache (keyed by the call's arguments).
+    """
+    from hybridgl import weights
+    from hybridgl.segmenter import Segmenter
+
+    build = Segmenter.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def from_pretrained(cls, *args, **kwargs):
+        try:
+            tiny = weights.random_weights_mode() == "tiny"
+        except ValueError:  # an invalid value: let the real call report it
+            tiny = False
+        if not tiny:
+            return build(cls, *args, **kwargs)
+        key = repr((cls, args, sorted(kwargs.items())))
+        if key not in _TINY_SEGMENTERS:
+            _TINY_SEGMENTERS[key] = build(cls, *args, **kwargs)
+        return _TINY_SEGMENTERS[key]
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(from_pretrained))
+    return _TINY_SEGMENTERS

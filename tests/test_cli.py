@@ -45,7 +45,9 @@ needs_data = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _tiny_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _tiny_models(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_tiny_segmenters: dict
+) -> None:
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     monkeypatch.setenv("HYBRIDGL_OFFLINE", "1")
     monkeypatch.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path / "cache"))
@@ -346,32 +348,43 @@ def test_segment_outputs_decode_to_the_predicted_mask(
 
 
 @needs_data
-def test_segment_subprocess_json_to_stdout(coco_images: list[tuple[Path, Path]]) -> None:
+def test_segment_json_to_stdout(
+    coco_images: list[tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     image, npy = coco_images[1]
+    argv = ["segment", str(image), "the big one", "--proposals", str(npy), "--json", "-"]
+    assert main(argv) == EXIT_OK
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    doc = json.loads(cap.out)  # only JSON on stdout; the summary went to stderr
+    assert '[0] "the big one"' in cap.err
+    _check_record_masks(doc["results"][0], np.load(npy), None)
+
+
+def test_process_exit_codes_and_version(tmp_path: Path) -> None:
+    """The real process boundary: ``python -m hybridgl.cli.main`` prints the version, and a
+    failure is one line on stderr, no traceback, the documented exit code (no model loads:
+    the image is checked first)."""
     env = {
         **os.environ,
         "HYBRIDGL_RANDOM_WEIGHTS": "tiny",
         "HYBRIDGL_OFFLINE": "1",
         "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
-    cmd = [sys.executable, "-m", "hybridgl.cli.main", "segment", str(image), "the big one"]
-    proc = subprocess.run(
-        [*cmd, "--proposals", str(npy), "--json", "-"], capture_output=True, text=True, env=env
-    )
-    assert proc.returncode == EXIT_OK, proc.stderr
-    assert "Traceback" not in proc.stderr
-    doc = json.loads(proc.stdout)  # only JSON on stdout; the summary went to stderr
-    assert '[0] "the big one"' in proc.stderr
-    _check_record_masks(doc["results"][0], np.load(npy), None)
-    # a failure: one line on stderr, no traceback, documented code
+    cli = [sys.executable, "-m", "hybridgl.cli.main"]
+    from hybridgl import __version__
+
+    ver = subprocess.run([*cli, "--version"], capture_output=True, text=True, env=env)
+    assert ver.returncode == EXIT_OK and __version__ in ver.stdout
+    missing = tmp_path / "missing.jpg"
     bad = subprocess.run(
-        [sys.executable, "-m", "hybridgl.cli.main", "segment", str(image) + ".missing", "x"],
-        capture_output=True,
-        text=True,
-        env=env,
+        [*cli, "segment", str(missing), "x"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == EXIT_INPUT
     assert "Traceback" not in bad.stderr and "image not found" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    usage = subprocess.run([*cli, "segment"], capture_output=True, text=True, env=env)
+    assert usage.returncode == EXIT_USAGE and "Traceback" not in usage.stderr
 
 
 # --------------------------------------------------------------------------- batch
