@@ -12,10 +12,12 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "Candidate",
+    "Index",
     "MethodConfig",
     "Parse",
     "Prediction",
     "SamConfig",
+    "SearchHit",
     "Segmenter",
     "get_preset",
     "__version__",
@@ -27,4 +29,8 @@ def __getattr__(name: str):  # lazy: torch and friends load on first use
         from hybridgl.segmenter import Segmenter
 
         return Segmenter
+    if name in ("Index", "SearchHit"):  # collection search; LanceDB loads on first use
+        from hybridgl.search import index
+
+        return getattr(index, name)
     raise AttributeError(name)

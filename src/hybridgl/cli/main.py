@@ -23,6 +23,7 @@ Examples:
   hybridgl segment photo.jpg "the dog on the left" --overlay out.jpg --json out.json
   hybridgl batch rows.jsonl --out results/
   hybridgl weights download
+  hybridgl index ~/photos --db photos-index && hybridgl search "the red car" --db photos-index
 """
 
 

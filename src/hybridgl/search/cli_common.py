@@ -1,0 +1,74 @@
+"""Options shared by ``hybridgl index`` and ``hybridgl search``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from hybridgl.cli.common import UsageError
+from hybridgl.search.errors import lancedb_available
+
+DB_HELP = (
+    "index folder, or an object-store URI such as s3://bucket/prefix (default: ./hybridgl-index)"
+)
+
+
+def check_extra() -> None:
+    """Fail at import (the CLI then lists the command as unavailable with the install hint)
+    without importing LanceDB on every ``hybridgl`` call."""
+    if not lancedb_available():
+        raise ImportError("LanceDB is not installed (the search extra)")
+
+
+def add_db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default="hybridgl-index", metavar="DB", help=DB_HELP)
+
+
+def add_model_options(p: argparse.ArgumentParser, *, sam: bool) -> None:
+    """Model options; each defaults to what the index was built with."""
+    g = p.add_argument_group("model (each defaults to what the index was built with)")
+    g.add_argument("--device", default=None, help="torch device: cpu, cuda, mps (default: best)")
+    if sam:
+        g.add_argument(
+            "--sam",
+            default=None,
+            choices=("vit_h", "vit_l", "vit_b"),
+            help="SAM size for the proposals (new index: vit_h)",
+        )
+    g.add_argument(
+        "--preset",
+        default=None,
+        choices=("paper", "fixed"),
+        help="method preset (new index: paper)",
+    )
+    g.add_argument(
+        "--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="model precision (fp32)"
+    )
+    g.add_argument(
+        "--weights-dir", default=None, metavar="DIR", help="folder searched first for checkpoints"
+    )
+    g.add_argument("--spacy-model", default=None, metavar="NAME", help="spaCy pipeline for parsing")
+
+
+def make_index(args: argparse.Namespace, **extra: Any) -> Any:
+    """The :class:`~hybridgl.search.index.Index` the options ask for."""
+    from hybridgl import weights
+    from hybridgl.cli.common import _check_device
+    from hybridgl.search.index import Index
+
+    _check_device(getattr(args, "device", None))
+    try:
+        weights.random_weights_mode()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Index(
+        os.fspath(args.db),
+        sam=getattr(args, "sam", None),
+        preset=args.preset,
+        dtype=args.dtype,
+        device=args.device,
+        weights_dir=args.weights_dir,
+        spacy_model=args.spacy_model,
+        **extra,
+    )

@@ -1,0 +1,1046 @@
+"""``hybridgl.Index``: build a searchable index of images and query it with a phrase.
+
+Stage 1 compares the method's text embedding ``f_text = w E(s) + (1 - w) E(np)``
+(METHOD.md section 4) with every stored proposal feature by cosine (exact, or through an
+IVF index when one was built). Stage 2 rebuilds each of the best ``rerank`` images'
+:class:`~hybridgl.segmenter.ImageState` from the database and runs the full method on it
+(``Segmenter.score``): softmax within the image, relation guidance, GEM coherence. Hits
+are ranked by the cosine between ``f_text`` and the proposal stage 2 chose; see
+docs/SEARCH.md for why that score, and not ``Prediction.score``, is comparable across images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridgl.errors import ExpressionError, ImageError
+from hybridgl.search import fingerprint as fpmod
+from hybridgl.search.errors import IndexStoreError
+from hybridgl.search.store import FAILURES, IMAGES, PROPOSALS, Store, in_filter, is_remote
+from hybridgl.types import Prediction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "hybridgl-index"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+GEM_DTYPES = ("float16", "float32")
+_DTYPE_NAMES = {
+    None: "float32",
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+# Stage 1 through the IVF index: partitions probed and the exact re-ranking factor
+NPROBES = 32
+REFINE_FACTOR = 4
+# An index run builds the IVF index itself once the proposals table reaches this size
+# (below it the exact scan is fast enough: docs/SEARCH.md, stage-1 latency).
+AUTO_ANN_ROWS = 200_000
+MIN_ANN_ROWS = 4_096  # IVF_PQ needs rows to train its codebooks
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SearchHit:
+    """One image found for a phrase.
+
+    Attributes:
+        path: the image file (absolute, as indexed).
+        image_id: the image's id in the index.
+        prediction: the full method's answer on this image (mask, box, candidates).
+        score: cosine similarity between the phrase's text embedding and the chosen
+            proposal's hybrid feature: the ranking score, comparable across images.
+        stage1_score: the best cosine among the image's proposals (stage 1's score).
+        rank: 1 for the best hit.
+    """
+
+    path: str
+    image_id: str
+    prediction: Prediction
+    score: float
+    stage1_score: float
+    rank: int = 0
+    width: int = 0
+    height: int = 0
+
+    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
+        """JSON-ready: rank, path, image id, scores and the prediction (RLE mask)."""
+        from hybridgl.masks import mask_to_rle
+
+        pred = self.prediction.to_dict()
+        pred.pop("mask", None)
+        if mask:
+            pred["mask"] = mask_to_rle(self.prediction.mask)
+        return {
+            "rank": self.rank,
+            "path": self.path,
+            "image_id": self.image_id,
+            "score": self.score,
+            "stage1_score": self.stage1_score,
+            "width": self.width,
+            "height": self.height,
+            "prediction": pred,
+        }
+
+
+@dataclass
+class AddReport:
+    """What an :meth:`Index.add` run did."""
+
+    indexed: int = 0
+    skipped: int = 0
+    pruned: int = 0
+    proposals: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    ann_built: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["failed"] = [{"path": p, "error": e} for p, e in self.failed]
+        return d
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand folders (recursively), image files and list files into image paths.
+
+    A list file is any non-image file: one path a line (relative to the list file's
+    folder; blank lines and lines starting with ``#`` are skipped). Listed paths that do
+    not exist come back as failures ``(path, error)``; a missing PATH argument raises.
+
+    Returns:
+        ``(images, failures)``: absolute paths in order, without duplicates.
+    """
+    out: list[Path] = []
+    failures: list[tuple[str, str]] = []
+
+    def add_dir(d: Path) -> None:
+        out.extend(
+            sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        )
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            add_dir(p)
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            out.append(p)
+        elif p.is_file():
+            try:
+                lines = p.read_text(encoding="utf-8-sig").splitlines()
+            except (UnicodeDecodeError, OSError) as e:
+                raise ImageError(f"{p} is neither an image nor a readable list file: {e}") from None
+            for line in lines:
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                q = Path(text)
+                q = q if q.is_absolute() else p.parent / q
+                if q.is_dir():
+                    add_dir(q)
+                elif q.is_file():
+                    out.append(q)
+                else:
+                    failures.append(
+                        (str(q.absolute()), "file not found (listed in " + str(p) + ")")
+                    )
+        else:
+            raise ImageError(f"not found: {p}")
+    seen: dict[str, Path] = {}
+    for q in out:
+        seen.setdefault(str(q.absolute()), q.absolute())
+    return list(seen.values()), failures
+
+
+def image_id_for(path: str) -> str:
+    """The index id of an image: a hash of its absolute path (stable across re-encodes)."""
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:20]
+
+
+class CocoProposals:
+    """Masks from a COCO instances JSON, looked up by image file name."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            images = {
+                str(im["file_name"]).replace("\\", "/").rsplit("/", 1)[-1]: im
+                for im in data["images"]
+            }
+            anns: dict[Any, list[dict[str, Any]]] = {}
+            for a in data.get("annotations", []):
+                anns.setdefault(a["image_id"], []).append(a)
+        except FileNotFoundError:
+            raise ImageError(f"--proposals-from {p}: file not found") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ImageError(f"--proposals-from {p} is not a COCO instances JSON: {e}") from None
+        self.path = p
+        self.images = images
+        self.anns = anns
+
+    def _entry(self, path: Path) -> dict[str, Any]:
+        entry = self.images.get(path.name)
+        if entry is None:
+            raise ImageError(f"{path.name} is not listed in --proposals-from {self.path.name}")
+        return entry
+
+    def key(self, path: Path) -> str:
+        """Identity of this image's masks (a changed annotation re-encodes the image)."""
+        entry = self._entry(path)
+        blob = json.dumps(self.anns.get(entry["id"], []), sort_keys=True).encode()
+        return "coco:" + hashlib.sha256(blob).hexdigest()[:16]
+
+    def masks(self, path: Path, height: int, width: int) -> np.ndarray:
+        from hybridgl.eval.refer import annotation_to_mask
+
+        entry = self._entry(path)
+        if (int(entry.get("height", height)), int(entry.get("width", width))) != (height, width):
+            raise ImageError(
+                f"{path.name} is {width}x{height} but --proposals-from says "
+                f"{entry.get('width')}x{entry.get('height')}"
+            )
+        anns = self.anns.get(entry["id"], [])
+        if not anns:
+            return np.zeros((0, height, width), dtype=bool)
+        return np.stack([annotation_to_mask(a, height, width) for a in anns])
+
+
+# --------------------------------------------------------------------------- segmenter glue
+
+
+def _encode_image(seg: Any, image: np.ndarray, proposals: np.ndarray | None) -> Any:
+    """``seg.encode_image`` (pure), or ``set_image`` on segmenters without it."""
+    enc = getattr(seg, "encode_image", None)
+    if callable(enc):
+        return enc(image, proposals=proposals)
+    return seg.set_image(image, proposals=proposals)
+
+
+def _score(seg: Any, state: Any, parse: Any, top_k: int, guidance: bool) -> Prediction:
+    """``seg.score(state, parse)``: the full method on a stored state."""
+    score = getattr(seg, "score", None)
+    if callable(score):
+        return score(state, parse, top_k=top_k, guidance=guidance)
+    return seg._score(state, parse, top_k, guidance, time.perf_counter())  # before core's score()
+
+
+def _state_class() -> Any:
+    from hybridgl.segmenter import ImageState
+
+    return ImageState
+
+
+def text_embedding(seg: Any, parse: Any) -> Any:
+    """The method's phrase embedding ``w E(s) + (1 - w) E(np)`` (METHOD.md section 4)."""
+    emb = seg.encode_texts([parse.sentence, parse.noun_phrase])
+    w = seg.config.text_weight
+    return w * emb[0] + (1 - w) * emb[1]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _rows_for(
+    image_id: str,
+    path: Path,
+    sha: str,
+    stat: os.stat_result,
+    state: Any,
+    source: str,
+    proposals_key: str,
+    gem_dtype: str | None,
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    from hybridgl.masks import mask_to_rle
+
+    masks = np.asarray(state.masks)
+    n = int(masks.shape[0])
+    h, w = int(state.image.shape[0]), int(state.image.shape[1])
+    feats = state.features.detach().float().cpu().numpy().astype(np.float32, copy=False)
+    gem = None
+    if gem_dtype is not None:
+        tokens = state.gem_tokens.detach().float().cpu().numpy()
+        gem = np.ascontiguousarray(tokens.astype(gem_dtype)).tobytes()
+    image_row = {
+        "image_id": image_id,
+        "path": str(path),
+        "sha256": sha,
+        "size": int(stat.st_size),
+        "mtime": float(stat.st_mtime),
+        "width": w,
+        "height": h,
+        "num_proposals": n,
+        "source": source,
+        "proposals_key": proposals_key,
+        "gem_dtype": gem_dtype or "none",
+        "gem_grid": int(state.gem_grid),
+        "gem": gem,
+        "indexed_at": time.time(),
+    }
+    props: dict[str, list[Any]] = {
+        "image_id": [image_id] * n,
+        "proposal": list(range(n)),
+        "rle": [mask_to_rle(m)["counts"] for m in masks],
+        "box": [[float(v) for v in b] for b in np.asarray(state.boxes, dtype=np.float64)],
+        "area": [int(a) for a in masks.reshape(n, -1).sum(axis=1)] if n else [],
+        "vector": list(feats),
+    }
+    return image_row, props
+
+
+def _images_table(rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    from hybridgl.search.store import images_schema
+
+    schema = images_schema()
+    return pa.table({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
+
+
+def _proposals_table(parts: list[dict[str, list[Any]]], dim: int) -> Any:
+    import pyarrow as pa
+
+    from hybridgl.search.store import proposals_schema
+
+    schema = proposals_schema(dim)
+    cols: dict[str, list[Any]] = {f.name: [] for f in schema}
+    for part in parts:
+        for k in cols:
+            cols[k].extend(part[k])
+    n = len(cols["image_id"])
+    vec = (
+        np.stack(cols["vector"]).astype(np.float32).reshape(-1)
+        if n
+        else np.zeros(0, dtype=np.float32)
+    )
+    arrays = {
+        "image_id": pa.array(cols["image_id"], pa.string()),
+        "proposal": pa.array(cols["proposal"], pa.int32()),
+        "rle": pa.array(cols["rle"], pa.string()),
+        "box": pa.array(cols["box"], pa.list_(pa.float64(), 4)),
+        "area": pa.array(cols["area"], pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec, pa.float32()), dim),
+    }
+    return pa.table(arrays, schema=schema)
+
+
+def _failures_table(rows: list[tuple[str, str]]) -> Any:
+    import pyarrow as pa
+
+    from hybridgl.search.store import failures_schema
+
+    now = time.time()
+    return pa.table(
+        {
+            "path": [p for p, _ in rows],
+            "error": [e for _, e in rows],
+            "failed_at": [now] * len(rows),
+        },
+        schema=failures_schema(),
+    )
+
+
+def state_from_rows(image: dict[str, Any], proposals: list[dict[str, Any]]) -> Any:
+    """Rebuild an ``ImageState`` from an images row and its proposals rows.
+
+    The image pixels are not stored (scoring needs only the size): ``state.image`` is a
+    read-only all-zero view of the right shape. Features, boxes and masks are exactly
+    what was indexed; GEM tokens too when stored as float32 (float16 rounds them).
+    """
+    import torch
+
+    from hybridgl.masks import rle_to_mask
+
+    h, w = int(image["height"]), int(image["width"])
+    props = sorted(proposals, key=lambda r: int(r["proposal"]))
+    n = len(props)
+    if n:
+        masks = np.stack([rle_to_mask({"size": [h, w], "counts": r["rle"]}) for r in props])
+        boxes = np.asarray([r["box"] for r in props], dtype=np.float64)
+        feats = torch.from_numpy(np.asarray([r["vector"] for r in props], dtype=np.float32))
+    else:
+        masks = np.zeros((0, h, w), dtype=bool)
+        boxes = np.zeros((0, 4), dtype=np.float64)
+        feats = torch.zeros((0, 1), dtype=torch.float32)
+    grid = int(image["gem_grid"] or 0)
+    gem_dtype = image.get("gem_dtype") or "none"
+    if gem_dtype in GEM_DTYPES and image.get("gem") is not None:
+        tokens = np.frombuffer(image["gem"], dtype=gem_dtype).astype(np.float32)
+        gem_tokens = torch.from_numpy(tokens.reshape(grid * grid, -1).copy())
+    else:
+        gem_tokens = torch.zeros((max(grid, 1) ** 2, feats.shape[1]), dtype=torch.float32)
+    fields = {
+        "image": np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), (h, w, 3)),
+        "masks": masks,
+        "boxes": boxes,
+        "features": feats,
+        "gem_tokens": gem_tokens,
+        "gem_grid": max(grid, 1),
+        "source": str(image.get("source") or "given"),
+    }
+    return _state_class()(**fields)
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc="index",
+        unit="img",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+class Index:
+    """A searchable index of images in a LanceDB database (folder or object-store URI).
+
+    Args:
+        db: index folder or URI (default ``./hybridgl-index``).
+        segmenter: a loaded :class:`~hybridgl.segmenter.Segmenter` to use; otherwise one is
+            built on first use from the options below, each defaulting to what the index
+            was built with (or the package defaults for a new index).
+        sam, clip, preset, dtype, device, weights_dir, spacy_model: model options, as for
+            ``Segmenter.from_pretrained``.
+        gem: store GEM tokens (needed for the coherence guidance in stage 2).
+        gem_dtype: ``float16`` (half the bytes) or ``float32`` (stage 2 bit-identical to
+            ``Segmenter.predict``).
+
+    Raises (from the methods):
+        IndexStoreError: missing or non-index ``db``; FingerprintMismatch: other models.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike = DEFAULT_DB,
+        segmenter: Any | None = None,
+        *,
+        sam: str | None = None,
+        clip: str | None = None,
+        preset: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        weights_dir: str | os.PathLike | None = None,
+        spacy_model: str | None = None,
+        gem: bool = True,
+        gem_dtype: str = "float16",
+    ) -> None:
+        if gem_dtype not in GEM_DTYPES:
+            raise ValueError(f"gem_dtype must be one of {GEM_DTYPES}, got {gem_dtype!r}")
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
+        self.db = os.fspath(db)
+        self._seg = segmenter
+        self._opts: dict[str, Any] = {
+            "sam": sam,
+            "clip": clip,
+            "preset": preset,
+            "dtype": dtype,
+            "device": device,
+            "weights_dir": weights_dir,
+            "spacy_model": spacy_model,
+        }
+        self.gem_dtype: str | None = gem_dtype if gem else None
+        self._reader: Store | None = None
+        self.last_search: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ model
+    def _expected_fingerprint(
+        self, stored: dict[str, Any] | None, *, need_sam: bool
+    ) -> dict[str, Any]:
+        """The fingerprint the options ask for, without loading a model."""
+        from hybridgl import weights
+        from hybridgl.config import get_preset
+
+        base = stored or {}
+        preset = self._opts["preset"] or base.get("preset") or "paper"
+        sam = self._opts["sam"] or base.get("sam") or "vit_h"
+        dtype = (
+            _DTYPE_NAMES[self._opts["dtype"]]
+            if self._opts["dtype"]
+            else base.get("dtype", "float32")
+        )
+        return fpmod.make_fingerprint(
+            sam=sam,
+            clip=self._opts["clip"] or base.get("clip") or "ViT-B-16",
+            preset=preset,
+            random_weights=weights.random_weights_mode(),
+            dtype=dtype,
+            dim=int(base.get("dim", 0)),
+            config=get_preset(preset),
+        )
+
+    def _build_segmenter(self, fp: dict[str, Any], *, need_sam: bool) -> Any:
+        from hybridgl.segmenter import Segmenter
+
+        dtype = None if fp["dtype"] == "float32" else fp["dtype"]
+        return Segmenter.from_pretrained(
+            sam=fp["sam"] if need_sam else None,
+            clip=fp["clip"],
+            preset=fp["preset"],
+            device=self._opts["device"],
+            weights_dir=self._opts["weights_dir"],
+            spacy_model=self._opts["spacy_model"],
+            dtype=dtype,
+        )
+
+    def segmenter(self, store: Store | None = None, *, need_sam: bool = False) -> Any:
+        """The segmenter, built (and checked against the index's fingerprint) on first use."""
+        stored = store.fingerprint if store is not None else None
+        if self._seg is None:
+            fp = self._expected_fingerprint(stored, need_sam=need_sam)
+            if stored is not None:
+                fp["dim"] = stored["dim"]
+                fpmod.check(stored, fp, self.db, check_sam=need_sam)
+            self._seg = self._build_segmenter(fp, need_sam=need_sam)
+        elif need_sam and getattr(self._seg, "sam", None) is None:
+            if self._opts["sam"] is None and stored is None:
+                raise ValueError("this Index's segmenter has no SAM: pass proposals_from")
+            fp = self._expected_fingerprint(stored, need_sam=True)
+            self._seg = self._build_segmenter(fp, need_sam=True)
+        if stored is not None:
+            current = fpmod.fingerprint_of_segmenter(self._seg)
+            if not need_sam:
+                current["sam"] = stored.get("sam")
+            fpmod.check(stored, current, self.db, check_sam=need_sam)
+        return self._seg
+
+    def _current_fingerprint(self, need_sam: bool) -> dict[str, Any]:
+        seg = self.segmenter(None, need_sam=need_sam)
+        fp = fpmod.fingerprint_of_segmenter(seg)
+        if fp["sam"] is None:
+            fp["sam"] = self._opts["sam"] or "vit_h"
+        return fp
+
+    # ------------------------------------------------------------------ reading
+    def _store(self) -> Store:
+        if self._reader is None:
+            self._reader = Store(self.db)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, fingerprint, failures, ANN state and bytes on disk."""
+        store = self._store()
+        snap = store.snapshot()
+        props = snap[PROPOSALS]
+        fails = snap[FAILURES].to_arrow().to_pylist()
+        out: dict[str, Any] = {
+            "db": self.db,
+            "images": snap[IMAGES].count_rows(),
+            "proposals": props.count_rows(),
+            "failures": len(fails),
+            "failed": [{"path": r["path"], "error": r["error"]} for r in fails[:100]],
+            "fingerprint": store.fingerprint,
+            "model": fpmod.describe(store.fingerprint),
+            "ann_index": _has_vector_index(props),
+            "commit": snap["seq"],
+        }
+        if not is_remote(self.db):
+            out["bytes"] = sum(f.stat().st_size for f in Path(self.db).rglob("*") if f.is_file())
+        return out
+
+    def search(
+        self,
+        expression: str,
+        top: int = 20,
+        *,
+        rerank: int | None = None,
+        min_score: float | None = None,
+        top_k: int = 3,
+        guidance: bool = True,
+    ) -> list[SearchHit]:
+        """Find the images (and the region in each) that ``expression`` describes.
+
+        Args:
+            expression: English referring expression.
+            top: most hits to return.
+            rerank: how many images (best by stage 1) get the full method; default ``top``.
+            min_score: drop hits whose score (cosine) is below it.
+            top_k: candidates kept in each hit's prediction.
+            guidance: spatial guidance in stage 2 (needs GEM tokens in the index).
+
+        Returns:
+            Hits, best first (at most ``min(top, rerank)``).
+        """
+        import torch
+
+        from hybridgl import guidance as gd
+
+        if not isinstance(expression, str) or not expression.strip():
+            raise ExpressionError("expression is empty")
+        if top < 1:
+            raise ValueError("top must be >= 1")
+        m = int(rerank) if rerank is not None else int(top)
+        if m < 1:
+            raise ValueError("rerank must be >= 1")
+        t0 = time.perf_counter()
+        store = self._store()
+        seg = self.segmenter(store, need_sam=False)
+        snap = store.snapshot()
+        parse = seg.parse(expression)
+        with torch.no_grad():
+            f_text = text_embedding(seg, parse).float().cpu()
+        t1 = time.perf_counter()
+        best = stage1(snap[PROPOSALS], f_text.numpy(), m)
+        t2 = time.perf_counter()
+        ids = [i for i, _ in best]
+        images, props = fetch_images(snap, ids)
+        t3 = time.perf_counter()
+        hits: list[SearchHit] = []
+        for image_id in ids:
+            row = images.get(image_id)
+            if row is None:  # pragma: no cover - the snapshot holds both or neither
+                continue
+            state = state_from_rows(row, props.get(image_id, []))
+            has_gem = row.get("gem_dtype") in GEM_DTYPES
+            with torch.no_grad():
+                pred = _score(seg, state, parse, top_k, guidance and has_gem)
+            if not pred.found or pred.index is None:
+                continue
+            cos = gd.clip_logits(state.features, f_text, 1.0)
+            hits.append(
+                SearchHit(
+                    path=row["path"],
+                    image_id=image_id,
+                    prediction=pred,
+                    score=float(cos[pred.index]),
+                    stage1_score=float(cos.max()),
+                    width=int(row["width"]),
+                    height=int(row["height"]),
+                )
+            )
+        t4 = time.perf_counter()
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
+        hits.sort(key=lambda h: (-h.score, -h.stage1_score, h.path))
+        hits = hits[:top]
+        for r, h in enumerate(hits, start=1):
+            h.rank = r
+        self.last_search = {
+            "expression": expression,
+            "parse": parse.to_dict(),
+            "commit": snap["seq"],
+            "reranked": len(ids),
+            "timings": {
+                "text": t1 - t0,
+                "stage1": t2 - t1,
+                "fetch": t3 - t2,
+                "stage2": t4 - t3,
+                "total": time.perf_counter() - t0,
+            },
+        }
+        return hits
+
+    # ------------------------------------------------------------------ writing
+    def _open_writer(self, *, need_sam: bool, rebuild: bool) -> Store:
+        store = Store(
+            self.db,
+            create=True,
+            writer=True,
+            fingerprint=lambda: self._current_fingerprint(need_sam),
+        )
+        try:
+            if rebuild and not store.created:
+                # --rebuild: start the index again with the models this run asks for
+                if self._seg is None:
+                    want = self._expected_fingerprint(store.fingerprint, need_sam=need_sam)
+                    self._seg = self._build_segmenter(want, need_sam=need_sam)
+                fp = fpmod.fingerprint_of_segmenter(self._seg)
+                if fp["sam"] is None:
+                    fp["sam"] = self._opts["sam"] or store.fingerprint.get("sam") or "vit_h"
+                store.drop_all(fp)
+            self.segmenter(store, need_sam=need_sam)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike] | str | os.PathLike,
+        progress: bool = True,
+        *,
+        proposals_from: str | os.PathLike | None = None,
+        prune: bool = False,
+        rebuild: bool = False,
+        commit_every: int = 32,
+        commit_seconds: float = 20.0,
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> AddReport:
+        """Index images: folders (recursive), image files and list files.
+
+        Unchanged images (same SHA-256, same proposals) are skipped; changed ones are
+        re-encoded; unreadable ones are recorded in the ``failures`` table and skipped.
+        Work is committed every ``commit_every`` images or ``commit_seconds``, so an
+        interrupted run loses at most one batch and the next run resumes.
+
+        Args:
+            paths: what to index.
+            progress: show a progress bar on stderr.
+            proposals_from: a COCO instances JSON whose masks replace SAM's proposals.
+            prune: remove entries whose file no longer exists.
+            rebuild: empty the index first when it was built with other models.
+            on_failure: called with ``(path, error)`` for each image that failed.
+        """
+        t0 = time.perf_counter()
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        files, listed_missing = collect_images(paths)
+        coco = CocoProposals(proposals_from) if proposals_from is not None else None
+        report = AddReport()
+        store = self._open_writer(need_sam=coco is None, rebuild=rebuild)
+        try:
+            self._add(
+                store,
+                files,
+                listed_missing,
+                coco,
+                prune,
+                progress,
+                commit_every,
+                commit_seconds,
+                report,
+                on_failure,
+            )
+            if store_rows(store) >= AUTO_ANN_ROWS and not _has_vector_index(
+                store.latest(PROPOSALS)
+            ):
+                build_ann(store)
+                report.ann_built = True
+        finally:
+            store.close()
+            self.close()  # the next read sees this run's commits
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _add(
+        self,
+        store: Store,
+        files: list[Path],
+        listed_missing: list[tuple[str, str]],
+        coco: CocoProposals | None,
+        prune: bool,
+        progress: bool,
+        commit_every: int,
+        commit_seconds: float,
+        report: AddReport,
+        on_failure: Callable[[str, str], None] | None,
+    ) -> None:
+        from hybridgl.images import load_image
+
+        seg = self.segmenter(store, need_sam=coco is None)
+        snap = store.snapshot()
+        existing = {
+            r["path"]: r
+            for r in snap[IMAGES]
+            .search()
+            .select(["image_id", "path", "sha256", "proposals_key", "gem_dtype"])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
+        }
+        delete_ids: list[str] = []
+        image_rows: list[dict[str, Any]] = []
+        prop_parts: list[dict[str, list[Any]]] = []
+        failures: list[tuple[str, str]] = []
+        done_paths: list[str] = []
+        last_commit = time.monotonic()
+        wanted_gem = self.gem_dtype or "none"
+
+        def fail(path: str, error: str) -> None:
+            failures.append((path, error))
+            report.failed.append((path, error))
+            bar.write(f"hybridgl: failed {path}: {error}", file=sys.stderr)
+            if on_failure is not None:
+                on_failure(path, error)
+
+        def flush() -> None:
+            nonlocal last_commit
+            if delete_ids or image_rows or failures or done_paths:
+                store.commit(
+                    delete_ids=delete_ids,
+                    images=_images_table(image_rows) if image_rows else None,
+                    proposals=_proposals_table(prop_parts, store.dim) if prop_parts else None,
+                    failures=_failures_table(failures) if failures else None,
+                    clear_failures=done_paths,
+                )
+            delete_ids.clear()
+            image_rows.clear()
+            prop_parts.clear()
+            failures.clear()
+            done_paths.clear()
+            last_commit = time.monotonic()
+
+        bar = _progress(len(files), progress)
+        interrupted = False
+        try:
+            if prune:
+                for path, row in existing.items():
+                    if not Path(path).is_file():
+                        delete_ids.append(row["image_id"])
+                        report.pruned += 1
+            for path, error in listed_missing:
+                fail(path, error)
+            for f in files:
+                path = str(f)
+                bar.set_postfix_str(
+                    f"new {report.indexed} skipped {report.skipped} proposals {report.proposals} "
+                    f"failed {len(report.failed)}",
+                    refresh=False,
+                )
+                try:
+                    data = f.read_bytes()
+                    stat = f.stat()
+                except OSError as e:
+                    fail(path, f"cannot read: {e.strerror or e}")
+                    bar.update(1)
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                image_id = image_id_for(path)
+                try:
+                    pkey = coco.key(f) if coco is not None else "sam"
+                except ImageError as e:
+                    fail(path, str(e))
+                    bar.update(1)
+                    continue
+                prev = existing.get(path)
+                if (
+                    prev is not None
+                    and prev["sha256"] == sha
+                    and prev["proposals_key"] == pkey
+                    and prev["gem_dtype"] == wanted_gem
+                ):
+                    report.skipped += 1
+                    bar.update(1)
+                    continue
+                try:
+                    image = load_image(data)
+                    masks = coco.masks(f, *image.shape[:2]) if coco is not None else None
+                    state = _encode_image(seg, image, masks)
+                except ImageError as e:
+                    fail(path, str(e).replace("<bytes>", path))
+                    bar.update(1)
+                    continue
+                except (ValueError, RuntimeError) as e:
+                    fail(path, f"{type(e).__name__}: {e}")
+                    bar.update(1)
+                    continue
+                image_row, props = _rows_for(
+                    image_id,
+                    f,
+                    sha,
+                    stat,
+                    state,
+                    "given" if coco is not None else "sam",
+                    pkey,
+                    self.gem_dtype,
+                )
+                if prev is not None:
+                    delete_ids.append(image_id)
+                image_rows.append(image_row)
+                prop_parts.append(props)
+                done_paths.append(path)
+                report.indexed += 1
+                report.proposals += image_row["num_proposals"]
+                bar.update(1)
+                if (
+                    len(image_rows) >= commit_every
+                    or time.monotonic() - last_commit >= commit_seconds
+                ):
+                    flush()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            bar.set_postfix_str(
+                f"new {report.indexed} skipped {report.skipped} proposals {report.proposals} "
+                f"failed {len(report.failed)}"
+            )
+            bar.close()
+            if interrupted:
+                flush()  # keep the finished images: the next run resumes after them
+        flush()
+
+    def remove(self, items: Iterable[str | os.PathLike] | str | os.PathLike) -> int:
+        """Remove images by path (files or folders, as indexed) or by image id.
+
+        Returns:
+            How many images were removed.
+        """
+        if isinstance(items, (str, os.PathLike)):
+            items = [items]
+        wanted = [os.fspath(i) for i in items]
+        with Store(self.db, writer=True) as store:
+            rows = (
+                store.snapshot()[IMAGES]
+                .search()
+                .select(["image_id", "path"])
+                .limit(None)
+                .to_arrow()
+                .to_pylist()
+            )
+            ids = []
+            for r in rows:
+                for w in wanted:
+                    a = str(Path(w).absolute())
+                    if (
+                        r["image_id"] == w
+                        or r["path"] == a
+                        or r["path"].startswith(a.rstrip("/") + "/")
+                    ):
+                        ids.append(r["image_id"])
+                        break
+            if ids:
+                store.commit(delete_ids=ids)
+        self.close()
+        return len(ids)
+
+    def optimize(self, *, ann: bool | None = None) -> dict[str, Any]:
+        """Compact the tables and build the IVF index (``ann=None``: when big enough).
+
+        Returns:
+            ``{"ann_built": bool, "proposals": rows}``.
+        """
+        with Store(self.db, writer=True) as store:
+            for name in (IMAGES, PROPOSALS, FAILURES):
+                store.latest(name).optimize()
+            rows = store_rows(store)
+            built = False
+            if ann or (ann is None and rows >= MIN_ANN_ROWS):
+                if rows < MIN_ANN_ROWS:
+                    raise IndexStoreError(
+                        f"an IVF index needs at least {MIN_ANN_ROWS} proposals to train; "
+                        f"this index has {rows} (exact search is fast at that size)"
+                    )
+                build_ann(store)
+                built = True
+            store.commit()
+        self.close()
+        return {"ann_built": built, "proposals": rows}
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _has_vector_index(tbl: Any) -> bool:
+    try:
+        return any("vector" in list(i.columns) for i in tbl.list_indices())
+    except Exception:  # noqa: BLE001 - treat an unreadable index list as none
+        return False
+
+
+def store_rows(store: Store) -> int:
+    return int(store.latest(PROPOSALS).count_rows())
+
+
+def build_ann(store: Store) -> None:
+    """IVF_PQ on the proposal vectors (cosine) and a BTREE on ``image_id`` (stage-2 fetch)."""
+    props = store.latest(PROPOSALS)
+    rows = int(props.count_rows())
+    dim = store.dim
+    partitions = max(1, min(4096, int(round(rows**0.5))))
+    sub = dim // 16 if dim % 16 == 0 else dim // 8 if dim % 8 == 0 else 1
+    props.create_index(
+        metric="cosine",
+        index_type="IVF_PQ",
+        num_partitions=partitions,
+        num_sub_vectors=sub,
+        vector_column_name="vector",
+        replace=True,
+    )
+    props.create_scalar_index("image_id", replace=True)
+    store.latest(IMAGES).create_scalar_index("image_id", replace=True)
+
+
+def stage1(
+    proposals: Any, query: np.ndarray, images: int, *, exact: bool | None = None
+) -> list[tuple[str, float]]:
+    """The best ``images`` image ids by their best proposal's cosine with ``query``.
+
+    Exact (a full scan) when the table has no vector index or ``exact`` is True; else
+    the IVF index with ``NPROBES`` partitions and exact re-ranking of ``REFINE_FACTOR``
+    times the rows asked for. Returns ``[(image_id, cosine)]`` best first.
+    """
+    total = int(proposals.count_rows())
+    if total == 0:
+        return []
+    use_ann = _has_vector_index(proposals) if exact is None else not exact
+    k = min(total, max(64, images * 16))
+    q = np.asarray(query, dtype=np.float32)
+    while True:
+        b = (
+            proposals.search(q, vector_column_name="vector")
+            .metric("cosine")
+            .select(["image_id", "_distance"])
+            .limit(k)
+        )
+        if use_ann:
+            b = b.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        else:
+            b = b.bypass_vector_index()
+        res = b.to_arrow()
+        best: dict[str, float] = {}
+        for image_id, dist in zip(
+            res.column("image_id").to_pylist(), res.column("_distance").to_pylist(), strict=True
+        ):
+            if image_id not in best:
+                best[image_id] = 1.0 - float(dist)
+        if len(best) >= images or res.num_rows < k or k >= total:
+            break
+        k = min(total, k * 4)
+    return list(best.items())[:images]
+
+
+def fetch_images(
+    snap: dict[str, Any], ids: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The images rows and proposals rows of ``ids`` from one snapshot."""
+    if not ids:
+        return {}, {}
+    where = in_filter("image_id", ids)
+    img_rows = snap[IMAGES].search().where(where).limit(None).to_arrow().to_pylist()
+    prop_rows = (
+        snap[PROPOSALS]
+        .search()
+        .where(where)
+        .select(["image_id", "proposal", "rle", "box", "vector"])
+        .limit(None)
+        .to_arrow()
+        .to_pylist()
+    )
+    images = {r["image_id"]: r for r in img_rows}
+    props: dict[str, list[dict[str, Any]]] = {}
+    for r in prop_rows:
+        props.setdefault(r["image_id"], []).append(r)
+    return images, props

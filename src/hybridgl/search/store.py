@@ -1,0 +1,420 @@
+"""The index's storage: four LanceDB tables in one database (a folder or an object-store URI).
+
+Tables (schemas in :func:`images_schema` and :func:`proposals_schema`):
+
+- ``images``: one row per indexed image (id, path, SHA-256 of the bytes, size, mtime,
+  width, height, proposal count, proposal source, GEM tokens as float16 or float32 bytes);
+- ``proposals``: one row per proposal (image id, proposal index, mask as COCO RLE, box
+  XYWH, area, the hybrid feature vector, float32 and unnormalised as the method computes it);
+- ``failures``: images an index run could not read, with the error;
+- ``meta``: one row per key (format, model fingerprint, the committed table versions, the
+  writer lease on object stores).
+
+Consistency: every write to ``images``/``proposals``/``failures`` creates a new Lance
+version; a batch becomes visible only when ``meta``'s ``commit`` row names those versions.
+Readers check out exactly the committed versions, so a search during an index run sees the
+state after some whole batch, never half of one. Two writers: on a local folder an
+exclusive ``flock`` on ``<db>/.hybridgl-index.lock`` refuses a second index run; on an
+object store (no file locks) a lease row in ``meta`` does, best-effort (see docs/SEARCH.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from hybridgl.search.errors import IndexBusyError, IndexStoreError, require_lancedb
+
+FORMAT = 1
+IMAGES = "images"
+PROPOSALS = "proposals"
+FAILURES = "failures"
+META = "meta"
+LOCK_NAME = ".hybridgl-index.lock"
+LEASE_SECONDS = 600.0  # an object-store writer lease older than this is stale
+
+_DELETE_CHUNK = 400
+
+
+def is_remote(uri: str) -> bool:
+    """True for object-store URIs (``s3://``, ``gs://``, ``az://``, ``memory://`` ...)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local_path(uri: str) -> Path:
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def _pa() -> Any:
+    import pyarrow as pa
+
+    return pa
+
+
+def images_schema() -> Any:
+    pa = _pa()
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("size", pa.int64()),
+            pa.field("mtime", pa.float64()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("num_proposals", pa.int32()),
+            pa.field("source", pa.string()),
+            pa.field("proposals_key", pa.string()),
+            pa.field("gem_dtype", pa.string()),
+            pa.field("gem_grid", pa.int32()),
+            pa.field("gem", pa.binary()),
+            pa.field("indexed_at", pa.float64()),
+        ]
+    )
+
+
+def proposals_schema(dim: int) -> Any:
+    pa = _pa()
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("proposal", pa.int32()),
+            pa.field("rle", pa.string()),
+            pa.field("box", pa.list_(pa.float64(), 4)),
+            pa.field("area", pa.int64()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def failures_schema() -> Any:
+    pa = _pa()
+    return pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("failed_at", pa.float64()),
+        ]
+    )
+
+
+def _meta_schema() -> Any:
+    pa = _pa()
+    return pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string())])
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal for LanceDB filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def in_filter(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
+
+
+class _FileLock:
+    """An exclusive, non-blocking ``flock`` held for the life of a writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, db: str) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            who = f" ({holder})" if holder else ""
+            raise IndexBusyError(
+                f"another index run is writing to {db}{who}; wait for it to finish "
+                "(two runs on one index are refused so they cannot corrupt it)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class Store:
+    """One opened index database.
+
+    Args:
+        uri: a folder path or an object-store URI.
+        create: create the database (folder and tables) when it does not exist yet;
+            needs ``fingerprint`` (which also gives the feature dimension).
+        writer: hold the writer lock (flock or lease) until :meth:`close`.
+        fingerprint: the model fingerprint stored at creation, or a function returning it
+            (called only when the index is created, after the lock is held).
+
+    Raises:
+        IndexStoreError: missing database (without ``create``), or a location that holds
+            something other than an index.
+        IndexBusyError: ``writer`` and another run holds the lock.
+        MissingExtraError: LanceDB is not installed.
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike,
+        *,
+        create: bool = False,
+        writer: bool = False,
+        fingerprint: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.uri = os.fspath(uri)
+        self.remote = is_remote(self.uri)
+        self._lock: _FileLock | None = None
+        self._lease_id: str | None = None
+        self.created = False
+        lancedb = require_lancedb()
+        if not self.remote:
+            path = _local_path(self.uri)
+            if path.exists() and not path.is_dir():
+                raise IndexStoreError(f"--db {self.uri} is a file, not an index folder")
+            if not path.exists():
+                if not create:
+                    raise IndexStoreError(
+                        f"no index at {self.uri}: build one with `hybridgl index PATH --db {self.uri}`"
+                    )
+                path.mkdir(parents=True)
+            elif not (path / f"{META}.lance").is_dir():
+                others = [p.name for p in path.iterdir() if p.name != LOCK_NAME]
+                if others or not create:
+                    raise IndexStoreError(
+                        f"{self.uri} is not a hybridgl index (no {META} table); "
+                        "give an index folder or a new path"
+                    )
+            if writer:
+                self._lock = _FileLock(path / LOCK_NAME)
+                self._lock.acquire(self.uri)
+        try:
+            self.db = lancedb.connect(self.uri)
+            names = set(self._table_names())
+            if META not in names:
+                if not create:
+                    raise IndexStoreError(
+                        f"{self.uri} is not a hybridgl index (no {META} table); "
+                        f"build one with `hybridgl index PATH --db {self.uri}`"
+                    )
+                if fingerprint is None:
+                    raise ValueError("creating an index needs the model fingerprint")
+                self._create_tables(fingerprint() if callable(fingerprint) else fingerprint)
+                self.created = True
+            self.meta = self._read_meta()
+            if int(self.meta.get("format", 0)) != FORMAT:
+                raise IndexStoreError(
+                    f"{self.uri} has index format {self.meta.get('format')}, this version of "
+                    f"hybridgl reads format {FORMAT}; rebuild it with --rebuild"
+                )
+            if writer and self.remote:
+                self._take_lease()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _table_names(self) -> list[str]:
+        return list(self.db.list_tables().tables)
+
+    def _create_tables(self, fingerprint: dict[str, Any]) -> None:
+        dim = int(fingerprint["dim"])
+        images = self.db.create_table(IMAGES, schema=images_schema(), exist_ok=True)
+        props = self.db.create_table(PROPOSALS, schema=proposals_schema(dim), exist_ok=True)
+        fails = self.db.create_table(FAILURES, schema=failures_schema(), exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "fingerprint": fingerprint,
+            "created": time.time(),
+            "commit": {
+                IMAGES: images.version,
+                PROPOSALS: props.version,
+                FAILURES: fails.version,
+                "seq": 0,
+            },
+        }
+        # meta last: a folder without it is not an index, so a crash here leaves no half index
+        self.db.create_table(META, data=self._meta_table(meta), schema=_meta_schema())
+
+    @staticmethod
+    def _meta_table(meta: dict[str, Any]) -> Any:
+        pa = _pa()
+        keys = sorted(meta)
+        return pa.table(
+            {"key": keys, "value": [json.dumps(meta[k], sort_keys=True) for k in keys]},
+            schema=_meta_schema(),
+        )
+
+    def _read_meta(self) -> dict[str, Any]:
+        tbl = self.db.open_table(META).to_arrow().to_pylist()
+        try:
+            return {r["key"]: json.loads(r["value"]) for r in tbl}
+        except (TypeError, ValueError) as e:
+            raise IndexStoreError(f"{self.uri}: unreadable index metadata ({e})") from None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        self.db.open_table(META).add(self._meta_table(meta), mode="overwrite")
+        self.meta = meta
+
+    def _take_lease(self) -> None:
+        lease = self.meta.get("writer")
+        now = time.time()
+        if lease and now - float(lease.get("heartbeat", 0)) < LEASE_SECONDS:
+            raise IndexBusyError(
+                f"another index run is writing to {self.uri} (pid {lease.get('pid')} on "
+                f"{lease.get('host')}, last seen {now - float(lease['heartbeat']):.0f} s ago); "
+                f"wait for it, or for its lease to expire ({LEASE_SECONDS:.0f} s)"
+            )
+        self._lease_id = uuid.uuid4().hex
+        meta = dict(self.meta)
+        meta["writer"] = self._lease()
+        self._write_meta(meta)
+
+    def _lease(self) -> dict[str, Any]:
+        return {
+            "id": self._lease_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "heartbeat": time.time(),
+        }
+
+    def close(self) -> None:
+        """Release the writer lock or lease (idempotent)."""
+        if self._lease_id is not None:
+            try:
+                meta = self._read_meta()
+                if (meta.get("writer") or {}).get("id") == self._lease_id:
+                    meta.pop("writer", None)
+                    self._write_meta(meta)
+            except Exception:  # noqa: BLE001 - the lease then simply expires
+                pass
+            self._lease_id = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.meta["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["fingerprint"]["dim"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """The three data tables checked out at the last committed versions.
+
+        Re-reads ``meta`` first, so a long-lived reader sees each new commit of a
+        concurrent writer, and always a whole one.
+        """
+        self.meta = self._read_meta()
+        commit = self.meta["commit"]
+        out: dict[str, Any] = {}
+        for name in (IMAGES, PROPOSALS, FAILURES):
+            tbl = self.db.open_table(name)
+            tbl.checkout(int(commit[name]))
+            out[name] = tbl
+        out["seq"] = int(commit.get("seq", 0))
+        return out
+
+    def latest(self, name: str) -> Any:
+        """A writable handle on the latest version of a table (writers only)."""
+        return self.db.open_table(name)
+
+    # ------------------------------------------------------------------ writing
+    def commit(
+        self,
+        *,
+        delete_ids: Iterable[str] = (),
+        images: Any | None = None,
+        proposals: Any | None = None,
+        failures: Any | None = None,
+        clear_failures: Iterable[str] = (),
+    ) -> int:
+        """Apply one batch and publish it with one ``meta`` commit; returns its sequence.
+
+        ``delete_ids``: image ids whose images/proposals rows are removed first (re-encoded
+        or pruned images); ``images``/``proposals``/``failures``: Arrow tables to append;
+        ``clear_failures``: paths whose failure rows are removed.
+        """
+        imgs, props, fails = (self.latest(n) for n in (IMAGES, PROPOSALS, FAILURES))
+        ids = list(dict.fromkeys(delete_ids))
+        for i in range(0, len(ids), _DELETE_CHUNK):
+            where = in_filter("image_id", ids[i : i + _DELETE_CHUNK])
+            props.delete(where)
+            imgs.delete(where)
+        clear = list(dict.fromkeys(clear_failures))
+        if failures is not None and failures.num_rows:
+            clear = list(dict.fromkeys([*clear, *failures.column("path").to_pylist()]))
+        for i in range(0, len(clear), _DELETE_CHUNK):
+            fails.delete(in_filter("path", clear[i : i + _DELETE_CHUNK]))
+        if proposals is not None and proposals.num_rows:
+            props.add(proposals)
+        if images is not None and images.num_rows:
+            imgs.add(images)
+        if failures is not None and failures.num_rows:
+            fails.add(failures)
+        meta = self._read_meta()
+        if self._lease_id is not None:
+            lease = meta.get("writer") or {}
+            if lease.get("id") != self._lease_id:
+                raise IndexBusyError(
+                    f"another index run took over {self.uri} while this one was writing; "
+                    "stopped without publishing this batch"
+                )
+            meta["writer"] = self._lease()
+        seq = int(meta["commit"].get("seq", 0)) + 1
+        meta["commit"] = {
+            IMAGES: imgs.version,
+            PROPOSALS: props.version,
+            FAILURES: fails.version,
+            "seq": seq,
+        }
+        self._write_meta(meta)
+        return seq
+
+    def set_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        meta = self._read_meta()
+        meta["fingerprint"] = fingerprint
+        self._write_meta(meta)
+
+    def drop_all(self, fingerprint: dict[str, Any]) -> None:
+        """Empty the index and start it again with ``fingerprint`` (``--rebuild``)."""
+        for name in (META, IMAGES, PROPOSALS, FAILURES):
+            if name in self._table_names():
+                self.db.drop_table(name)
+        self._create_tables(fingerprint)
+        self.meta = self._read_meta()
+        if self._lease_id is not None:
+            meta = dict(self.meta)
+            meta["writer"] = self._lease()
+            self._write_meta(meta)
