@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
@@ -109,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
             + f" ({optimized['proposals']} proposals)"
         )
     if args.json_out:
-        from hybridgl.masks import atomic_write_bytes
+        from hybridgl.fileio import atomic_write_json
 
         doc = {"db": args.db, "report": report.to_dict() if report else None, "optimize": optimized}
-        atomic_write_bytes(args.json_out, (json.dumps(doc, indent=2) + "\n").encode())
+        atomic_write_json(args.json_out, doc)
     return EXIT_PARTIAL if report is not None and report.failed else EXIT_OK

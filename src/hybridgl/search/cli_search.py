@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError, non_negative_int, positive
@@ -88,12 +89,12 @@ def search_document(idx: Any, hits: list[Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from hybridgl.errors import ExpressionError
-    from hybridgl.masks import atomic_write_bytes
+    from hybridgl.fileio import atomic_write_text
 
     if not args.expression.strip():
         raise ExpressionError("the phrase is empty")
     for opt, value in (("--json", args.json_out), ("--html", args.html_out)):
-        if value and value != "-" and __import__("pathlib").Path(value).is_dir():
+        if value and value != "-" and Path(value).is_dir():
             raise UsageError(f"{opt} {value!r} is a folder; give a file name")
     idx = make_index(args)
     hits = idx.search(
@@ -119,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json_out == "-":
             sys.stdout.write(text)
         else:
-            atomic_write_bytes(args.json_out, text.encode())
+            atomic_write_text(args.json_out, text)
     if args.html_out:
         from hybridgl.search.gallery import render_gallery
 
         page = render_gallery(args.expression, hits, {"db": idx.db})
-        atomic_write_bytes(args.html_out, page.encode("utf-8"))
+        atomic_write_text(args.html_out, page)
     return EXIT_OK

@@ -82,12 +82,9 @@ class SearchHit:
 
     def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
         """JSON-ready: rank, path, image id, scores and the prediction (RLE mask)."""
-        from hybridgl.masks import mask_to_rle
-
         pred = self.prediction.to_dict()
-        pred.pop("mask", None)
-        if mask:
-            pred["mask"] = mask_to_rle(self.prediction.mask)
+        if not mask:
+            pred.pop("mask", None)
         return {
             "rank": self.rank,
             "path": self.path,
