@@ -59,7 +59,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from hybridgl import __version__
-    from hybridgl.cli import batch, evaluate, segment, serve, weights_cmd
+    from hybridgl.cli import batch, evaluate, index_cmd, search_cmd, segment, serve, weights_cmd
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(subparsers)
     weights_cmd.register(subparsers)
     serve.register(subparsers)
+    index_cmd.register(subparsers)
+    search_cmd.register(subparsers)
     for sub in _all_subparsers(subparsers):
         _add_global_options(sub, top=False)
     return parser

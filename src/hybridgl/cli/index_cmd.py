@@ -6,9 +6,7 @@ import argparse
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
-from hybridgl.search.cli_common import add_db_arg, add_model_options, check_extra, make_index
-
-check_extra()
+from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
 Index images for `hybridgl search`: each image's proposals, their hybrid features and its
@@ -81,6 +79,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = missing_extra(args)
+    if code is not None:
+        return code
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
     idx = make_index(args, gem=not args.no_gem, gem_dtype=args.gem_dtype)

@@ -6,19 +6,25 @@ import argparse
 import os
 from typing import Any
 
-from hybridgl.cli.common import UsageError
-from hybridgl.search.errors import lancedb_available
+from hybridgl.cli.common import EXIT_INTERNAL, PROG, UsageError, eprint
+from hybridgl.search.errors import INSTALL_HINT, lancedb_available
 
 DB_HELP = (
     "index folder, or an object-store URI such as s3://bucket/prefix (default: ./hybridgl-index)"
 )
 
 
-def check_extra() -> None:
-    """Fail at import (the CLI then lists the command as unavailable with the install hint)
-    without importing LanceDB on every ``hybridgl`` call."""
-    if not lancedb_available():
-        raise ImportError("LanceDB is not installed (the search extra)")
+def missing_extra(args: argparse.Namespace) -> int | None:
+    """Without LanceDB: print one line naming the extra and return the exit code (1).
+
+    Checked without importing LanceDB, so the parser and ``--help`` work without it.
+    """
+    if lancedb_available():
+        return None
+    eprint(
+        f"{PROG}: error: hybridgl {args.command} needs LanceDB, which is not installed: {INSTALL_HINT}"
+    )
+    return EXIT_INTERNAL
 
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:

@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError, non_negative_int, positive
-from hybridgl.search.cli_common import add_db_arg, add_model_options, check_extra, make_index
-
-check_extra()
+from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
 Search an index built by `hybridgl index` for a referring expression.
@@ -88,6 +86,9 @@ def search_document(idx: Any, hits: list[Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = missing_extra(args)
+    if code is not None:
+        return code
     from hybridgl.errors import ExpressionError
     from hybridgl.fileio import atomic_write_text
 
