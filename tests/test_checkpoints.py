@@ -111,3 +111,36 @@ def test_full_size_clip_architecture():
     model = build_clip("ViT-B-16", "full")
     n = sum(p.numel() for p in model.parameters()) / 1e6
     assert n == pytest.approx(149.6, abs=0.1)  # OpenAI ViT-B/16: 149.6M parameters
+
+
+def test_clip_hub_copy_loads_with_strict_keys(tmp_path, monkeypatch):
+    """The Hugging Face Hub copy (timm/vit_base_patch16_clip_224.openai) is open_clip's
+    state dict as safetensors, in a folder; it loads into the same model with strict keys
+    and is found offline in a weights dir when OpenAI's file is absent."""
+    from safetensors.torch import save_file
+
+    from hybridgl import weights
+
+    ck = weights.get_checkpoint("clip_vit_b16_openai_hf")
+    folder = tmp_path / "w" / ck.filename
+    folder.mkdir(parents=True)
+    src = randomize_clip(build_clip("ViT-B-16", "tiny"), seed=4)
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    for path in (folder, folder / "open_clip_model.safetensors"):
+        assert _same_params(src, load_clip_checkpoint(build_clip("ViT-B-16", "tiny"), path))
+    state["visual.extra"] = torch.zeros(1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad))
+    with pytest.raises(WeightsError, match="unexpected"):
+        load_clip_checkpoint(build_clip("ViT-B-16", "tiny"), bad)
+
+    monkeypatch.setenv("HYBRIDGL_OFFLINE", "1")
+    monkeypatch.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path / "cache"))
+    assert weights.resolve_clip("ViT-B-16", weights_dir=tmp_path / "w") == folder
+    assert weights.resolve_clip("ViT-B-16", path=folder) == folder
+    openai = weights.get_checkpoint("clip_vit_b16_openai")
+    assert weights.clip_checkpoint_names("ViT-B-16") == [openai.name, ck.name]
+    with pytest.raises(WeightsError) as e:  # neither copy present: both are named
+        weights.resolve_clip("ViT-B-16", weights_dir=tmp_path / "empty")
+    assert openai.filename in str(e.value) and "--source hf" in str(e.value)

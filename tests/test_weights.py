@@ -144,7 +144,7 @@ def free_port() -> int:
 
 
 def test_registry_has_the_official_checkpoints() -> None:
-    names = [c.name for c in weights.list_checkpoints()]
+    names = [c.name for c in weights.list_checkpoints() if not c.is_hub]
     assert names == ["sam_vit_h", "sam_vit_l", "sam_vit_b", "clip_vit_b16_openai"]
     h = weights.get_checkpoint("sam_vit_h")
     assert h.url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
@@ -156,9 +156,20 @@ def test_registry_has_the_official_checkpoints() -> None:
     assert clip.filename == "ViT-B-16.pt"
     assert clip.sha256 in clip.url  # OpenAI's folder is the file's SHA-256
     for c in weights.list_checkpoints():
+        if c.is_hub:  # Hugging Face Hub snapshots: a folder of files at a revision
+            assert c.sha256 is None and c.hub_files and c.revision
+            assert c.url == f"https://huggingface.co/{c.hub_repo}/tree/{c.revision}"
+            continue
         assert c.url.endswith("/" + c.filename)
-        assert len(c.sha256) == 64
+        assert c.sha256 is not None and len(c.sha256) == 64
         assert c.size is None or c.size > 0
+    hf = weights.get_checkpoint("clip_vit_b16_openai_hf")
+    assert (hf.kind, hf.arch, hf.hub_repo) == (
+        "clip",
+        "ViT-B-16",
+        "timm/vit_base_patch16_clip_224.openai",
+    )
+    assert hf.hub_files == ("open_clip_model.safetensors",)
 
 
 def test_get_checkpoint_unknown_lists_known_names() -> None:

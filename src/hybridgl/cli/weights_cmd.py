@@ -23,9 +23,12 @@ Inspect, fetch and check the model checkpoints.
 
   list       every registered checkpoint: name, file, size, present?, where
   download   fetch checkpoints into the cache (default: the ones `segment` needs by
-             default, sam_vit_h and clip_vit_b16_openai; --all for every one);
-             files already present are not fetched again
+             default, sam_vit_h and clip_vit_b16_openai, or clip_vit_b16_openai_hf
+             with --source hf; --all for every one); files already present are not
+             fetched again. Hugging Face Hub entries (transformers proposal backends,
+             the Hub copy of CLIP) are folders of files pinned by revision
   verify     check the SHA-256 of every checkpoint file present in the search folders
+             (Hub folders: that every file is there)
   path       the folders searched for checkpoints, in order (first match wins)
 
 Search order: --weights-dir, $HYBRIDGL_WEIGHTS_DIR, the cache ($HYBRIDGL_CACHE_DIR,
@@ -57,6 +60,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("names", nargs="*", metavar="NAME", help="registry names (see `list`)")
     q.add_argument("--all", action="store_true", help="download every registered checkpoint")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument(
+        "--source",
+        choices=("openai", "hf"),
+        default="openai",
+        help="where the default CLIP weights come from: openai (OpenAI's ViT-B-16.pt, "
+        "default) or hf (the Hugging Face Hub copy timm/vit_base_patch16_clip_224.openai "
+        "that open_clip uses; same weights, loaded with strict keys)",
+    )
     q.set_defaults(func=run_download)
 
     q = sub.add_parser("verify", help="check the SHA-256 of the checkpoint files present")
@@ -152,7 +163,11 @@ def run_download(args: argparse.Namespace) -> int:
 
     if args.all and args.names:
         raise UsageError("give checkpoint names or --all, not both")
-    names = list(weights.REGISTRY) if args.all else _names(args.names) or list(DEFAULT_DOWNLOAD)
+    default = [
+        weights.clip_checkpoint_for_source("ViT-B-16", args.source) if n.startswith("clip") else n
+        for n in DEFAULT_DOWNLOAD
+    ]
+    names = list(weights.REGISTRY) if args.all else _names(args.names) or default
     failed = 0
     for name in names:
         try:
@@ -179,7 +194,7 @@ def run_verify(args: argparse.Namespace) -> int:
         ck = weights.get_checkpoint(name)
         for d in weights.search_dirs(args.weights_dir):
             path = Path(d) / ck.filename
-            if not path.is_file():
+            if not (path.is_dir() if ck.is_hub else path.is_file()):
                 continue
             checked += 1
             ok = weights.verify_file(ck, path)

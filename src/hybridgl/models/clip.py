@@ -70,7 +70,22 @@ def randomize_clip(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+# open_clip's weight files in a Hugging Face Hub snapshot (timm/vit_base_patch16_clip_224.openai)
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():  # a Hub snapshot folder
+        for name in _HUB_FILES:
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"no {' or '.join(_HUB_FILES)} in {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         with zipfile.ZipFile(path) as zf:
@@ -89,7 +104,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Load OpenAI's ``ViT-B-16.pt`` (TorchScript) or a plain state dict into ``model``.
+    """Load OpenAI's ``ViT-B-16.pt`` (TorchScript), a plain state dict, or the Hugging Face
+    Hub copy (``open_clip_model.safetensors``, or the folder holding it) into ``model``.
 
     Missing or unexpected keys fail loudly. Values are converted to the model's float32.
     """

@@ -1,7 +1,8 @@
-"""SAM v1 builders (official sizes plus a tiny test size) and mask proposals.
+"""SAM v1 builders (official sizes plus a tiny test size) and checkpoint loading.
 
 Proposals come from ``segment_anything.SamAutomaticMaskGenerator`` unchanged, with the
-settings of :class:`hybridgl.config.SamConfig`; or from the caller's own masks.
+settings of :class:`hybridgl.config.SamConfig`, behind the proposal-backend interface of
+:mod:`hybridgl.models.proposals` (:class:`~hybridgl.models.proposals.SamV1Backend`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridgl.config import SamConfig
 from hybridgl.errors import WeightsError
 
 # Moved to hybridgl.masks (mask formats and boxes live there); re-exported for the
@@ -225,55 +225,11 @@ def load_sam_checkpoint(sam: Any, path: Path) -> Any:
     return sam
 
 
-class SamProposer:
-    """Class-agnostic mask proposals from SAM's automatic mask generator."""
+def __getattr__(name: str) -> Any:
+    # ``SamProposer`` is now :class:`hybridgl.models.proposals.SamV1Backend` (same
+    # constructor, same ``(masks, boxes)`` call); kept importable from here.
+    if name == "SamProposer":
+        from hybridgl.models.proposals import SamV1Backend
 
-    def __init__(self, sam: Any, config: SamConfig) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
-        self.sam = sam
-        self.config = config
-        self.generator = SamAutomaticMaskGenerator(
-            sam, output_mode="binary_mask", **config.generator_kwargs()
-        )
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Propose masks for an ``(H, W, 3)`` uint8 RGB image.
-
-        Returns:
-            masks ``(N, H, W)`` bool and boxes ``(N, 4)`` float64 XYWH (SAM's ``bbox``), in
-            the generator's order. ``N`` may be 0.
-        """
-        dev = next(self.sam.parameters()).device.type
-        if torch.is_autocast_enabled(dev):
-            records = self._generate_encoder_autocast(image, dev, torch.get_autocast_dtype(dev))
-        else:
-            records = self.generator.generate(image)
-        h, w = image.shape[:2]
-        if not records:
-            return np.zeros((0, h, w), dtype=bool), np.zeros((0, 4), dtype=np.float64)
-        masks = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])
-        boxes = np.asarray([r["bbox"] for r in records], dtype=np.float64)
-        return masks, boxes
-
-    def _generate_encoder_autocast(
-        self, image: np.ndarray, device_type: str, dtype: torch.dtype
-    ) -> list[dict]:
-        """Under autocast only SAM's image encoder runs in ``dtype``; its embedding goes
-        back to float32 for the mask decoder, whose scores SAM's generator turns into numpy
-        (which has no bfloat16)."""
-        predictor = self.generator.predictor
-        plain = predictor.set_torch_image
-
-        def set_torch_image(*args, **kwargs):
-            with torch.autocast(device_type, dtype=dtype):
-                plain(*args, **kwargs)
-            predictor.features = predictor.features.float()
-
-        predictor.set_torch_image = set_torch_image
-        try:
-            with torch.autocast(device_type, enabled=False):
-                return self.generator.generate(image)
-        finally:
-            del predictor.set_torch_image
+        return SamV1Backend
+    raise AttributeError(name)
