@@ -732,6 +732,7 @@ def download_hub(ckpt: Checkpoint, dest_dir: Path | None = None, progress: bool 
     (huggingface_hub's own variable) selects a mirror.
     """
     import shutil
+    import tempfile
 
     if not ckpt.is_hub or ckpt.hub_repo is None:
         raise ValueError(f"{ckpt.name!r} is not a Hugging Face Hub entry")
