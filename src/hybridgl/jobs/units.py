@@ -75,8 +75,9 @@ class SegmenterSpec:
     """How to build the segmenter on a worker (the model options of the command line).
 
     ``env`` carries the driver's ``HYBRIDGL_*`` settings (random weights, weights folder)
-    to workers started elsewhere; variables already set on a worker's node are kept only
-    when the driver did not set them.
+    to workers started elsewhere; variables already set on a worker's node are kept when
+    the driver did not set them, except ``HYBRIDGL_RANDOM_WEIGHTS``, which always follows
+    the driver (a worker must never build other models than the driver asked for).
     """
 
     sam: str | None = "vit_h"
@@ -90,6 +91,8 @@ class SegmenterSpec:
     @classmethod
     def from_args(cls, args: Any, threads: int | None = None) -> SegmenterSpec:
         env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
+        if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
+            env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)  # unset on the workers too
         return cls(
             sam=getattr(args, "sam", "vit_h"),
             preset=getattr(args, "preset", "paper"),
@@ -102,7 +105,10 @@ class SegmenterSpec:
 
     def apply_env(self) -> None:
         for k, v in self.env:
-            os.environ[k] = v
+            if v:
+                os.environ[k] = v
+            else:
+                os.environ.pop(k, None)
         if self.threads:
             import torch
 
@@ -153,7 +159,7 @@ class SegmenterSpec:
             except WeightsError as e:
                 problems.append(str(e))
         if problems:
-            raise WeightsError("; ".join(problems))
+            raise WeightsError("\n\n".join(problems))  # the wording of from_pretrained
 
     def build(self) -> Any:
         """A ready :class:`~hybridgl.segmenter.Segmenter` (models loaded)."""

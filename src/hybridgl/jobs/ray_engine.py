@@ -1,0 +1,228 @@
+"""The Ray engine: work units on a pool of Ray actors, one segmenter each.
+
+Needs the optional extra (``pip install "hybridgl[ray]"``); imported only when
+``--engine ray`` is asked for, never by ``import hybridgl``.
+
+Data flow: the driver turns the units (one image with its rows) into a Ray Dataset of one
+JSON row per unit; ``map_batches`` with a callable class (:class:`RayUnitWorker`) and
+``compute=ray.data.ActorPoolStrategy(size=workers)`` runs them, each actor holding one
+:class:`~hybridgl.segmenter.Segmenter` built once; the records of each unit stream back to
+the driver (``iter_rows``), where the same sink as the local engine writes them with the
+one resumable writer. Ray Data restarts an actor that dies (``max_restarts=-1``) and
+retries its unfinished units (``max_task_retries=-1``); the sink writes a unit that
+arrives twice only once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from hybridgl.errors import WeightsError
+from hybridgl.jobs.engine import EngineOptions, Sink
+from hybridgl.jobs.records import dumps
+from hybridgl.jobs.units import SegmenterSpec, Task, UnitWorker, WorkUnit
+
+__all__ = ["RAY_INSTALL", "RayUnitWorker", "import_ray", "run_ray"]
+
+log = logging.getLogger("hybridgl.jobs")
+
+RAY_INSTALL = 'pip install "hybridgl[ray]"'
+
+
+def import_ray() -> Any:
+    """``import ray`` (with Ray Data), or the one-line error naming the extra."""
+    from hybridgl.cli.common import UsageError
+
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            f"--engine ray needs Ray Data ({e}); install it with {RAY_INSTALL}"
+        ) from None
+    return ray
+
+
+def _node_name() -> str:
+    try:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001
+        ip = "?"
+    return f"{socket.gethostname()} ({ip})"
+
+
+class RayUnitWorker:
+    """The callable class of ``map_batches``: one segmenter per actor, built at start.
+
+    Building at start makes a node without weights fail early, with the usual one-line
+    error naming the node.
+    """
+
+    def __init__(self, task: Task, spec: SegmenterSpec) -> None:
+        spec.apply_env()
+        self.worker = UnitWorker(task, spec.build)
+        try:
+            self.worker.ensure_segmenter()
+        except WeightsError as e:
+            raise WeightsError(f"on node {_node_name()}: {e}") from None
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        keys: list[str] = []
+        outs: list[str] = []
+        for text in batch["unit"]:
+            unit = WorkUnit.from_json(json.loads(str(text)))
+            records = self.worker.process(unit)
+            keys.append(unit.key)
+            outs.append("[" + ",".join(dumps(r) for r in records) + "]")
+        return {"key": np.array(keys, dtype=object), "records": np.array(outs, dtype=object)}
+
+
+def _check_weights_on_nodes(ray: Any, spec: SegmenterSpec) -> None:
+    """Resolve the checkpoints on every alive node before any work (one task per node)."""
+    if not spec.checkpoints():
+        return  # random weights: nothing to find
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def check(s: SegmenterSpec) -> str | None:
+        try:
+            s.check_weights()
+        except WeightsError as e:
+            return f"on node {_node_name()}: {e}"
+        return None
+
+    refs = [
+        check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(spec)
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+    problems = [p for p in ray.get(refs) if p]
+    if problems:
+        raise WeightsError("\n\n".join(problems))
+
+
+def _connect(ray: Any, opts: EngineOptions) -> bool:
+    """Join the cluster (``--ray-address``, ``$RAY_ADDRESS``) or start a local one.
+
+    Returns True when this run started Ray (and must shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    address = opts.ray_address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+        return True
+    if opts.object_store_memory:
+        kwargs["object_store_memory"] = int(opts.object_store_memory)
+    ray.init(**kwargs)
+    return True
+
+
+def _plan(ray: Any, opts: EngineOptions, n_units: int) -> tuple[int, float, int]:
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0.0))
+    cpus = float(resources.get("CPU", 1.0))
+    gpw = opts.gpus_per_worker
+    if gpw is None:
+        gpw = 1.0 if gpus > 0 else 0.0
+    if gpw > 0 and gpus <= 0:
+        from hybridgl.cli.common import UsageError
+
+        raise UsageError(f"--gpus-per-worker {gpw:g}: the Ray cluster has no GPU")
+    threads = int(opts.threads_per_worker or 1)
+    workers = opts.workers
+    if workers is None:
+        workers = int(gpus // gpw) if gpw > 0 else max(1, min(2, int(cpus // threads)))
+    workers = max(1, min(int(workers), max(n_units, 1)))
+    return workers, float(gpw), threads
+
+
+def run_ray(
+    units: list[WorkUnit],
+    task: Task,
+    sink: Sink,
+    spec: SegmenterSpec,
+    opts: EngineOptions,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the units on Ray actors; records stream back and go to ``sink`` in this process."""
+    ray = import_ray()
+    started = _connect(ray, opts)
+    try:
+        facts = _run(ray, units, task, sink, spec, opts, on_start)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping the Ray workers")
+        raise
+    finally:
+        if started:
+            ray.shutdown()  # a local cluster started here leaves no processes behind
+    return facts
+
+
+def _run(
+    ray: Any,
+    units: list[WorkUnit],
+    task: Task,
+    sink: Sink,
+    spec: SegmenterSpec,
+    opts: EngineOptions,
+    on_start: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    workers, gpw, threads = _plan(ray, opts, len(units))
+    if spec.threads is None:
+        spec = dataclasses.replace(spec, threads=threads)
+    facts: dict[str, Any] = {
+        "engine": "ray",
+        "workers": workers,
+        "gpus_per_worker": gpw,
+        "threads_per_worker": threads,
+        "units": len(units),
+        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+    }
+    if on_start is not None:
+        on_start(facts)
+    if not units:
+        return facts
+    _check_weights_on_nodes(ray, spec)
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job's own bar reports progress
+    ctx.execution_options.preserve_order = False  # stream results as they finish
+    ctx.execution_options.verbose_progress = False
+    by_key = {u.key: u for u in units}
+    ds = ray.data.from_items(
+        [{"unit": json.dumps(u.to_json())} for u in units], override_num_blocks=len(units)
+    )
+    resources: dict[str, Any] = {"num_cpus": threads}
+    if gpw > 0:
+        resources["num_gpus"] = gpw
+    out = ds.map_batches(
+        RayUnitWorker,
+        fn_constructor_args=(task, spec),
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        **resources,
+    )
+    for row in out.iter_rows():
+        unit = by_key[str(row["key"])]
+        sink(unit, json.loads(str(row["records"])))
+    return facts
