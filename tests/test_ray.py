@@ -115,48 +115,6 @@ def batch_input(cluster):
     return {"path": path, "good": [r["id"] for r in rows], "bad": [r["id"] for r in bad]}
 
 
-def test_batch_ray_writes_the_same_records_as_local(cluster, batch_input):
-    tmp = cluster["tmp"]
-    local, on_ray = tmp.mktemp("b-local"), tmp.mktemp("b-ray")
-    common = ("--no-progress", "--threads-per-worker", "1")
-    rc, out, err = run_cli("batch", str(batch_input["path"]), "--out", str(local), *common)
-    assert rc == 5, err
-    rc2, out2, err2 = run_cli(
-        "batch", str(batch_input["path"]), "--out", str(on_ray), *common,
-        "--engine", "ray", "--workers", "2",
-    )  # fmt: skip
-    assert rc2 == 5, err2
-    assert "Traceback" not in err2
-    n_good, n_bad = len(batch_input["good"]), len(batch_input["bad"])
-    assert f"done {n_good}, skipped 0, failed {n_bad}" in out2
-    a, b = lines(local / "results.jsonl"), lines(on_ray / "results.jsonl")
-    assert len(a) == len(b) == n_good + n_bad
-    assert stable(a, "id") == stable(b, "id")
-    for r in b:
-        if not r.get("error"):
-            assert (on_ray / r["mask_png"]).read_bytes() == (local / r["mask_png"]).read_bytes()
-
-
-def test_evaluate_ray_gives_the_same_records_and_metrics(cluster):
-    tmp = cluster["tmp"]
-    root = tmp.mktemp("refer")
-    build_refer_fixture(root, ("refcoco",))
-    local, on_ray = tmp.mktemp("e-local"), tmp.mktemp("e-ray")
-    args = ("evaluate", "--data-root", str(root), "--dataset", "refcoco", "--split", "val",
-            "--proposals", "gt", "--quiet", "--threads-per-worker", "1")  # fmt: skip
-    rc, _, err = run_cli(*args, "--out", str(local))
-    assert rc == 0, err
-    rc, _, err = run_cli(*args, "--out", str(on_ray), "--engine", "ray", "--workers", "2")
-    assert rc == 0, err
-    ra = json.loads((local / "report.json").read_text())
-    rb = json.loads((on_ray / "report.json").read_text())
-    assert json.dumps(ra["metrics"], sort_keys=True) == json.dumps(rb["metrics"], sort_keys=True)
-    assert ra["counts"] == rb["counts"] and rb["counts"]["done"] > 0
-    assert rb["this_run"]["engine"] == "ray" and rb["this_run"]["workers"] == 2
-    a, b = lines(local / "predictions.jsonl"), lines(on_ray / "predictions.jsonl")
-    assert stable(a, "sent_id") == stable(b, "sent_id")
-
-
 def _workers_of_this_session() -> list:
     import psutil
 
@@ -169,16 +127,24 @@ def _workers_of_this_session() -> list:
     return found
 
 
-def test_a_killed_worker_is_restarted_and_no_row_is_lost_or_doubled(cluster, batch_input):
+def test_batch_on_ray_equals_local_even_when_a_worker_is_killed(cluster, batch_input):
+    """Same records as the local engine; one worker SIGKILLed mid-run (after the first
+    image arrives) is restarted by Ray and its unfinished image retried: every good id
+    has exactly one successful record, every bad one its error record."""
     from hybridgl.cli import batch as batch_cli
 
-    out = cluster["tmp"].mktemp("b-kill")
+    tmp = cluster["tmp"]
+    local, on_ray = tmp.mktemp("b-local"), tmp.mktemp("b-ray")
+    common = ("--no-progress", "--threads-per-worker", "1")
+    rc, out, err = run_cli("batch", str(batch_input["path"]), "--out", str(local), *common)
+    assert rc == 5, err
+
     killed: list[int] = []
     real_call = batch_cli.BatchSink.__call__
 
     def call(self, unit, records):
         real_call(self, unit, records)
-        if not killed:  # after the first image arrives, kill one worker mid-run
+        if not killed:
             procs = _workers_of_this_session()
             assert procs, "no Ray worker process found"
             killed.append(procs[0].pid)
@@ -186,15 +152,52 @@ def test_a_killed_worker_is_restarted_and_no_row_is_lost_or_doubled(cluster, bat
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batch_cli.BatchSink, "__call__", call)
-        rc, stdout, err = run_cli(
-            "batch", str(batch_input["path"]), "--out", str(out), "--no-progress",
-            "--engine", "ray", "--workers", "2", "--threads-per-worker", "1",
+        rc2, out2, err2 = run_cli(
+            "batch", str(batch_input["path"]), "--out", str(on_ray), *common,
+            "--engine", "ray", "--workers", "2",
         )  # fmt: skip
-    assert killed and rc == 5, err
-    recs = lines(out / "results.jsonl")
-    ok = [r["id"] for r in recs if not r.get("error")]
-    assert sorted(ok) == sorted(batch_input["good"])  # each good id exactly once
-    assert sorted(r["id"] for r in recs if r.get("error")) == sorted(batch_input["bad"])
+    assert killed and rc2 == 5, err2
+    assert "Traceback" not in err2
+    n_good, n_bad = len(batch_input["good"]), len(batch_input["bad"])
+    assert f"done {n_good}, skipped 0, failed {n_bad}" in out2
+    a, b = lines(local / "results.jsonl"), lines(on_ray / "results.jsonl")
+    assert len(a) == len(b) == n_good + n_bad  # nothing lost, nothing written twice
+    assert sorted(r["id"] for r in b if not r.get("error")) == sorted(batch_input["good"])
+    assert stable(a, "id") == stable(b, "id")
+    for r in b:
+        if not r.get("error"):
+            assert (on_ray / r["mask_png"]).read_bytes() == (local / r["mask_png"]).read_bytes()
+
+
+def test_evaluate_suite_on_ray_gives_the_same_records_and_metrics(cluster):
+    """RefCOCO and RefCOCO+ val in one run: each shared image encoded once, the same
+    per-split metrics (byte for byte) and records as the local engine."""
+    tmp = cluster["tmp"]
+    root = tmp.mktemp("refer")
+    build_refer_fixture(root, ("refcoco", "refcoco+"))
+    local, on_ray = tmp.mktemp("e-local"), tmp.mktemp("e-ray")
+    args = ("evaluate", "--data-root", str(root), "--dataset", "refcoco,refcoco+",
+            "--split", "val", "--proposals", "gt", "--quiet", "--threads-per-worker", "1")  # fmt: skip
+    rc, _, err = run_cli(*args, "--out", str(local))
+    assert rc == 0, err
+    rc, stdout, err = run_cli(*args, "--out", str(on_ray), "--engine", "ray", "--workers", "2")
+    assert rc == 0, err
+    ra = json.loads((local / "report.json").read_text())
+    rb = json.loads((on_ray / "report.json").read_text())
+    assert set(rb["splits"]) == {"refcoco/val", "refcoco+/val"}
+    for name in rb["splits"]:
+        ma, mb = ra["splits"][name]["metrics"], rb["splits"][name]["metrics"]
+        assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
+        assert ra["splits"][name]["counts"] == rb["splits"][name]["counts"]
+    assert rb["this_run"]["engine"] == "ray" and rb["this_run"]["workers"] == 2
+    # RefCOCO and RefCOCO+ share their images: each is encoded once for both datasets
+    per_split = sum(r["counts"]["images"] for r in rb["splits"].values())
+    assert rb["this_run"]["images_encoded"] == rb["counts"]["images"] < per_split
+    assert ra["this_run"]["images_encoded"] == rb["this_run"]["images_encoded"]
+    assert "| refcoco/val | refcoco+/val |" in stdout  # the paper's table layout
+    a, b = lines(local / "predictions.jsonl"), lines(on_ray / "predictions.jsonl")
+    key = lambda r: f"{r['dataset']}/{r['sent_id']}"  # noqa: E731
+    assert stable([{**r, "k": key(r)} for r in a], "k") == stable([{**r, "k": key(r)} for r in b], "k")
 
 
 def test_a_killed_driver_leaves_a_file_the_rerun_completes(cluster, batch_input):
@@ -223,9 +226,11 @@ def test_a_killed_driver_leaves_a_file_the_rerun_completes(cluster, batch_input)
     assert proc.returncode == -signal.SIGKILL
     before = [r["id"] for r in lines_tolerant(results) if not r.get("error")]
     assert 0 < len(before) < len(batch_input["good"])  # it really died mid-run
+    # the rerun resumes (here on the local engine: resuming is the driver's, the same
+    # file and rule for both engines)
     rc, stdout, err = run_cli(
         "batch", str(batch_input["path"]), "--out", str(out), "--no-progress",
-        "--engine", "ray", "--workers", "2", "--threads-per-worker", "1",
+        "--threads-per-worker", "1",
     )  # fmt: skip
     assert rc == 5, err
     assert f"skipped {len(before)}" in stdout
