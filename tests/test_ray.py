@@ -197,7 +197,9 @@ def test_evaluate_suite_on_ray_gives_the_same_records_and_metrics(cluster):
     assert "| refcoco/val | refcoco+/val |" in stdout  # the paper's table layout
     a, b = lines(local / "predictions.jsonl"), lines(on_ray / "predictions.jsonl")
     key = lambda r: f"{r['dataset']}/{r['sent_id']}"  # noqa: E731
-    assert stable([{**r, "k": key(r)} for r in a], "k") == stable([{**r, "k": key(r)} for r in b], "k")
+    assert stable([{**r, "k": key(r)} for r in a], "k") == stable(
+        [{**r, "k": key(r)} for r in b], "k"
+    )
 
 
 def test_a_killed_driver_leaves_a_file_the_rerun_completes(cluster, batch_input):

@@ -361,7 +361,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         type=positive(int),
         default=None,
         metavar="T",
-        help="torch CPU threads per worker (local engine: of this process)",
+        help="torch CPU threads per Ray worker, also its Ray num_cpus (default 1, or "
+        "--threads); with --engine local the same as --threads",
     )
     return group
 
@@ -398,6 +399,9 @@ def engine_options(args: argparse.Namespace) -> Any:
         ]
         if given:
             raise UsageError(f"{', '.join(given)} need --engine ray")
+        # locally, the one worker is this process: --threads-per-worker is --threads
+        if getattr(args, "threads_per_worker", None) and not getattr(args, "threads", None):
+            args.threads = args.threads_per_worker
     return EngineOptions(
         engine=engine,
         ray_address=getattr(args, "ray_address", None),

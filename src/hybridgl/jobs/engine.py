@@ -124,10 +124,6 @@ def _run_local(
     if factory is None:
         spec.apply_env()
         factory = spec.build
-    elif spec.threads:
-        import torch
-
-        torch.set_num_threads(int(spec.threads))
     worker = UnitWorker(task, factory)
     facts = {"engine": "local", "workers": 1, "units": len(units)}
     if on_start is not None:

@@ -146,7 +146,7 @@ def _plan(ray: Any, opts: EngineOptions, n_units: int) -> tuple[int, float, int]
         from hybridgl.cli.common import UsageError
 
         raise UsageError(f"--gpus-per-worker {gpw:g}: the Ray cluster has no GPU")
-    threads = int(opts.threads_per_worker or 1)
+    threads = int(opts.threads_per_worker or 1)  # also the actor's num_cpus
     workers = opts.workers
     if workers is None:
         workers = int(gpus // gpw) if gpw > 0 else max(1, min(2, int(cpus // threads)))

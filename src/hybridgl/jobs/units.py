@@ -85,11 +85,13 @@ class SegmenterSpec:
     device: str | None = None
     weights_dir: str | None = None
     spacy_model: str | None = None
+    dtype: str | None = None
     threads: int | None = None
     env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_args(cls, args: Any, threads: int | None = None) -> SegmenterSpec:
+        """The spec of the model options (``threads``: per worker, else ``--threads``)."""
         env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
         if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
             env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)  # unset on the workers too
@@ -99,7 +101,8 @@ class SegmenterSpec:
             device=getattr(args, "device", None),
             weights_dir=getattr(args, "weights_dir", None),
             spacy_model=getattr(args, "spacy_model", None),
-            threads=threads,
+            dtype=getattr(args, "dtype", None),
+            threads=threads if threads is not None else getattr(args, "threads", None),
             env=env,
         )
 
@@ -109,10 +112,6 @@ class SegmenterSpec:
                 os.environ[k] = v
             else:
                 os.environ.pop(k, None)
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(int(self.threads))
 
     def model_info(self) -> dict[str, Any]:
         """The segmenter's ``model_info`` (without the device), known without building it.
@@ -125,12 +124,19 @@ class SegmenterSpec:
         from hybridgl.text import DEFAULT_SPACY_MODEL
 
         self.apply_env()
+        dtype = "float32"
+        if self.dtype not in (None, "fp32"):
+            from hybridgl.models.runtime import resolve_dtype
+            from hybridgl.segmenter import pick_device
+
+            resolved = resolve_dtype(self.dtype, pick_device(self.device))
+            dtype = str(resolved).replace("torch.", "") if resolved else "float32"
         return {
             "sam": self.sam,
             "clip": "ViT-B-16",
             "preset": self.preset,
             "random_weights": weights.random_weights_mode(),
-            "dtype": "float32",
+            "dtype": dtype,
             "spacy_model": self.spacy_model or DEFAULT_SPACY_MODEL,
             "fusion": get_preset(self.preset).fusion,
         }
@@ -142,9 +148,11 @@ class SegmenterSpec:
         self.apply_env()
         if weights.random_weights_mode():
             return []
-        names = [weights.clip_checkpoint_name("ViT-B-16")]
+        names = ["clip:ViT-B-16"]
         if self.sam is not None:
-            names.append(weights.sam_checkpoint_name(self.sam))
+            from hybridgl.models.proposals import get_backend_spec
+
+            names.append(get_backend_spec(self.sam).checkpoint)
         return names
 
     def check_weights(self) -> None:
@@ -155,7 +163,10 @@ class SegmenterSpec:
         problems = []
         for name in self.checkpoints():
             try:
-                weights.resolve(name, weights_dir=self.weights_dir, progress=False)
+                if name.startswith("clip:"):
+                    weights.resolve_clip(name[5:], weights_dir=self.weights_dir)
+                else:
+                    weights.resolve(name, weights_dir=self.weights_dir, progress=False)
             except WeightsError as e:
                 problems.append(str(e))
         if problems:
@@ -163,15 +174,18 @@ class SegmenterSpec:
 
     def build(self) -> Any:
         """A ready :class:`~hybridgl.segmenter.Segmenter` (models loaded)."""
+        from hybridgl.models.runtime import configure_threads
         from hybridgl.segmenter import Segmenter
 
         self.apply_env()
+        configure_threads(self.threads)
         return Segmenter.from_pretrained(
             sam=self.sam,
             preset=self.preset,
             device=self.device,
             weights_dir=self.weights_dir,
             spacy_model=self.spacy_model,
+            dtype=self.dtype,
         )
 
 
