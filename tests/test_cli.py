@@ -580,3 +580,64 @@ def test_debug_flag_after_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "not a folder" in err and "Traceback" in err
     assert main(["batch", str(afile), "--out", str(afile)]) == EXIT_USAGE
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- jobs edges
+
+
+@needs_data
+def test_sam_none_needs_no_sam_checkpoint(
+    tmp_path: Path,
+    coco_images: list[tuple[Path, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (img, npy), (img_b, _) = coco_images
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"image": str(img), "expression": "a man", "proposals": str(npy), "id": "p"})
+        + "\n"
+        + json.dumps({"image": str(img_b), "expression": "a dog", "id": "nop"})
+        + "\n"
+    )
+    # with tiny models: caller proposals work, a row without them is a failed row
+    out = tmp_path / "out"
+    argv = ["batch", str(rows), "--out", str(out), "--no-progress", "--sam", "none"]
+    assert main(argv) == EXIT_PARTIAL
+    by_id = {r["id"]: r for r in _records(out)}
+    assert "error" not in by_id["p"] and by_id["p"]["found"]
+    assert "--sam none" in by_id["nop"]["error"]
+    assert main(["segment", str(img), "a man", "--sam", "none", "--proposals", str(npy)]) == 0
+    assert main(["segment", str(img), "a man", "--sam", "none"]) == EXIT_USAGE
+    # with real weights: only CLIP's checkpoint is asked for, never SAM's
+    monkeypatch.delenv("HYBRIDGL_RANDOM_WEIGHTS")
+    capsys.readouterr()
+    argv = ["segment", str(img), "a man", "--sam", "none", "--proposals", str(npy)]
+    assert main(argv) == EXIT_WEIGHTS
+    err = capsys.readouterr().err
+    assert "ViT-B-16" in err and "sam_vit" not in err
+
+
+@needs_data
+def test_batch_max_pixels_and_coco_results(
+    tmp_path: Path, coco_images: list[tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pycocotools import mask as mask_utils
+
+    (img, npy), _ = coco_images
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"id,image,expression,proposals,image_id\nr1,{img},a man,{npy},139\n")
+    out = tmp_path / "out"
+    # an image above --max-pixels is a failed row, found from its header (no model built)
+    argv = ["batch", str(rows), "--out", str(out), "--no-progress", "--format", "coco"]
+    assert main([*argv, "--max-pixels", "1000"]) == EXIT_PARTIAL
+    rec = _records(out)[0]
+    assert rec["error_type"] == "ImageError" and "1,000" in rec["error"]
+    assert json.loads((out / "results.coco.json").read_text()) == []
+    assert main(argv) == EXIT_OK
+    rec = _records(out)[-1]
+    coco = json.loads((out / "results.coco.json").read_text())
+    assert len(coco) == 1 and coco[0]["image_id"] == 139 and coco[0]["category_id"] == 1
+    assert coco[0]["segmentation"] == rec["mask"] and coco[0]["score"] == rec["score"]
+    rle = {"size": rec["mask"]["size"], "counts": rec["mask"]["counts"].encode()}
+    assert coco[0]["bbox"] == [float(v) for v in mask_utils.toBbox(rle)]

@@ -20,6 +20,7 @@ from hybridgl.cli.common import (
     InputError,
     UsageError,
     add_engine_args,
+    add_max_pixels_arg,
     add_model_args,
     build_segmenter,
     engine_options,
@@ -32,6 +33,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 IMAGE_KEYS = ("image", "image_path", "file_name", "path")
 EXPRESSION_KEYS = ("expression", "sent", "text")
 RESULTS = "results.jsonl"
+COCO_RESULTS = "results.coco.json"
 MASKS = "masks"
 OVERLAYS = "overlays"
 
@@ -66,6 +68,7 @@ class Row:
     image_path: Path
     proposals: Path | None = None
     explicit_id: bool = False
+    image_id: Any = None  # the COCO image id, when the input gives one (--format coco)
 
     @property
     def group_key(self) -> tuple[str, str]:
@@ -121,6 +124,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="leave the polygons out of results.jsonl (RLE only; smaller files)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("jsonl", "coco"),
+        default=None,
+        help="coco: also write DIR/results.coco.json, a COCO results file of every row done "
+        "(Prediction.to_coco_result; image_id from the row's image_id field, else its image "
+        "path). results.jsonl is always written",
+    )
+    add_max_pixels_arg(p)
     add_model_args(p)
     add_engine_args(p)
     p.set_defaults(func=run)
@@ -166,6 +180,11 @@ def _make_row(record: dict[str, Any], line: int, base: Path, where: str) -> Row 
         image_path=(base / image) if not Path(image).is_absolute() else Path(image),
         explicit_id=rid is not None,
     )
+    image_id = record.get("image_id")
+    if isinstance(image_id, str) and image_id.strip().isdigit():
+        image_id = int(image_id)  # CSV cells are text
+    if isinstance(image_id, (int, str)) and image_id != "":
+        row.image_id = image_id
     props = record.get("proposals")
     if props not in (None, ""):
         row.proposals = (base / str(props)) if not Path(str(props)).is_absolute() else Path(props)
@@ -346,15 +365,19 @@ class BatchTask:
     top_k: int = 3
     guidance: bool = True
     polygons: bool = True
+    max_pixels: int | None = None
+    caller_proposals_only: bool = False  # --sam none
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.cli.segment import load_proposals
         from hybridgl.images import load_image
 
         try:
-            image = load_image(unit.data["image_path"])
+            image = load_image(unit.data["image_path"], max_pixels=self.max_pixels)
             props = unit.data.get("proposals")
-            proposals = load_proposals(props) if props else None
+            if not props and self.caller_proposals_only:
+                raise InputError("no proposals for this row, and --sam none has no model")
+            proposals = load_proposals(props, *image.shape[:2]) if props else None
         except Exception as e:  # noqa: BLE001 - recorded per row, the run goes on
             return self.failed(unit, e)
         seg = worker.segmenter  # missing weights end the run (exit 4)
@@ -372,7 +395,10 @@ class BatchTask:
                 out.append(_error_record(row, e))
                 continue
             rec["expression"] = row["expression"]  # as written in the input
-            out.append({"id": row["id"], "line": row["line"], "image": row["image"], **rec})
+            head = {"id": row["id"], "line": row["line"], "image": row["image"]}
+            if "image_id" in row:
+                head["image_id"] = row["image_id"]
+            out.append({**head, **rec})
         return out
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
@@ -389,7 +415,15 @@ def make_units(rows: list[Row]) -> list[WorkUnit]:
             if r.proposals is not None:
                 data["proposals"] = str(r.proposals)
             unit = groups[r.group_key] = WorkUnit(key="\t".join(r.group_key), rows=[], data=data)
-        unit.rows.append({"id": r.id, "line": r.line, "image": r.image, "expression": r.expression})
+        row: dict[str, Any] = {
+            "id": r.id,
+            "line": r.line,
+            "image": r.image,
+            "expression": r.expression,
+        }
+        if r.image_id is not None:
+            row["image_id"] = r.image_id
+        unit.rows.append(row)
     return list(groups.values())
 
 
@@ -485,7 +519,13 @@ def run(args: argparse.Namespace) -> int:
         len(todo) + len(bad_todo), len(units), desc="batch", disable=bool(args.no_progress)
     )
     sink = BatchSink(out_dir, writer, counts, progress, overlays=bool(args.overlays))
-    task = BatchTask(top_k=args.top_k, guidance=not args.no_guidance, polygons=not args.no_polygons)
+    task = BatchTask(
+        top_k=args.top_k,
+        guidance=not args.no_guidance,
+        polygons=not args.no_polygons,
+        max_pixels=args.max_pixels or None,
+        caller_proposals_only=args.sam == "none",
+    )
     try:
         for b in bad_todo:
             sink.fail(_error_record(b, b.error))
@@ -505,6 +545,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         writer.close()
+        if "coco" in (args.formats or []):
+            write_coco_results(results_path, out_dir / COCO_RESULTS)
         seconds = time.perf_counter() - t_start
         _write_summary(out_dir, input_path, counts, seconds)
         print(
@@ -513,6 +555,39 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     return EXIT_PARTIAL if counts.failed else EXIT_OK
+
+
+def coco_result(record: dict[str, Any], category_id: int = 1) -> dict[str, Any]:
+    """A COCO results entry of one batch record, as ``Prediction.to_coco_result`` makes it.
+
+    ``image_id`` is the row's ``image_id`` when the input gave one, else its image path;
+    ``segmentation`` the record's RLE; ``bbox`` pycocotools' box of that mask.
+    """
+    from pycocotools import mask as mask_utils
+
+    rle = record["mask"]
+    bbox = [
+        float(v)
+        for v in mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+    ]
+    score = record.get("score")
+    return {
+        "image_id": record.get("image_id", record["image"]),
+        "category_id": int(record.get("category_id", category_id)),
+        "segmentation": rle,
+        "bbox": bbox,
+        "score": 0.0 if score is None else float(score),
+    }
+
+
+def write_coco_results(results: Path, target: Path) -> int:
+    """DIR/results.coco.json: one COCO result per row whose last record succeeded."""
+    from hybridgl.fileio import atomic_write_json
+
+    log_ = read_records(results, key=_record_id)
+    entries = [coco_result(r) for r in log_.current() if not r.get("error") and "mask" in r]
+    atomic_write_json(target, entries, indent=None)
+    return len(entries)
 
 
 def _record_id(rec: dict[str, Any]) -> str | None:

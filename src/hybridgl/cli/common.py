@@ -179,11 +179,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group.add_argument(
         "--sam",
         default="vit_h",
-        choices=PROPOSAL_BACKENDS,
+        choices=(*PROPOSAL_BACKENDS, "none"),
         metavar="BACKEND",
         help="mask-proposal backend: vit_h (default, the paper's), vit_l, vit_b, or with "
         "hybridgl[transformers] sam2.1_hiera_{tiny,small,base_plus,large}, slimsam_{50,77}, "
-        "sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick)",
+        "sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick); none: no proposal "
+        "model (no checkpoint needed): every image needs caller proposals (--proposals)",
     )
     group.add_argument(
         "--dtype",
@@ -304,7 +305,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
     configure_threads(getattr(args, "threads", None))
     try:
         return Segmenter.from_pretrained(
-            sam=getattr(args, "sam", "vit_h"),
+            sam=sam_option(args),
             preset=getattr(args, "preset", "paper"),
             device=getattr(args, "device", None),
             weights_dir=getattr(args, "weights_dir", None),
@@ -315,6 +316,28 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         if 'pip install "hybridgl[' in str(e):  # a missing optional extra: one line
             raise UsageError(str(e)) from None
         raise
+
+
+def sam_option(args: argparse.Namespace) -> str | None:
+    """The proposal backend of ``--sam`` (None for ``--sam none``: caller proposals only)."""
+    sam = getattr(args, "sam", "vit_h")
+    return None if sam in (None, "none") else str(sam)
+
+
+def add_max_pixels_arg(parser: Any) -> None:
+    """``--max-pixels N`` on a parser or argument group: the image size cap of ``load_image``
+    (0: no cap of ours), with the library's default."""
+    from hybridgl.images import DEFAULT_MAX_PIXELS
+
+    parser.add_argument(
+        "--max-pixels",
+        type=non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images above N pixels, checked from the file header before decoding "
+        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours); a refused image is a "
+        "failed row",
+    )
 
 
 def predict_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from hybridgl.cli.common import (
     EXIT_PARTIAL,
     UsageError,
     add_engine_args,
+    add_max_pixels_arg,
     add_model_args,
     build_segmenter,
     engine_options,
@@ -113,6 +114,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="evaluate again expressions recorded as failed"
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_pixels_arg(s)
     add_model_args(p)
     add_engine_args(p)
     p.set_defaults(func=run_evaluate)
@@ -187,6 +189,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hybridgl.jobs.units import SegmenterSpec
 
     options = engine_options(args)
+    if args.sam == "none" and args.proposals != "gt":
+        raise UsageError("--sam none needs --proposals gt (there is no proposal model)")
     parts = load_data(args)  # before the model: bad data fails fast
     _check_usable(parts)
     if len(parts) == 1:
@@ -219,6 +223,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             factory=factory,
             engine=options,
             model_info=model_info,
+            max_pixels=args.max_pixels or None,
         )
     except PermissionError as e:
         raise DataError(f"cannot write to {out}: {e}") from None

@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Cheap checks first, so that bad input fails before the models load.
     _check_outputs(args)
+    if args.sam == "none" and not args.proposals:
+        raise UsageError("--sam none needs --proposals (there is no proposal model)")
     for i, expr in enumerate(args.expressions):
         if not expr.strip():
             raise ExpressionError(f"expression {i} is empty")

@@ -37,6 +37,7 @@ from hybridgl.eval.metrics import (
     summarize_records,
 )
 from hybridgl.eval.refer import DataError, EvalData, Expression, annotation_to_mask
+from hybridgl.images import DEFAULT_MAX_PIXELS
 from hybridgl.jobs.engine import EngineOptions, Progress, run_units
 from hybridgl.jobs.records import RecordLog, RecordWriter, dumps, read_records
 from hybridgl.jobs.units import SegmenterSpec, UnitWorker, WorkUnit, encode_state, predict_on_state
@@ -204,9 +205,12 @@ class EvalTask:
     proposals: str = "sam"
     top_k: int = 3
     guidance: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
-        return evaluate_unit(worker, unit, self.proposals, self.top_k, self.guidance)
+        return evaluate_unit(
+            worker, unit, self.proposals, self.top_k, self.guidance, max_pixels=self.max_pixels
+        )
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
         msg = f"internal error: {type(error).__name__}: {error}"
@@ -248,7 +252,7 @@ def _gt_proposals(unit: WorkUnit, anns: dict[Any, Any], height: int, width: int)
     return np.stack(masks)
 
 
-def _load(unit: WorkUnit) -> np.ndarray:
+def _load(unit: WorkUnit, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from hybridgl.errors import ImageError
     from hybridgl.images import load_image
 
@@ -256,7 +260,7 @@ def _load(unit: WorkUnit) -> np.ndarray:
     if not path.is_file():
         raise _ImageFailure(f"missing image: {path}", "missing_image")
     try:
-        image = load_image(path)
+        image = load_image(path, max_pixels=max_pixels)
     except ImageError as e:
         raise _ImageFailure(f"unreadable image {path}: {e}", "bad_image") from None
     h, w = image.shape[:2]
@@ -275,13 +279,14 @@ def evaluate_unit(
     proposals: str = "sam",
     top_k: int = 3,
     guidance: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Records for every expression of one image: one encoding, one ``predict_many``."""
     t0 = time.perf_counter()
     anns = {a[0]: a[1] for a in unit.data.get("anns") or []}
     rows = unit.rows
     try:
-        image = _load(unit)
+        image = _load(unit, max_pixels)
         h, w = image.shape[:2]
         masks = _gt_proposals(unit, anns, h, w) if proposals == "gt" else None
         segmenter = worker.segmenter
@@ -553,6 +558,7 @@ def run_evaluation(
     factory: Callable[[], Any] | None = None,
     engine: EngineOptions | None = None,
     model_info: dict[str, Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Evaluate (or resume evaluating) one or several splits and write the outputs.
 
@@ -572,6 +578,7 @@ def run_evaluation(
         spec, factory, engine: how and where workers build their segmenter and run
             (:func:`hybridgl.jobs.engine.run_units`); default: this process.
         model_info: the model settings recorded in run.json (default: the segmenter's).
+        max_pixels: images above this many pixels are failed records (``bad_image``).
 
     Returns:
         The report (also written as report.json and report.md).
@@ -657,7 +664,12 @@ def run_evaluation(
                     sink.write(bad)
             facts = run_units(
                 units,
-                EvalTask(proposals=proposals, top_k=int(top_k), guidance=bool(guidance)),
+                EvalTask(
+                    proposals=proposals,
+                    top_k=int(top_k),
+                    guidance=bool(guidance),
+                    max_pixels=max_pixels,
+                ),
                 sink,
                 spec=spec or SegmenterSpec(),
                 options=engine,

@@ -95,8 +95,10 @@ class SegmenterSpec:
         env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
         if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
             env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)  # unset on the workers too
+        from hybridgl.cli.common import sam_option
+
         return cls(
-            sam=getattr(args, "sam", "vit_h"),
+            sam=sam_option(args),
             preset=getattr(args, "preset", "paper"),
             device=getattr(args, "device", None),
             weights_dir=getattr(args, "weights_dir", None),
