@@ -63,6 +63,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 BACKEND_PLANS: dict[str, list[str]] = {
     "default": [
         "micro",
+        "agreement:bf16",
         "hybridgl:vit_h:fp32:8",
         "hybridgl:vit_h:bf16:8",
         "hybridgl:vit_b:bf16:8",
@@ -75,6 +76,7 @@ BACKEND_PLANS: dict[str, list[str]] = {
     ],
     "cuda": [
         "micro",
+        "agreement:fp16",
         *(f"hybridgl:{s}:{d}:8" for s in ("vit_h", "sam2.1_hiera_large") for d in DTYPES),
         "gdino_sam:vit_h:fp16",
         "gdino_sam:sam2.1_hiera_large:fp16",
@@ -103,11 +105,16 @@ def _item(text: str) -> dict[str, Any]:
             return {"kind": kind, "dtype": parts[1]}
         if kind == "micro" and len(parts) == 1:
             return {"kind": kind}
+        if kind == "agreement":
+            low = parts[1] if len(parts) > 1 else "bf16"
+            if low not in ("bf16", "fp16"):
+                raise ValueError
+            return {"kind": kind, "low": low}
     except (IndexError, ValueError):
         pass
     raise argparse.ArgumentTypeError(
         f"--items: {text!r} is not hybridgl:BACKEND:DTYPE[:POINTS], gdino_sam:BACKEND:DTYPE, "
-        "clipseg:DTYPE or micro"
+        "clipseg:DTYPE, agreement[:bf16|fp16] or micro"
     )
 
 
@@ -223,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_items,
         default=None,
         help="backends suite: default | cuda | a comma-separated list of "
-        "hybridgl:BACKEND:DTYPE[:POINTS_PER_SIDE], gdino_sam:BACKEND:DTYPE, clipseg:DTYPE, micro",
+        "hybridgl:BACKEND:DTYPE[:POINTS_PER_SIDE], gdino_sam:BACKEND:DTYPE, clipseg:DTYPE, "
+        "agreement[:LOW_DTYPE], micro",
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--backend-worker", default=None, help=argparse.SUPPRESS)

@@ -126,6 +126,9 @@ def test_backends_suite_tiny(bench, tmp_path, capsys):
         assert i["image_encoder"] > 0 and i["mask_generation"] >= 0
         assert i["first_answer"] > 0 and i["first_answer_coco"] > i["clip_stages_coco"] > 0
         assert i["coco_proposals"] >= 3 and i["peak_rss_gib"] > 0
+        c = i["compute"]  # the value-independent encoder and decoder compute
+        assert c["encoder"] > 0 and c["decoder"] > 0
+        assert i["first_answer_est"] > i["clip_stages_coco"]
     assert items[1]["model_info"]["dtype"] == "bfloat16"
     md = (tmp_path / "backends.md").read_text()
     assert "## Proposal backends" in md and "slimsam_50 bf16 pps2" in md

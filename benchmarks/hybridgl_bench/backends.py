@@ -27,7 +27,8 @@ import statistics
 import time
 from typing import Any
 
-from hybridgl_bench.measure import now, peak_rss_gib
+import numpy as np
+from hybridgl_bench.measure import autocast_for, now, peak_rss_gib
 from hybridgl_bench.workload import COCO, coco_index, coco_masks
 
 # Published token lengths matter little; the text encoders see short phrases.
@@ -66,6 +67,103 @@ def phrases(names: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- hybridgl
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def backend_compute(backend: Any, image: Any) -> dict[str, float]:
+    """The value-independent compute of a backend on one image, wall and CPU seconds: its
+    image encoder, and its mask decoder on the whole point grid with the masks upsampled
+    to the image and their stability scores (what the generator computes before the
+    filters, NMS, run-length encoding and the minimum-area step).
+
+    Those later steps cost little on the smooth masks of trained weights but much on the
+    noisy masks of random weights (long RLEs, many connected components), which inflates
+    the generator's measured time; this is the part that holds for trained weights.
+    """
+    import torch
+
+    from hybridgl.models.proposals import HFMaskGenerationBackend, SamV1Backend
+
+    cfg = backend.config
+    dev = backend.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    dt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+    enc_ctx = torch.autocast(dev.type, dtype=dt) if dt is not None else contextlib.nullcontext()
+    out: dict[str, float] = {}
+    if isinstance(backend, SamV1Backend):
+        from segment_anything import SamPredictor
+        from segment_anything.utils.amg import build_all_layer_point_grids
+        from segment_anything.utils.amg import calculate_stability_score as stability
+
+        pred = SamPredictor(backend.model)
+        w0, c0 = _clock()
+        with torch.no_grad(), enc_ctx:
+            pred.set_image(image)
+        pred.features = pred.features.float()
+        sync()
+        w1, c1 = _clock()
+        h, w = image.shape[:2]
+        grid = build_all_layer_point_grids(cfg.points_per_side, 0, 1)[0] * np.array([[w, h]])
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+            for s in range(0, len(grid), cfg.points_per_batch):
+                pts = pred.transform.apply_coords(grid[s : s + cfg.points_per_batch], (h, w))
+                coords = torch.as_tensor(pts, dtype=torch.float32, device=dev)[:, None, :]
+                labels = torch.ones(coords.shape[:2], dtype=torch.int, device=dev)
+                masks, iou, _ = pred.predict_torch(
+                    coords, labels, multimask_output=True, return_logits=True
+                )
+                stability(masks.flatten(0, 1), pred.model.mask_threshold, 1.0)
+        sync()
+    elif isinstance(backend, HFMaskGenerationBackend):
+        from PIL import Image
+
+        proc, model = backend.image_processor, backend.model
+        pil = Image.fromarray(image)
+        target = proc.size.get("longest_edge", proc.size.get("height"))
+        _, points, crops, labels = proc.generate_crop_boxes(
+            pil, target, 0, 512 / 1500, cfg.points_per_side, 1
+        )
+        w0, c0 = _clock()
+        inputs = proc(images=crops, return_tensors="pt")
+        with torch.no_grad(), enc_ctx:
+            emb = model.get_image_embeddings(inputs["pixel_values"].to(dev))
+        from hybridgl.models.proposals import _float32
+
+        emb = _float32(emb)
+        sync()
+        w1, c1 = _clock()
+        kw: dict[str, Any] = {}
+        if isinstance(emb, tuple):  # SAM-HQ
+            kw["image_embeddings"], kw["intermediate_embeddings"] = emb
+        else:
+            kw["image_embeddings"] = emb
+        sizes = inputs.get("reshaped_input_sizes")
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+            for s in range(0, points.shape[1], cfg.points_per_batch):
+                o = model(
+                    input_points=points[:, s : s + cfg.points_per_batch, 0:1, :].to(dev),
+                    input_labels=labels[:, s : s + cfg.points_per_batch, 0:1].to(dev),
+                    multimask_output=True,
+                    **kw,
+                )
+                masks = proc.post_process_masks(
+                    o.pred_masks, inputs["original_sizes"], sizes, binarize=False
+                )[0] if sizes is not None else proc.post_process_masks(
+                    o.pred_masks, inputs["original_sizes"], binarize=False
+                )[0]  # fmt: skip
+                inter = (masks > 1.0).flatten(-2).sum(-1)
+                union = (masks > -1.0).flatten(-2).sum(-1)
+                (inter / union.clamp(min=1)).cpu()
+        sync()
+    else:  # pragma: no cover
+        raise TypeError(f"unknown backend {type(backend).__name__}")
+    w2, c2 = _clock()
+    out["encoder"], out["encoder_cpu"] = w1 - w0, c1 - c0
+    out["decoder"], out["decoder_cpu"] = w2 - w1, c2 - c1
+    return out
+
+
 def measure_hybridgl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -126,6 +224,18 @@ def measure_hybridgl(spec: dict[str, Any]) -> dict[str, Any]:
     res["predict_coco"] = now(seg) - t3
     res["first_answer_coco"] = (res["propose_total"] or 0.0) + res["clip_stages_coco"]
     res["first_answer_coco"] += res["predict_coco"]
+    # the value-independent part of the backend, and the first answer it implies for
+    # trained weights with the COCO masks' count of proposals (wall and CPU time)
+    with torch.no_grad(), autocast_for(seg):
+        comp = backend_compute(seg.proposer, img)
+    res["compute"] = comp
+    res["first_answer_est"] = (
+        comp["encoder"] + comp["decoder"] + res["clip_stages_coco"] + res["predict_coco"]
+    )
+    res["first_answer_est_cpu"] = (
+        comp["encoder_cpu"] + comp["decoder_cpu"] + res["clip_stages_coco_cpu"]
+        + res["predict_coco"]
+    )  # fmt: skip
     res["peak_rss_gib"] = peak_rss_gib()
     res["threads"] = torch.get_num_threads()
     res["model_info"] = seg.model_info
@@ -398,7 +508,56 @@ def measure_micro(spec: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def measure_agreement(spec: dict[str, Any]) -> dict[str, Any]:
+    """Low precision vs fp32 with COCO masks as proposals (both choose among the same
+    masks): chosen-index agreement, pure-CLIP agreement and the IoU of the chosen masks,
+    on a RefCOCO-shaped workload. Random weights make near ties: a weak signal."""
+    from hybridgl_bench.workload import build_workload
+
+    from hybridgl import Segmenter
+    from hybridgl.images import load_image
+
+    work = build_workload(spec.get("images", 4), 3, 3)
+    images, anns, _ = coco_index()
+    device = spec.get("device", "cpu")
+    low = spec.get("low", "bf16")
+    chosen: dict[str, list[Any]] = {}
+    t = {}
+    for dt in ("fp32", low):
+        seg = Segmenter.from_pretrained(sam=None, dtype=None if dt == "fp32" else dt, device=device)
+        out = []
+        t0 = time.perf_counter()
+        for item in work:
+            masks = coco_masks(images[item["image_id"]], anns[item["image_id"]])
+            st = seg.set_image(load_image(item["path"]), proposals=masks)
+            for obj in item["objects"]:
+                for e in obj:
+                    p = seg.predict(e)
+                    out.append((p.index, p.pure_index, p.mask))
+        t[dt] = time.perf_counter() - t0
+        chosen[dt] = out
+        del seg, st
+        gc.collect()
+    a, b = chosen["fp32"], chosen[low]
+    n = len(a)
+    ious = []
+    for (_, _, ma), (_, _, mb) in zip(a, b, strict=True):
+        inter, union = np.logical_and(ma, mb).sum(), np.logical_or(ma, mb).sum()
+        ious.append(float(inter / union) if union else 1.0)
+    return {
+        "low": low,
+        "expressions": n,
+        "images": len(work),
+        "agreement": sum(x[0] == y[0] for x, y in zip(a, b, strict=True)) / n,
+        "agreement_pure": sum(x[1] == y[1] for x, y in zip(a, b, strict=True)) / n,
+        "mean_iou": float(np.mean(ious)),
+        "seconds": t,
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
 MEASURES = {
+    "agreement": measure_agreement,
     "hybridgl": measure_hybridgl,
     "gdino_sam": measure_gdino_sam,
     "clipseg": measure_clipseg,
