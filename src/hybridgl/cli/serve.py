@@ -210,9 +210,24 @@ def run(args: argparse.Namespace) -> int:
             "who can reach this port can use the server (set --api-key or "
             "HYBRIDGL_API_KEY, or bind 127.0.0.1)"
         )
+    if settings.search_db:  # a bad --db fails before the slow model load (exit 3)
+        from hybridgl.search.errors import INSTALL_HINT as SEARCH_HINT
+        from hybridgl.search.errors import lancedb_available
+        from hybridgl.search.store import Store
+
+        if not lancedb_available():
+            eprint(
+                f"{PROG}: error: serve --db needs LanceDB, which is not installed: {SEARCH_HINT}"
+            )
+            return EXIT_INTERNAL
+        Store(settings.search_db).close()
     sock = _bind(settings.host, settings.port)  # before the slow model load: fail fast
     try:
         segmenter = build_segmenter(args)
+        if settings.search_db:  # the index must match the server's model (exit 3)
+            from hybridgl.search import Index
+
+            Index(settings.search_db, segmenter=segmenter).check()
         app = create_app(segmenter, settings)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in str(host) else host

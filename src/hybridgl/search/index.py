@@ -79,12 +79,20 @@ class SearchHit:
     rank: int = 0
     width: int = 0
     height: int = 0
+    candidate_masks: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
-        """JSON-ready: rank, path, image id, scores and the prediction (RLE mask)."""
+    def to_dict(self, *, mask: bool = True, candidate_masks: bool = False) -> dict[str, Any]:
+        """JSON-ready: rank, path, image id, scores and the prediction
+        (:meth:`Prediction.to_dict`, RLE mask); ``candidate_masks`` adds each candidate's
+        mask as RLE."""
         pred = self.prediction.to_dict()
         if not mask:
             pred.pop("mask", None)
+        if candidate_masks and self.candidate_masks:
+            from hybridgl.masks import mask_to_rle
+
+            for c, m in zip(pred.get("candidates", []), self.candidate_masks, strict=False):
+                c["mask"] = mask_to_rle(m)
         return {
             "rank": self.rank,
             "path": self.path,
@@ -536,6 +544,33 @@ class Index:
         return fp
 
     # ------------------------------------------------------------------ reading
+    def check(self) -> dict[str, Any]:
+        """Open the index and check it against this segmenter; returns its fingerprint.
+
+        Raises:
+            IndexStoreError: missing or non-index database.
+            FingerprintMismatch: the index was built with other models or options.
+        """
+        store = self._store()
+        self.segmenter(store, need_sam=False)
+        return store.fingerprint
+
+    def image_path(self, image_id: str) -> str | None:
+        """The indexed file of ``image_id`` (None when the index has no such image)."""
+        from hybridgl.search.store import sql_str
+
+        rows = (
+            self._store()
+            .snapshot()[IMAGES]
+            .search()
+            .where(f"image_id = {sql_str(image_id)}")
+            .select(["path"])
+            .limit(1)
+            .to_arrow()
+            .to_pylist()
+        )
+        return rows[0]["path"] if rows else None
+
     def _store(self) -> Store:
         if self._reader is None:
             self._reader = Store(self.db)
@@ -635,6 +670,7 @@ class Index:
                     stage1_score=float(cos.max()),
                     width=int(row["width"]),
                     height=int(row["height"]),
+                    candidate_masks=[state.masks[c.index] for c in pred.candidates],
                 )
             )
         t4 = time.perf_counter()

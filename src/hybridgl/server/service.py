@@ -369,6 +369,12 @@ class ModelService:
         except ExpressionError as e:
             raise ApiError(422, "invalid_expression", str(e)) from None
 
+    async def run_on_model(self, ticket: Ticket, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread within the request deadline (e.g. a collection
+        search, which calls the segmenter's text and scoring stages)."""
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        return await self._wait(self._submit(self._model, fn), ticket, deadline)
+
     # plumbing -------------------------------------------------------------------------
     @staticmethod
     def _submit(

@@ -207,6 +207,17 @@ class ServerSettings:
         scale=MB,
         group="image cache",
     )
+    # collection search -------------------------------------------------------------
+    search_db: str | None = option(
+        None,
+        "a `hybridgl index` database (folder or URI) to serve at POST /v1/search and in "
+        "the page's Search tab",
+        flag="--db",
+        env="HYBRIDGL_SEARCH_DB",
+        metavar="DB",
+        group="collection search",
+        secret=True,  # a server-side path: not shown to clients
+    )
     # request defaults (from the model options --top-k and --no-guidance) -------------
     top_k: int = option(3, "default candidates per expression", cli=False)
     guidance: bool = option(True, "default for spatial guidance", cli=False)

@@ -26,6 +26,7 @@ def include(app: FastAPI) -> None:
             "device": info.get("device"),
             "preset": info.get("preset"),
             "defaults": {"top_k": settings.top_k, "guidance": settings.guidance},
+            "search": settings.search_db is not None,  # POST /v1/search is served
             "limits": settings.limits(),
             "stats": service.stats(),
         }
