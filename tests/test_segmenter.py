@@ -221,8 +221,7 @@ def test_bf16_autocast_runs(monkeypatch, coco_sample):
 @pytest.mark.parametrize("size", ["tiny", pytest.param("full", marks=pytest.mark.slow)])
 def test_trimmed_text_encoder_equals_encode_text(size):
     """The causal text transformer run only up to the last end token gives CLIP's output."""
-    from hybridgl.models.clip import build_clip, get_tokenizer, randomize_clip
-    from hybridgl.segmenter import encode_text_trimmed
+    from hybridgl.models.clip import build_clip, encode_text_trimmed, get_tokenizer, randomize_clip
 
     model = randomize_clip(build_clip("ViT-B-16", size), seed=4).eval()
     texts = ["a dog", "the man on the left in a red shirt", "x " * 120, "a photo of a cat."]

@@ -16,6 +16,7 @@ import pytest
 
 from hybridgl import weights
 from hybridgl.errors import WeightsError
+from hybridgl.models import random_weights_mode
 from hybridgl.weights import Checkpoint
 
 PAYLOAD = b"fake checkpoint bytes " * 4096  # ~88 KiB: several read chunks on slow paths
@@ -225,7 +226,7 @@ def test_random_weights_mode(
 ) -> None:
     if value is not None:
         monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", value)
-    assert weights.random_weights_mode() == expected
+    assert random_weights_mode() == expected
 
 
 @pytest.mark.parametrize("value", ["1", "yes", "small", "random"])
@@ -234,7 +235,7 @@ def test_random_weights_mode_rejects_other_values(
 ) -> None:
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", value)
     with pytest.raises(ValueError, match="HYBRIDGL_RANDOM_WEIGHTS"):
-        weights.random_weights_mode()
+        random_weights_mode()
 
 
 @pytest.mark.parametrize(

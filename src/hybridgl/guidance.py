@@ -29,7 +29,10 @@ __all__ = [
     "relation_sums",
     "relation_guidance",
     "direction_prior",
+    "min_max",
+    "square_padding",
     "heat_map",
+    "image_heat_map",
     "coherence_scores",
     "beta_for",
     "final_scores",
@@ -274,13 +277,38 @@ def direction_prior(
     return row[None, :].expand(height, width).contiguous()
 
 
-def _min_max(x: Tensor) -> Tensor:
-    """``(x - min) / (max - min)``; all zeros when ``max == min`` or not finite."""
+def min_max(x: Tensor) -> Tensor:
+    """Min-max normalisation ``(x - min) / (max - min)`` over all elements.
+
+    Degenerate case: all zeros when ``max == min`` or the range is not finite (the map
+    carries no information).
+
+    Args:
+        x: a tensor of any shape.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype, in [0, 1].
+    """
     lo, hi = x.min(), x.max()
     rng = hi - lo
     if not bool(torch.isfinite(rng)) or not bool(rng > 0):
         return torch.zeros_like(x)
     return (x - lo) / rng
+
+
+def square_padding(height: int, width: int) -> tuple[int, int, int]:
+    """The square that centres an ``height`` x ``width`` image (the ``keep_aspect`` fix).
+
+    Args:
+        height: H.
+        width: W.
+
+    Returns:
+        ``(side, top, left)``: ``side = max(H, W)`` and the offsets of the image in the
+        square, ``top = (side - H) // 2``, ``left = (side - W) // 2``.
+    """
+    side = max(height, width)
+    return side, (side - height) // 2, (side - width) // 2
 
 
 def heat_map(cos_map: Tensor, upsample_size: int, out_hw: tuple[int, int]) -> Tensor:
@@ -306,14 +334,41 @@ def heat_map(cos_map: Tensor, upsample_size: int, out_hw: tuple[int, int]) -> Te
     if not x.is_floating_point():
         x = x.float()
     x = F.interpolate(x, size=(upsample_size, upsample_size), mode="bilinear", align_corners=False)
-    x = _min_max(x[0])  # (1, S, S)
+    x = min_max(x[0])  # (1, S, S)
     x = TF.resize(
         x,
         [int(out_hw[0]), int(out_hw[1])],
         interpolation=InterpolationMode.BILINEAR,
         antialias=True,
     )
-    return _min_max(x[0])
+    return min_max(x[0])
+
+
+def image_heat_map(
+    cos_map: Tensor, upsample_size: int, height: int, width: int, keep_aspect: bool = False
+) -> Tensor:
+    """The GEM heat map over the image's own pixels (METHOD.md section 6).
+
+    Without ``keep_aspect`` GEM saw the image stretched to a square, so the map is
+    :func:`heat_map` resized to ``(H, W)``. With ``keep_aspect`` GEM saw the image centred
+    on a square (:func:`square_padding`): the map is made at the square's side, the
+    image's part is cropped out and min-max normalised again (:func:`min_max`).
+
+    Args:
+        cos_map: (G, G) patch cosines.
+        upsample_size: side of the intermediate square, e.g. 448.
+        height: H of the image the masks live on.
+        width: W.
+        keep_aspect: whether GEM's input was square-padded.
+
+    Returns:
+        (H, W) tensor in [0, 1] in the dtype of ``cos_map``.
+    """
+    if not keep_aspect:
+        return heat_map(cos_map, upsample_size, (height, width))
+    side, top, left = square_padding(height, width)
+    square = heat_map(cos_map, upsample_size, (side, side))
+    return min_max(square[top : top + height, left : left + width])
 
 
 def coherence_scores(

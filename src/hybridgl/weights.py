@@ -24,8 +24,9 @@ Environment variables:
   searched before the cache.
 - ``HYBRIDGL_OFFLINE``: ``1``/``true``/``yes`` forbids downloads.
 - ``HYBRIDGL_WEIGHTS_URL_BASE``: mirror; the URL becomes ``<base>/<file name>``.
-- ``HYBRIDGL_RANDOM_WEIGHTS``: ``tiny`` or ``full`` asks the model builders for randomly
-  initialised models instead of checkpoints (read here by :func:`random_weights_mode`).
+
+``HYBRIDGL_RANDOM_WEIGHTS`` (random weights instead of checkpoints) is read beside the
+model builders, by :func:`hybridgl.models.random_weights_mode`.
 
 Importing this module has no side effects: nothing is created, read or downloaded.
 """
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CACHE_DIR_ENV",
     "OFFLINE_ENV",
-    "RANDOM_WEIGHTS_ENV",
     "REGISTRY",
     "URL_BASE_ENV",
     "WEIGHTS_DIR_ENV",
@@ -65,7 +65,6 @@ __all__ = [
     "get_checkpoint",
     "list_checkpoints",
     "offline",
-    "random_weights_mode",
     "resolve",
     "sam_checkpoint_name",
     "search_dirs",
@@ -77,7 +76,6 @@ CACHE_DIR_ENV = "HYBRIDGL_CACHE_DIR"
 WEIGHTS_DIR_ENV = "HYBRIDGL_WEIGHTS_DIR"
 OFFLINE_ENV = "HYBRIDGL_OFFLINE"
 URL_BASE_ENV = "HYBRIDGL_WEIGHTS_URL_BASE"
-RANDOM_WEIGHTS_ENV = "HYBRIDGL_RANDOM_WEIGHTS"
 
 _KINDS = ("sam", "clip")
 _HUB_URL = "https://huggingface.co"
@@ -85,7 +83,6 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20  # bytes per read, both when hashing and when downloading
 _MARKER_SUFFIX = ".sha256.json"
 _TRUE_VALUES = {"1", "true", "yes"}
-_RANDOM_MODES = ("tiny", "full")
 
 
 @dataclass(frozen=True)
@@ -395,27 +392,6 @@ def offline() -> bool:
     """
     value = _env(OFFLINE_ENV)
     return value is not None and value.lower() in _TRUE_VALUES
-
-
-def random_weights_mode() -> str | None:
-    """Read ``HYBRIDGL_RANDOM_WEIGHTS``.
-
-    Returns:
-        None when unset or empty, else ``"tiny"`` or ``"full"``.
-
-    Raises:
-        ValueError: For any other value.
-    """
-    value = _env(RANDOM_WEIGHTS_ENV)
-    if value is None:
-        return None
-    mode = value.lower()
-    if mode not in _RANDOM_MODES:
-        raise ValueError(
-            f"{RANDOM_WEIGHTS_ENV}={value!r} is not valid; use one of "
-            f"{', '.join(_RANDOM_MODES)} or leave it empty"
-        )
-    return mode
 
 
 def cache_dir() -> Path:

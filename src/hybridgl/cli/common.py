@@ -293,13 +293,13 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         UsageError: the device does not exist here.
         WeightsError: a checkpoint is missing (the message names the file and where to put it).
     """
-    from hybridgl import weights
+    from hybridgl.models import random_weights_mode
     from hybridgl.models.runtime import configure_threads
     from hybridgl.segmenter import Segmenter
 
     _check_device(getattr(args, "device", None))
     try:
-        weights.random_weights_mode()
+        random_weights_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
     configure_threads(getattr(args, "threads", None))

@@ -105,10 +105,10 @@ def _names(names: list[str]) -> list[str]:
 
 
 def _random_note() -> None:
-    from hybridgl import weights
+    from hybridgl.models import random_weights_mode
 
     try:
-        mode = weights.random_weights_mode()
+        mode = random_weights_mode()
     except ValueError:
         return
     if mode:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hybridgl.config import CLIP_MEAN, CLIP_STD
+from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
 
 
@@ -25,11 +26,10 @@ def gem_input(image: np.ndarray, size: int, keep_aspect: bool = False) -> torch.
     """
     pil = Image.fromarray(image)
     if keep_aspect:
-        h, w = image.shape[:2]
-        side = max(h, w)
+        side, top, left = square_padding(*image.shape[:2])
         fill = tuple(int(round(c * 255)) for c in CLIP_MEAN)
         canvas = Image.new("RGB", (side, side), fill)
-        canvas.paste(pil, ((side - w) // 2, (side - h) // 2))
+        canvas.paste(pil, (left, top))
         pil = canvas
     pil = pil.resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0

@@ -11,18 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from hybridgl.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MethodConfig
+from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
 
 
 def blur_image(image: np.ndarray, kernel: int) -> np.ndarray:
     """OpenCV Gaussian blur with sigma derived from the kernel size, uint8 in and out."""
     return cv2.GaussianBlur(image, (kernel, kernel), 0)
-
-
-def square_padding(height: int, width: int) -> tuple[int, int, int]:
-    """Side of the enclosing square and the (top, left) offsets that centre the image."""
-    side = max(height, width)
-    return side, (side - height) // 2, (side - width) // 2
 
 
 def _pad_square(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:

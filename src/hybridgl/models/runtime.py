@@ -1,4 +1,7 @@
-"""Where and how the models run: precision (``dtype="auto"``) and CPU threads.
+"""Where and how the models run: the device, precision (``dtype="auto"``) and CPU threads.
+
+The device: :func:`pick_device` (None picks cuda, then mps, then cpu). The dtype table:
+:data:`DTYPES` and :func:`resolve_dtype`.
 
 ``auto`` picks the fastest precision the hardware runs natively:
 
@@ -106,6 +109,18 @@ def resolve_dtype(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
     return DTYPES[dtype]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device`` as a :class:`torch.device`; None picks cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def available_cpus() -> int:
