@@ -96,6 +96,11 @@ class MethodConfig:
     beta_default: float = 1.8
     # section 7: final choice
     alpha: float = 0.6
+    # working resolution: images whose long side exceeds max_side get their proposals,
+    # views and GEM input computed on a copy scaled down to it (masks come back at the
+    # input resolution, upsampled). 1024 is SAM's own input size (its encoder never sees
+    # more), and RefCOCO's <= 640 px images are never touched. None: no cap.
+    max_side: int | None = 1024
     # quirk fixes (all off in the paper preset)
     fix_right_relation: bool = False
     vertical_priors: bool = False
@@ -110,6 +115,12 @@ class MethodConfig:
             raise ValueError("k1 and k2 must be >= 1")
         if self.feature_batch < 1:
             raise ValueError("feature_batch must be >= 1")
+        if self.max_side is not None and (
+            isinstance(self.max_side, bool)
+            or not isinstance(self.max_side, int)
+            or self.max_side < 1
+        ):
+            raise ValueError(f"max_side must be a positive integer or None, got {self.max_side!r}")
 
     def with_options(self, **kwargs: Any) -> MethodConfig:
         return replace(self, **kwargs)

@@ -29,6 +29,7 @@ from hybridgl.fileio import atomic_write_bytes
 PathLike = str | os.PathLike
 
 __all__ = [
+    "as_proposal_masks",
     "mask_to_box",
     "mask_to_png_bytes",
     "mask_to_polygons",
@@ -37,6 +38,7 @@ __all__ = [
     "png_to_mask",
     "polygons_to_mask",
     "read_proposals_npy",
+    "resize_masks",
     "rle_to_mask",
     "save_mask_png",
 ]
@@ -331,14 +333,7 @@ def read_proposals_npy(
             arr = npy_format.read_array(fh, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"cannot read {name}: {e}") from None
-    binarise = globals().get("as_proposal_masks")  # the core's one rule, once it has landed
-    if binarise is not None:
-        return binarise(arr, h, w)
-    if arr.dtype != np.bool_:
-        if arr.dtype.kind == "f" and np.isnan(arr).any():
-            raise ValueError(f"{name} contain NaN values")
-        arr = arr > 0.5
-    return arr if arr.ndim == 3 else arr[None]
+    return as_proposal_masks(arr, h, w)
 
 
 def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -387,3 +382,74 @@ def masks_to_boxes_xywh(masks: np.ndarray) -> np.ndarray:
 def save_mask_png(mask: np.ndarray, path: PathLike) -> Path:
     """Write a mask as an 8-bit 0/255 PNG, atomically."""
     return atomic_write_bytes(path, mask_to_png_bytes(mask))
+
+
+def as_proposal_masks(array: Any, height: int, width: int) -> np.ndarray:
+    """The one binarisation rule for caller-supplied proposals (API, CLI and server).
+
+    A bool array is used as is; a numeric one (integer or float) becomes ``array > 0.5``,
+    so a soft mask keeps the pixels where it is more likely inside than not. A single
+    ``(H, W)`` mask counts as ``N = 1``.
+
+    Args:
+        array: ``(N, H, W)`` or ``(H, W)`` masks (anything ``np.asarray`` accepts).
+        height: H of the image the masks belong to.
+        width: W of the image.
+
+    Returns:
+        ``(N, H, W)`` bool (the input itself when it is already such an array).
+
+    Raises:
+        ValueError: NaN values, a non-numeric dtype (strings, objects, complex), or a shape
+            other than ``(N, height, width)`` / ``(height, width)``.
+    """
+    try:
+        masks = np.asarray(array)
+    except (TypeError, ValueError) as e:  # ragged nested lists, odd objects
+        raise ValueError(f"proposals must be a numeric (N, H, W) array: {e}") from None
+    if masks.dtype != np.bool_ and masks.dtype.kind not in "iuf":
+        raise ValueError(
+            f"proposals must be bool or numeric (N, H, W) masks, got dtype {masks.dtype}"
+        )
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3 or masks.shape[1:] != (height, width):
+        raise ValueError(
+            f"proposals must be (N, {height}, {width}) masks matching the image, "
+            f"got shape {np.shape(array)}"
+        )
+    if masks.dtype == np.bool_:
+        return masks
+    if masks.dtype.kind == "f" and np.isnan(masks).any():
+        raise ValueError("proposals contain NaN values")
+    return masks > 0.5
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``(N, h, w)`` masks to ``(N, height, width)`` bool, one mask at a time.
+
+    Each mask is resampled as float (area averaging when shrinking, bilinear when
+    enlarging, OpenCV) and thresholded at 0.5, so a pixel is inside when more than half
+    of what it covers was inside.
+
+    Args:
+        masks: ``(N, h, w)`` bool (or 0/1) masks.
+        height: output H.
+        width: output W.
+
+    Returns:
+        ``(N, height, width)`` bool.
+    """
+    import cv2
+
+    n, h, w = masks.shape
+    out = np.zeros((n, height, width), dtype=bool)
+    if (h, w) == (height, width):
+        out[:] = masks
+        return out
+    shrink = height * width < h * w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    for i in range(n):
+        m = np.asarray(masks[i], dtype=np.float32)
+        out[i] = cv2.resize(m, (width, height), interpolation=interp) > 0.5
+    return out

@@ -6,20 +6,29 @@ Example:
     >>> seg.set_image("photo.jpg")
     >>> pred = seg.predict("the man on the left in a red shirt")
     >>> pred.mask.shape, pred.box, pred.score
+
+The stages behind ``set_image`` and ``predict`` are public (METHOD.md section by section):
+:meth:`Segmenter.propose` (SAM masks), :meth:`Segmenter.encode_image` (proposals, hybrid
+features and GEM tokens into an :class:`ImageState`), :meth:`Segmenter.parse`,
+:meth:`Segmenter.encode_texts` and :meth:`Segmenter.score` (an explicit state and a parse
+to a :class:`~hybridgl.types.Prediction`).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -27,71 +36,46 @@ from hybridgl import guidance
 from hybridgl.config import MethodConfig, get_preset
 from hybridgl.errors import ExpressionError, WeightsError
 from hybridgl.images import ImageInput, load_image
-from hybridgl.models import hybrid_clip
+from hybridgl.masks import as_proposal_masks, mask_to_box, masks_to_boxes_xywh, resize_masks
+from hybridgl.models import hybrid_clip, random_weights_mode
+from hybridgl.models.clip import encode_text_trimmed
 from hybridgl.models.gem import gem_input, gem_patch_tokens
 from hybridgl.models.proposals import ProposalBackend, SamV1Backend
-from hybridgl.models.runtime import resolve_dtype
-from hybridgl.models.sam import masks_to_boxes_xywh
+from hybridgl.models.runtime import pick_device, resolve_dtype
 from hybridgl.types import Candidate, Parse, Prediction
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
+    from segment_anything.modeling import Sam
+
+    from hybridgl.text import TextParser
 
 log = logging.getLogger(__name__)
 
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` picks cuda, then mps, then cpu."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def encode_text_trimmed(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """``clip.encode_text`` run on the first ``n`` token positions only, ``n`` = 1 + the
-    last end-of-text position in the batch.
-
-    CLIP's text transformer is causal and pools at the end-of-text token (the largest token
-    id), so positions after it never reach the output: dropping the padding gives the same
-    embeddings (float rounding aside) for a fraction of the work (77 -> about 10 positions
-    for a referring expression). Models that pool differently use ``encode_text``.
-    """
-    mask = getattr(clip, "attn_mask", None)
-    if (
-        getattr(clip, "text_pool_type", None) != "argmax"
-        or not isinstance(mask, torch.Tensor)
-        or not hasattr(clip, "token_embedding")
-        or tokens.ndim != 2
-        or tokens.shape[0] == 0
-    ):
-        return clip.encode_text(tokens)
-    n = int(tokens.argmax(dim=-1).max().item()) + 1
-    tokens = tokens[:, :n]
-    cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:n].to(cast)
-    x = clip.transformer(x, attn_mask=mask[:n, :n])
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-    proj = clip.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+#: A CLIP tokenizer: texts -> ``(len(texts), 77)`` int64 token ids.
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
 
 @dataclass
 class ImageState:
     """Everything that depends only on the image (cacheable, reusable across expressions).
 
+    Build it with :meth:`Segmenter.encode_image`; treat it as immutable once built (it is
+    shared between threads and caches). Images larger than the working resolution
+    (``MethodConfig.max_side``) keep the input ``image`` but have their proposals and
+    features computed on a downscaled copy: ``masks`` and ``boxes`` are then at the working
+    resolution ``(h, w)``; :meth:`input_mask` brings a mask back to ``(H, W)``.
+
     Attributes:
-        image: ``(H, W, 3)`` uint8 RGB.
-        masks: ``(N, H, W)`` bool proposals.
-        boxes: ``(N, 4)`` float64 XYWH boxes of the proposals.
+        image: ``(H, W, 3)`` uint8 RGB at the input resolution.
+        masks: ``(N, h, w)`` bool proposals at the working resolution (``(h, w) == (H, W)``
+            unless the image's long side exceeds ``max_side``).
+        boxes: ``(N, 4)`` float64 XYWH boxes of ``masks`` (working resolution).
         features: ``(N, E)`` float32 hybrid features (unnormalised).
         gem_tokens: ``(G*G, E)`` float32 GEM patch tokens, L2-normalised.
         gem_grid: ``G`` (28 at 448 px).
         source: ``"sam"`` or ``"given"``.
+        timings: seconds spent in each image stage (``proposals``, ``features``, ``gem``).
     """
 
     image: np.ndarray
@@ -101,18 +85,47 @@ class ImageState:
     gem_tokens: torch.Tensor
     gem_grid: int
     source: str
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def height(self) -> int:
+        """H, the input image's height."""
         return int(self.image.shape[0])
 
     @property
     def width(self) -> int:
+        """W, the input image's width."""
         return int(self.image.shape[1])
+
+    @property
+    def work_size(self) -> tuple[int, int]:
+        """``(h, w)``: the working resolution of ``masks`` (equal to ``(H, W)`` unless capped)."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
 
     @property
     def num_proposals(self) -> int:
         return int(self.masks.shape[0])
+
+    @property
+    def has_pixels(self) -> bool:
+        """True when at least one proposal is not empty.
+
+        Cheap: only an empty mask or a mask of the single pixel (0, 0) has the box
+        ``(0, 0, 0, 0)``, so the masks are only looked at in that corner.
+        """
+        if self.num_proposals == 0:
+            return False
+        return bool(np.any(self.boxes != 0)) or bool(self.masks[:, 0, 0].any())
+
+    def input_mask(self, index: int) -> np.ndarray:
+        """Proposal ``index`` at the input resolution: ``(H, W)`` bool, a new array.
+
+        Upsampled (bilinear, threshold 0.5) when the state has a smaller working resolution.
+        """
+        m = self.masks[index]
+        if self.work_size == (self.height, self.width):
+            return np.array(m, dtype=bool, copy=True)
+        return resize_masks(m[None], self.height, self.width)[0]
 
     def nbytes(self) -> int:
         """Approximate memory held, for cache accounting."""
@@ -125,19 +138,59 @@ class ImageState:
         )
 
 
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` of the working resolution: the long side scaled down to ``max_side``.
+
+    Images whose long side is at most ``max_side`` (or any image when it is None) keep
+    their size; otherwise both sides are scaled by ``max_side / max(H, W)`` and rounded
+    (at least 1 pixel).
+    """
+    long_side = max(height, width)
+    if max_side is None or long_side <= max_side:
+        return height, width
+    scale = max_side / long_side
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _downscale_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(height, width, 3)`` uint8 by area averaging."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
+
+
 class Segmenter:
     """HybridGL: referring expression -> mask, with frozen SAM, CLIP and spaCy.
 
-    Build it with :meth:`from_pretrained`. ``set_image`` computes everything that depends
-    only on the image; ``predict`` then costs text encoding and arithmetic.
+    Build it with :meth:`from_pretrained`. The stages, each public:
+
+    - :meth:`propose`: SAM proposals of an image;
+    - :meth:`encode_image`: everything that depends only on the image (proposals, hybrid
+      features, GEM tokens) as an :class:`ImageState`;
+    - :meth:`parse` and :meth:`encode_texts`: the text side;
+    - :meth:`score`: an explicit state and a parse -> :class:`~hybridgl.types.Prediction`.
+
+    :meth:`set_image` (``encode_image`` and make it the *current* image) and
+    :meth:`predict` / :meth:`predict_many` (parse and score, on the current image or a
+    given ``state``) are built from them.
+
+    Threads: ``encode_image``, ``score`` and ``predict(..., state=...)`` /
+    ``predict_many(..., state=...)`` never read or change the current image, so threads
+    that each pass their own :class:`ImageState` never see each other's image; this is
+    the way for servers and batch runners. SAM's generator keeps per-image state, so
+    :meth:`propose` runs one image at a time (an internal lock). The current image is
+    shared by all threads: ``set_image`` swaps it under :attr:`lock`, and a thread that
+    wants ``set_image`` followed by ``predict`` without ``state`` to see its own image
+    must hold ``with seg.lock:`` around both. The text-embedding cache and the counters
+    are guarded by the same lock.
     """
 
     def __init__(
         self,
-        clip_model: Any,
-        tokenizer: Any,
-        parser: Any,
-        sam: Any | None,
+        clip_model: CLIP,
+        tokenizer: Tokenizer,
+        parser: TextParser,
+        sam: ProposalBackend | Sam | None,
         config: MethodConfig,
         device: torch.device,
         dtype: torch.dtype | None = None,
@@ -157,9 +210,14 @@ class Segmenter:
         self.dtype = dtype
         self.model_info = dict(model_info or {})
         self.stats: collections.Counter[str] = collections.Counter()
+        #: Re-entrant lock guarding the current image, the text cache and :attr:`stats`.
+        self.lock = threading.RLock()
+        self._sam_lock = threading.Lock()
+        self._parse_lock = threading.Lock()
         self._state: ImageState | None = None
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_size = 1024
+        self.last_image_timings: dict[str, float] = {}
         self.logit_scale = float(self.clip.logit_scale.exp().item())
 
     # ------------------------------------------------------------------ construction
@@ -198,7 +256,8 @@ class Segmenter:
             config: a full :class:`MethodConfig` instead of ``preset``.
             sam_checkpoint, clip_checkpoint: explicit checkpoint paths.
             seed: seed of the random weights (``HYBRIDGL_RANDOM_WEIGHTS`` only).
-            **overrides: fields of :class:`MethodConfig` to change, e.g. ``fusion="L2G"``.
+            **overrides: fields of :class:`MethodConfig` to change, e.g. ``fusion="L2G"``
+                or ``max_side=2048`` (the working resolution; None for none).
 
         With ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` or ``full`` the same architectures are built
         with seeded random weights instead of checkpoints: a test and benchmark device
@@ -219,7 +278,7 @@ class Segmenter:
             cfg = cfg.with_options(**overrides)
         dev = pick_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        random_mode = weights.random_weights_mode()
+        random_mode = random_weights_mode()
         spec = props.get_backend_spec(sam) if sam is not None else None
         if spec is not None and spec.needs_transformers:
             props.require_transformers()
@@ -275,14 +334,19 @@ class Segmenter:
             "dtype": str(torch_dtype).replace("torch.", "") if torch_dtype else "float32",
             "spacy_model": parser.model,
             "fusion": cfg.fusion,
+            "max_side": cfg.max_side,
         }
         return cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
 
     # ------------------------------------------------------------------ image side
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         if self.dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.stats[key] += n
 
     @property
     def image_state(self) -> ImageState | None:
@@ -293,150 +357,299 @@ class Segmenter:
         """Make a previously computed :class:`ImageState` current (no recomputation)."""
         if not isinstance(state, ImageState):
             raise TypeError("set_image_state expects an ImageState")
-        self._state = state
-
-    def propose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mask proposals for an ``(H, W, 3)`` uint8 image: masks ``(N, H, W)``, boxes XYWH
-        (from the proposal backend, :attr:`proposer`)."""
-        proposer = self.proposer
-        if proposer is None:
-            raise RuntimeError("this segmenter has no SAM: pass proposals to set_image")
-        self.stats["sam_runs"] += 1
-        with self._autocast():
-            return proposer(image)
+        with self.lock:
+            self._state = state
+            self.last_image_timings = dict(state.timings)
 
     @property
     def proposer(self) -> ProposalBackend | None:
         """The proposal backend (None when built with ``sam=None``)."""
         if self._proposer is None and self.sam is not None:
-            self._proposer = SamV1Backend(self.sam, self.config.sam)
+            with self._sam_lock:
+                if self._proposer is None:
+                    self._proposer = SamV1Backend(self.sam, self.config.sam)
         return self._proposer
 
+    def propose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask proposals of the proposal backend (:attr:`proposer`), at the image's own
+        resolution.
+
+        One image at a time (SAM's generator keeps per-image state): concurrent calls wait.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+
+        Returns:
+            masks ``(N, H, W)`` bool and boxes ``(N, 4)`` float64 XYWH (SAM's ``bbox``), in
+            the generator's order; ``N`` may be 0.
+
+        Raises:
+            RuntimeError: the segmenter was built without SAM.
+        """
+        proposer = self.proposer
+        if proposer is None:
+            raise RuntimeError("this segmenter has no SAM: pass proposals to set_image")
+        with self._sam_lock:
+            self._count("sam_runs")
+            with self._autocast():
+                return proposer(image)
+
     @torch.no_grad()
-    def set_image(self, image: ImageInput, proposals: np.ndarray | None = None) -> ImageState:
-        """Compute and keep everything that depends only on the image.
+    def encode_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+        """Compute everything that depends only on the image; the current image is untouched.
+
+        Proposals (SAM's, or the caller's), the hybrid features of each proposal (METHOD.md
+        sections 1 to 3) and the GEM patch tokens (section 6). When the image's long side
+        exceeds ``config.max_side``, all of it is computed on a copy downscaled to that
+        side (area averaging), and given proposals are downscaled the same way.
 
         Args:
             image: a path, encoded bytes, a PIL image or an ``(H, W, 3)`` uint8 array.
                 EXIF orientation is applied; grayscale, RGBA and palette become RGB.
-            proposals: optional ``(N, H, W)`` bool masks that replace SAM (masks from
-                another segmenter, or ground truth for the oracle setting).
+            proposals: optional ``(N, H, W)`` (or one ``(H, W)``) masks that replace SAM:
+                masks from another segmenter, or ground truth for the oracle setting.
+                Binarised by :func:`hybridgl.masks.as_proposal_masks` (bool as is,
+                numbers ``> 0.5``).
 
         Returns:
-            The new :class:`ImageState` (also kept as :attr:`image_state`).
+            A new :class:`ImageState`.
+
+        Raises:
+            ImageError: the image cannot be read.
+            ValueError: proposals of the wrong shape, or NaN, strings or objects in them.
+            RuntimeError: no proposals given and the segmenter has no SAM.
         """
         t0 = time.perf_counter()
         img = load_image(image)
         h, w = img.shape[:2]
-        if proposals is not None:
-            masks = np.asarray(proposals)
-            if masks.ndim == 2:
-                masks = masks[None]
-            if masks.ndim != 3 or masks.shape[1:] != (h, w):
-                raise ValueError(
-                    f"proposals must be (N, {h}, {w}) masks matching the image, "
-                    f"got shape {masks.shape}"
-                )
-            masks = masks.astype(bool, copy=False)
+        given = as_proposal_masks(proposals, h, w) if proposals is not None else None
+        wh, ww = working_size(h, w, self.config.max_side)
+        work = _downscale_image(img, wh, ww)
+        if given is not None:
+            masks = given if (wh, ww) == (h, w) else resize_masks(given, wh, ww)
             boxes = masks_to_boxes_xywh(masks)
             source = "given"
         else:
-            masks, boxes = self.propose(img)
+            masks, boxes = self.propose(work)
             source = "sam"
         t1 = time.perf_counter()
         with self._autocast():
-            if masks.shape[0]:
-                self.stats["feature_passes"] += 1
+            if masks.shape[0] and masks.any():
+                self._count("feature_passes")
                 feats = hybrid_clip.encode_proposals(
-                    self.clip.visual, img, torch.from_numpy(masks), self.config, self.device
+                    self.clip.visual, work, torch.from_numpy(masks), self.config, self.device
                 ).float()
-            else:
-                feats = torch.zeros((0, self.clip.visual.output_dim), device=self.device)
+            else:  # nothing to see: no feature pass
+                feats = torch.zeros(
+                    (masks.shape[0], self.clip.visual.output_dim), device=self.device
+                )
             t2 = time.perf_counter()
-            self.stats["gem_passes"] += 1
-            pixels = gem_input(img, self.config.gem_size, self.config.keep_aspect).to(self.device)
+            self._count("gem_passes")
+            pixels = gem_input(work, self.config.gem_size, self.config.keep_aspect)
             tokens = gem_patch_tokens(
-                self.clip.visual, pixels, self.config.gem_depth, self.config.gem_ss_iters
+                self.clip.visual,
+                pixels.to(self.device),
+                self.config.gem_depth,
+                self.config.gem_ss_iters,
             )[0].float()
         t3 = time.perf_counter()
-        grid = int(round(tokens.shape[0] ** 0.5))
-        self._state = ImageState(
+        return ImageState(
             image=img,
             masks=masks,
             boxes=boxes,
             features=feats,
             gem_tokens=F.normalize(tokens, dim=-1),
-            gem_grid=grid,
+            gem_grid=int(round(tokens.shape[0] ** 0.5)),
             source=source,
+            timings={"proposals": t1 - t0, "features": t2 - t1, "gem": t3 - t2},
         )
-        self.last_image_timings = {"proposals": t1 - t0, "features": t2 - t1, "gem": t3 - t2}
-        return self._state
+
+    def set_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+        """:meth:`encode_image`, then make the result the current image.
+
+        Args:
+            image: see :meth:`encode_image`.
+            proposals: see :meth:`encode_image`.
+
+        Returns:
+            The new :class:`ImageState` (also kept as :attr:`image_state`).
+        """
+        state = self.encode_image(image, proposals)
+        self.set_image_state(state)
+        return state
 
     # ------------------------------------------------------------------ text side
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """CLIP text embeddings ``(len(texts), E)`` float32, unnormalised, cached by string.
+        """CLIP text embeddings, cached by string.
 
         Texts longer than CLIP's 77-token context are truncated. Each text is encoded on
-        its own (a few positions long, see :func:`encode_text_trimmed`), so its embedding is
-        bitwise the same whatever else is encoded or cached: batching texts of other lengths
-        would change the float rounding, and results would depend on the cache's history.
+        its own (a few positions long, see :func:`~hybridgl.models.clip.encode_text_trimmed`),
+        so its embedding is bitwise the same whatever else is encoded or cached: batching
+        texts of other lengths would change the float rounding, and results would depend on
+        the cache's history.
+
+        Args:
+            texts: the texts (duplicates allowed).
+
+        Returns:
+            ``(len(texts), E)`` float32 embeddings (unnormalised) on the model's device.
         """
         found: dict[str, torch.Tensor] = {}
         for t in dict.fromkeys(texts):
-            emb = self._text_cache.get(t)
+            with self.lock:
+                emb = self._text_cache.get(t)
+                if emb is not None:
+                    self._text_cache.move_to_end(t)
             if emb is None:
                 tokens = self.tokenizer([t]).to(self.device)
                 with self._autocast():
                     emb = encode_text_trimmed(self.clip, tokens)[0].float()
-                self.stats["text_encodes"] += 1
-                self._text_cache[t] = emb
-            else:
-                self._text_cache.move_to_end(t)
+                with self.lock:
+                    self.stats["text_encodes"] += 1
+                    self._text_cache[t] = emb
+                    while len(self._text_cache) > self._text_cache_size:
+                        self._text_cache.popitem(last=False)
             found[t] = emb
-        while len(self._text_cache) > self._text_cache_size:
-            self._text_cache.popitem(last=False)
         return torch.stack([found[t] for t in texts])
 
     def parse(self, expression: str) -> Parse:
-        """Parse an expression (METHOD.md sections 4 to 6); ExpressionError when empty."""
-        if not isinstance(expression, str) or not expression.strip():
-            raise ExpressionError("expression is empty")
-        return self.parser.parse(expression)
-
-    # ------------------------------------------------------------------ scoring
-    def predict(self, expression: str, top_k: int = 3, guidance: bool = True) -> Prediction:
-        """Segment the object ``expression`` refers to in the current image.
+        """Parse an expression (METHOD.md sections 4 to 6).
 
         Args:
-            expression: English referring expression.
-            top_k: number of ranked candidates to return.
+            expression: an English referring expression.
+
+        Returns:
+            The :class:`~hybridgl.types.Parse` (sentence, noun phrase, context nouns,
+            relation, direction).
+
+        Raises:
+            ExpressionError: not a string, or empty.
+        """
+        if not isinstance(expression, str):
+            raise ExpressionError(f"expression must be a string, got {type(expression).__name__}")
+        if not expression.strip():
+            raise ExpressionError("expression is empty")
+        with self._parse_lock:
+            return self.parser.parse(expression)
+
+    # ------------------------------------------------------------------ scoring
+    @staticmethod
+    def _check_top_k(top_k: int) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"top_k must be an integer, got {type(top_k).__name__}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+    def _state_or_current(self, state: ImageState | None) -> ImageState:
+        if state is None:
+            current = self._state
+            if current is None:
+                raise RuntimeError("call set_image() before predict(), or pass state=")
+            return current
+        if not isinstance(state, ImageState):
+            raise TypeError(f"state must be an ImageState, got {type(state).__name__}")
+        return state
+
+    def score(
+        self, state: ImageState, parse: Parse, top_k: int = 3, guidance: bool = True
+    ) -> Prediction:
+        """Score every proposal of ``state`` against a parsed expression and choose one.
+
+        CLIP scores (METHOD.md section 4), relation guidance (section 5), spatial position
+        and coherence guidance (section 6) and the final choice (section 7). Only reads
+        ``state``; the current image is not used.
+
+        Args:
+            state: an :class:`ImageState` from :meth:`encode_image`.
+            parse: a :class:`~hybridgl.types.Parse` from :meth:`parse`.
+            top_k: number of ranked candidates to return (>= 1).
             guidance: apply spatial guidance (sections 5 to 7); False returns the pure
                 CLIP choice.
 
-        Raises:
-            RuntimeError: before :meth:`set_image`.
-            ExpressionError: empty expression.
+        Returns:
+            The :class:`~hybridgl.types.Prediction`; its mask is ``(H, W)`` bool at the
+            input resolution. ``found`` is False when no proposal has a pixel.
         """
-        if self._state is None:
-            raise RuntimeError("call set_image() before predict()")
+        self._check_top_k(top_k)
+        if not isinstance(state, ImageState):
+            raise TypeError(f"state must be an ImageState, got {type(state).__name__}")
+        if not isinstance(parse, Parse):
+            raise TypeError(f"parse must be a Parse, got {type(parse).__name__}")
+        return self._score(state, parse, top_k, guidance, time.perf_counter())
+
+    def predict(
+        self,
+        expression: str,
+        top_k: int = 3,
+        guidance: bool = True,
+        state: ImageState | None = None,
+    ) -> Prediction:
+        """Segment the object ``expression`` refers to: :meth:`parse`, then :meth:`score`.
+
+        Args:
+            expression: English referring expression.
+            top_k: number of ranked candidates to return (>= 1).
+            guidance: apply spatial guidance (sections 5 to 7); False returns the pure
+                CLIP choice.
+            state: the image to answer on; None means the current image (set by
+                :meth:`set_image`). With a state the current image is never touched.
+
+        Returns:
+            The :class:`~hybridgl.types.Prediction`.
+
+        Raises:
+            RuntimeError: no ``state`` and no current image.
+            ExpressionError: empty expression, or not a string.
+            ValueError: ``top_k < 1``.
+        """
+        self._check_top_k(top_k)
+        st = self._state_or_current(state)
         t0 = time.perf_counter()
-        parse = self.parse(expression)
-        return self._score(self._state, parse, top_k, guidance, t0)
+        return self._score(st, self.parse(expression), top_k, guidance, t0)
 
     def predict_many(
-        self, expressions: Iterable[str], top_k: int = 3, guidance: bool = True
+        self,
+        expressions: Iterable[str],
+        top_k: int = 3,
+        guidance: bool = True,
+        state: ImageState | None = None,
     ) -> list[Prediction]:
-        """:meth:`predict` for several expressions on the current image."""
-        return [self.predict(e, top_k=top_k, guidance=guidance) for e in expressions]
+        """:meth:`predict` for several expressions on one image.
+
+        The image is chosen once (``state``, else the current image at the call), so every
+        answer belongs to the same image.
+
+        Args:
+            expressions: a list (or any iterable) of expressions; a single string is a
+                TypeError, not one expression per character.
+            top_k: see :meth:`predict`.
+            guidance: see :meth:`predict`.
+            state: see :meth:`predict`.
+
+        Returns:
+            One :class:`~hybridgl.types.Prediction` per expression, in order.
+        """
+        if isinstance(expressions, (str, bytes)):
+            raise TypeError(
+                "predict_many expects a list of expressions, not a single string; "
+                "use predict() for one expression"
+            )
+        exprs = list(expressions)
+        self._check_top_k(top_k)
+        st = self._state_or_current(state)
+        out = []
+        for e in exprs:
+            t0 = time.perf_counter()
+            out.append(self._score(st, self.parse(e), top_k, guidance, t0))
+        return out
 
     @torch.no_grad()
     def _score(
         self, st: ImageState, parse: Parse, top_k: int, use_guidance: bool, t0: float
     ) -> Prediction:
         cfg = self.config
-        n = st.num_proposals
-        if n == 0:
+        if not st.has_pixels:
             return Prediction(
                 mask=np.zeros((st.height, st.width), dtype=bool),
                 box=(0.0, 0.0, 0.0, 0.0),
@@ -446,7 +659,7 @@ class Segmenter:
                 pure_index=None,
                 index=None,
                 parse=parse,
-                num_proposals=0,
+                num_proposals=st.num_proposals,
                 timings={"predict": time.perf_counter() - t0},
             )
         ctx_prompts = [cfg.context_prompt + c for c in parse.context_nouns]
@@ -477,13 +690,13 @@ class Segmenter:
         boxes = torch.as_tensor(st.boxes, dtype=torch.float32, device=c.device)
         t_idx, r = guidance.relation_guidance(p, q, boxes, parse.relation, cfg.k1, cfg.k2)
 
-        # spatial position and coherence guidance on the top-k1 masks only
+        # spatial position and coherence guidance on the top-k1 masks only, at the
+        # masks' (working) resolution
         g = st.gem_grid
+        wh, ww = st.work_size
         cos = (st.gem_tokens @ F.normalize(emb[-1], dim=-1)).view(g, g)
-        heat = self._heat(cos.float().cpu(), st)
-        prior = guidance.direction_prior(
-            parse.direction, st.height, st.width, vertical=cfg.vertical_priors
-        )
+        heat = guidance.image_heat_map(cos.float().cpu(), cfg.gem_size, wh, ww, cfg.keep_aspect)
+        prior = guidance.direction_prior(parse.direction, wh, ww, vertical=cfg.vertical_priors)
         beta = guidance.beta_for(parse.relation, cfg.beta_big, cfg.beta_small, cfg.beta_default)
         t_list = t_idx.tolist()
         g_t = guidance.coherence_scores(heat, prior, torch.from_numpy(st.masks[t_list]), beta)
@@ -517,16 +730,6 @@ class Segmenter:
         timings = {"text": t_text - t0, "predict": time.perf_counter() - t0}
         return self._prediction(st, parse, pure, chosen, float(final[best]), cands, timings)
 
-    def _heat(self, cos: torch.Tensor, st: ImageState) -> torch.Tensor:
-        cfg = self.config
-        if not cfg.keep_aspect:
-            return guidance.heat_map(cos, cfg.gem_size, (st.height, st.width))
-        side, top, left = hybrid_clip.square_padding(st.height, st.width)
-        square = guidance.heat_map(cos, cfg.gem_size, (side, side))
-        crop = square[top : top + st.height, left : left + st.width]
-        lo, hi = crop.min(), crop.max()
-        return (crop - lo) / (hi - lo) if hi > lo else torch.zeros_like(crop)
-
     @staticmethod
     def _prediction(
         st: ImageState,
@@ -537,10 +740,14 @@ class Segmenter:
         cands: list[Candidate],
         timings: dict[str, float],
     ) -> Prediction:
-        b = st.boxes[chosen]
-        box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+        mask = st.input_mask(chosen)
+        if st.work_size == (st.height, st.width):
+            b = st.boxes[chosen]
+            box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+        else:  # the box of the mask as returned, at the input resolution
+            box = mask_to_box(mask)
         return Prediction(
-            mask=st.masks[chosen].copy(),
+            mask=mask,
             box=box,
             score=score,
             found=True,
