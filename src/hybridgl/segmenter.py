@@ -334,7 +334,6 @@ class Segmenter:
             "dtype": str(torch_dtype).replace("torch.", "") if torch_dtype else "float32",
             "spacy_model": parser.model,
             "fusion": cfg.fusion,
-            "max_side": cfg.max_side,
         }
         return cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
 

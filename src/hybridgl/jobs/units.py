@@ -121,15 +121,14 @@ class SegmenterSpec:
         Recorded in a run's settings, so that a run resumed on another engine, whose models
         load on remote workers, is recognised as the same run.
         """
-        from hybridgl import weights
         from hybridgl.config import get_preset
+        from hybridgl.models import random_weights_mode
         from hybridgl.text import DEFAULT_SPACY_MODEL
 
         self.apply_env()
         dtype = "float32"
         if self.dtype not in (None, "fp32"):
-            from hybridgl.models.runtime import resolve_dtype
-            from hybridgl.segmenter import pick_device
+            from hybridgl.models.runtime import pick_device, resolve_dtype
 
             resolved = resolve_dtype(self.dtype, pick_device(self.device))
             dtype = str(resolved).replace("torch.", "") if resolved else "float32"
@@ -137,7 +136,7 @@ class SegmenterSpec:
             "sam": self.sam,
             "clip": "ViT-B-16",
             "preset": self.preset,
-            "random_weights": weights.random_weights_mode(),
+            "random_weights": random_weights_mode(),
             "dtype": dtype,
             "spacy_model": self.spacy_model or DEFAULT_SPACY_MODEL,
             "fusion": get_preset(self.preset).fusion,
@@ -146,9 +145,10 @@ class SegmenterSpec:
     def checkpoints(self) -> list[str]:
         """Registry names of the checkpoints this spec needs (none with random weights)."""
         from hybridgl import weights
+        from hybridgl.models import random_weights_mode
 
         self.apply_env()
-        if weights.random_weights_mode():
+        if random_weights_mode():
             return []
         names = ["clip:ViT-B-16"]
         if self.sam is not None:
