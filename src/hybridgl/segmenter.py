@@ -201,10 +201,12 @@ class Segmenter:
         self.parser = parser
         # ``sam``: a ProposalBackend, or a SAM v1 module (wrapped in SamV1Backend on use)
         self._proposer: ProposalBackend | None = None
+        module: Sam | None
         if isinstance(sam, ProposalBackend):
-            self._proposer = sam
-            sam = sam.model
-        self.sam = sam.eval() if sam is not None else None
+            self._proposer, module = sam, sam.model
+        else:
+            module = sam
+        self.sam: Sam | None = module.eval() if module is not None else None
         self.config = config
         self.device = device
         self.dtype = dtype

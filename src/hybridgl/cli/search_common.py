@@ -59,13 +59,13 @@ def add_model_options(p: argparse.ArgumentParser, *, sam: bool) -> None:
 
 def make_index(args: argparse.Namespace, **extra: Any) -> Any:
     """The :class:`~hybridgl.search.index.Index` the options ask for."""
-    from hybridgl import weights
     from hybridgl.cli.common import _check_device
+    from hybridgl.models import random_weights_mode
     from hybridgl.search.index import Index
 
     _check_device(getattr(args, "device", None))
     try:
-        weights.random_weights_mode()
+        random_weights_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
     return Index(

@@ -480,8 +480,8 @@ class Index:
         self, stored: dict[str, Any] | None, *, need_sam: bool
     ) -> dict[str, Any]:
         """The fingerprint the options ask for, without loading a model."""
-        from hybridgl import weights
         from hybridgl.config import get_preset
+        from hybridgl.models import random_weights_mode
 
         base = stored or {}
         preset = self._opts["preset"] or base.get("preset") or "paper"
@@ -495,7 +495,7 @@ class Index:
             sam=sam,
             clip=self._opts["clip"] or base.get("clip") or "ViT-B-16",
             preset=preset,
-            random_weights=weights.random_weights_mode(),
+            random_weights=random_weights_mode(),
             dtype=dtype,
             dim=int(base.get("dim", 0)),
             config=get_preset(preset),
