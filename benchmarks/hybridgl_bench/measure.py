@@ -90,10 +90,8 @@ def expression_texts(seg: Any, parse: Any) -> list[str]:
 
 
 def _text_encoder() -> Any:
-    try:
-        from hybridgl.models.clip import encode_text_trimmed
-    except ImportError:  # before the core helper moved it into models/
-        from hybridgl.segmenter import encode_text_trimmed
+    from hybridgl.models.clip import encode_text_trimmed
+
     return encode_text_trimmed
 
 

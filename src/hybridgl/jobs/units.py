@@ -144,7 +144,6 @@ class SegmenterSpec:
 
     def checkpoints(self) -> list[str]:
         """Registry names of the checkpoints this spec needs (none with random weights)."""
-        from hybridgl import weights
         from hybridgl.models import random_weights_mode
 
         self.apply_env()
