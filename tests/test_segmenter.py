@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from hybridgl.errors import ExpressionError, ImageError, WeightsError
-from hybridgl.models.sam import masks_to_boxes_xywh
+from hybridgl.masks import masks_to_boxes_xywh
 
 
 def test_predict_before_set_image_raises():

@@ -17,10 +17,6 @@ import torch
 
 from hybridgl.errors import WeightsError
 
-# Moved to hybridgl.masks (mask formats and boxes live there); re-exported for the
-# callers that still import it from here.
-from hybridgl.masks import masks_to_boxes_xywh  # noqa: F401
-
 log = logging.getLogger(__name__)
 
 
