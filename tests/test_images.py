@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hybridgl.errors import ImageError
+from hybridgl.errors import ImageError, ImageTooLargeError
 from hybridgl.images import DEFAULT_MAX_PIXELS, load_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,8 +211,10 @@ def test_max_pixels_for_every_input_kind(kind: str, tmp_path: Path) -> None:
         if kind == "path":
             (tmp_path / "a.png").write_bytes(data)
     assert load_image(source, max_pixels=120).shape == (10, 12, 3)  # type: ignore[arg-type]
-    with pytest.raises(ImageError, match=r"12 x 10 = 120 pixels.*limit of 119"):
+    with pytest.raises(ImageTooLargeError, match=r"12 x 10 = 120 pixels.*limit of 119") as info:
         load_image(source, max_pixels=119)  # type: ignore[arg-type]
+    assert (info.value.height, info.value.width, info.value.limit) == (10, 12, 119)
+    assert isinstance(info.value, ImageError)
     assert load_image(source, max_pixels=None).shape == (10, 12, 3)  # type: ignore[arg-type]
 
 
@@ -224,7 +226,7 @@ def test_huge_png_is_refused_from_its_header_with_flat_memory(tmp_path: Path) ->
     # a fresh interpreter, so the peak RSS measures this load only
     script = f"""
 import resource
-from hybridgl.errors import ImageError
+from hybridgl.errors import ImageError, ImageTooLargeError
 from hybridgl.images import load_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -247,7 +249,7 @@ def test_pillow_bomb_warning_becomes_image_error(tmp_path: Path) -> None:
     data = blank_png(10000, 10000)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ImageError, match="too large"):
+        with pytest.raises(ImageTooLargeError, match="too large"):
             load_image(data)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 

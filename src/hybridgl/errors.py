@@ -11,6 +11,25 @@ class ImageError(HybridGLError, ValueError):
     """An image could not be read or has an unsupported layout."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the limit (``max_pixels``), found before decoding.
+
+    Attributes:
+        height, width: the image's size (None when only Pillow's own limit knew it).
+        limit: the pixel limit that was exceeded (None for Pillow's own).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        height: int | None = None,
+        width: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.height, self.width, self.limit = height, width, limit
+
+
 class ExpressionError(HybridGLError, ValueError):
     """A referring expression is empty or not a string."""
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hybridgl.errors import ImageError
+from hybridgl.errors import ImageError, ImageTooLargeError
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -57,15 +57,19 @@ def check_pixels(height: int, width: int, max_pixels: int | None, name: str = "i
     """Refuse an image of ``height x width`` above ``max_pixels`` (None: no limit).
 
     Raises:
-        ImageError: the image is too large; the message gives both numbers.
+        ImageTooLargeError: the image is too large (an :class:`ImageError`); the message
+            gives both numbers, the attributes the size and the limit.
     """
     if max_pixels is None:
         return
     pixels = int(height) * int(width)
     if pixels > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{name} is too large: {width} x {height} = {pixels:,} pixels, "
-            f"above the limit of {max_pixels:,} (max_pixels; the CLI's --max-pixels)"
+            f"above the limit of {max_pixels:,} (max_pixels; the CLI's --max-pixels)",
+            height=int(height),
+            width=int(width),
+            limit=int(max_pixels),
         )
 
 
@@ -165,20 +169,25 @@ def _open(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(source)
     except Image.DecompressionBombError as e:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image {name} is too large: {e} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ImageError(f"cannot read image {name}: {e}") from None
     with img:
-        width, height = img.size
-        check_pixels(height, width, max_pixels, name=f"image {name}")
-        try:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"cannot read image {name}: {e}") from None
-        return _pil_to_rgb(upright)
+        return _decode(img, f"image {name}", max_pixels)
+
+
+def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
+    """Check the size (known before decoding), decode, apply EXIF orientation, convert."""
+    width, height = img.size
+    check_pixels(height, width, max_pixels, name=name)
+    try:
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"cannot read {name}: {e}") from None
+    return _pil_to_rgb(upright)
 
 
 def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -194,7 +203,8 @@ def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             and bytes are checked from their header, before decoding.
 
     Raises:
-        ImageError: the input cannot be read, is too large, or has an unsupported shape,
+        ImageError: the input cannot be read, is too large (the subclass
+            :class:`~hybridgl.errors.ImageTooLargeError`), or has an unsupported shape,
             dtype, mode or value range.
     """
     if isinstance(image, np.ndarray):
@@ -202,14 +212,7 @@ def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             check_pixels(image.shape[0], image.shape[1], max_pixels, name="image array")
         return _array_to_rgb(image)
     if isinstance(image, Image.Image):
-        width, height = image.size
-        check_pixels(height, width, max_pixels, name="image")
-        try:
-            image.load()
-            img = ImageOps.exif_transpose(image)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"cannot read image: {e}") from None
-        return _pil_to_rgb(img)
+        return _decode(image, "image", max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _open(io.BytesIO(bytes(image)), "<bytes>", max_pixels)
     if isinstance(image, (str, os.PathLike)):
