@@ -64,13 +64,6 @@ def pixel_key(image: Any) -> str:
     return hashlib.sha256(arr.tobytes() + repr(arr.shape).encode()).hexdigest()
 
 
-def _encode(seg: Any, image: Any, proposals: Any) -> Any:
-    encode = getattr(seg, "encode_image", None)
-    if encode is not None:
-        return encode(image, proposals=proposals)
-    return seg.set_image(image, proposals=proposals)
-
-
 class GivenProposals:
     """A real Segmenter that takes COCO instance masks as proposals for known images."""
 
@@ -81,7 +74,7 @@ class GivenProposals:
     def encode_image(self, image: Any, proposals: Any = None) -> Any:
         if proposals is None:
             proposals = self._table.get(pixel_key(image))
-        return _encode(self._seg, image, proposals)
+        return self._seg.encode_image(image, proposals=proposals)
 
     def set_image(self, image: Any, proposals: Any = None) -> Any:
         raise AssertionError("the server must use encode_image, never set_image")
@@ -105,8 +98,6 @@ class BlockingSegmenter:
         self.entered.set()
         self.release.wait(60)
         raise RuntimeError("released by the test")
-
-    set_image = encode_image
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._seg, name)
@@ -145,7 +136,7 @@ class GatedSegmenter:
         self.gate.wait(120)
         if proposals is None and self._default_proposals is not None:
             proposals = self._default_proposals(*np.asarray(image).shape[:2])
-        return _encode(self._seg, image, proposals)
+        return self._seg.encode_image(image, proposals=proposals)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._seg, name)

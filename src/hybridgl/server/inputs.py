@@ -154,17 +154,6 @@ def decode_upload(upload: Upload, settings: ServerSettings) -> np.ndarray:
 ProposalsBuilder = Callable[[int, int], np.ndarray]
 
 
-def _binarise(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    from hybridgl import masks as masks_module
-
-    rule = getattr(masks_module, "as_proposal_masks", None)  # the package's one rule
-    if rule is not None:
-        return rule(masks, height, width)
-    if masks.ndim == 2:
-        masks = masks[None]
-    return masks if masks.dtype == np.bool_ else masks > 0.5
-
-
 def _rle_proposals(text: bytes, height: int, width: int, settings: ServerSettings) -> np.ndarray:
     """``(N, H, W)`` bool from a JSON list of COCO RLEs, checked before decoding any."""
     from hybridgl.masks import rle_to_mask
@@ -212,7 +201,7 @@ def proposals_builder(part: bytes, settings: ServerSettings) -> ProposalsBuilder
         raise ApiError(422, "invalid_proposals", "the proposals part is empty")
 
     def build(height: int, width: int) -> np.ndarray:
-        from hybridgl.masks import read_proposals_npy
+        from hybridgl.masks import as_proposal_masks, read_proposals_npy
 
         try:
             if part[:6] == b"\x93NUMPY":
@@ -225,7 +214,7 @@ def proposals_builder(part: bytes, settings: ServerSettings) -> ProposalsBuilder
                 )
             else:
                 masks = _rle_proposals(part, height, width, settings)
-            return _binarise(masks, height, width)
+            return as_proposal_masks(masks, height, width)  # the package's one rule
         except ValueError as e:
             raise ApiError(422, "invalid_proposals", str(e)) from None
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import inspect
 import logging
 import math
 import threading
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +42,9 @@ from hybridgl.server.cache import LRUCache
 from hybridgl.server.errors import ApiError
 from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload, too_large
 from hybridgl.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from hybridgl.protocols import SegmenterLike
 
 log = logging.getLogger("hybridgl.server")
 
@@ -149,7 +151,6 @@ class ModelService:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._flights: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._predict_takes_state: bool | None = None
 
     # lifecycle ------------------------------------------------------------------------
     @property
@@ -344,28 +345,17 @@ class ModelService:
 
     # the segmenter's explicit-state API ------------------------------------------------
     @staticmethod
-    def _encode_image(seg: Any, image: np.ndarray, proposals: np.ndarray | None) -> Any:
-        encode = getattr(seg, "encode_image", None)
-        if encode is not None:
-            return encode(image, proposals=proposals)
-        return seg.set_image(image, proposals=proposals)  # older segmenters (model thread only)
+    def _encode_image(seg: SegmenterLike, image: np.ndarray, proposals: np.ndarray | None) -> Any:
+        return seg.encode_image(image, proposals=proposals)  # pure: no current image
 
+    @staticmethod
     def _predict_many(
-        self, seg: Any, expressions: list[str], top_k: int, guidance: bool, state: Any
+        seg: SegmenterLike, expressions: list[str], top_k: int, guidance: bool, state: Any
     ) -> list[Any]:
         from hybridgl.errors import ExpressionError
 
-        if self._predict_takes_state is None:
-            try:
-                params = inspect.signature(seg.predict_many).parameters
-                self._predict_takes_state = "state" in params
-            except (TypeError, ValueError):
-                self._predict_takes_state = True
         try:
-            if self._predict_takes_state:
-                return seg.predict_many(expressions, top_k=top_k, guidance=guidance, state=state)
-            seg.set_image_state(state)  # older segmenters (model thread only)
-            return seg.predict_many(expressions, top_k=top_k, guidance=guidance)
+            return seg.predict_many(expressions, top_k=top_k, guidance=guidance, state=state)
         except ExpressionError as e:
             raise ApiError(422, "invalid_expression", str(e)) from None
 
@@ -448,9 +438,7 @@ class ModelService:
 
 
 def _is_segmenter(obj: Any) -> bool:
-    return hasattr(obj, "predict_many") and (
-        hasattr(obj, "encode_image") or hasattr(obj, "set_image")
-    )
+    return hasattr(obj, "predict_many") and hasattr(obj, "encode_image")
 
 
 def proposals_digest(data: bytes) -> str:
