@@ -135,7 +135,9 @@ def _connect(ray: Any, opts: EngineOptions) -> bool:
     return True
 
 
-def _plan(ray: Any, opts: EngineOptions, n_units: int) -> tuple[int, float, int]:
+def _plan(
+    ray: Any, opts: EngineOptions, n_units: int, spec: SegmenterSpec
+) -> tuple[int, float, int]:
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
@@ -146,7 +148,7 @@ def _plan(ray: Any, opts: EngineOptions, n_units: int) -> tuple[int, float, int]
         from hybridgl.cli.common import UsageError
 
         raise UsageError(f"--gpus-per-worker {gpw:g}: the Ray cluster has no GPU")
-    threads = int(opts.threads_per_worker or 1)  # also the actor's num_cpus
+    threads = int(opts.threads_per_worker or spec.threads or 1)  # also the actor's num_cpus
     workers = opts.workers
     if workers is None:
         workers = int(gpus // gpw) if gpw > 0 else max(1, min(2, int(cpus // threads)))
@@ -185,7 +187,7 @@ def _run(
     opts: EngineOptions,
     on_start: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    workers, gpw, threads = _plan(ray, opts, len(units))
+    workers, gpw, threads = _plan(ray, opts, len(units), spec)
     if spec.threads is None:
         spec = dataclasses.replace(spec, threads=threads)
     facts: dict[str, Any] = {
