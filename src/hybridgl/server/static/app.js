@@ -419,6 +419,6 @@
     loadModelInfo();
   });
 
-  window.hybridgl = { decodeRle, maskArea, state };
+  window.hybridgl = { api, decodeRle, maskArea, state };
   loadModelInfo();
 })();

@@ -23,11 +23,9 @@
     detailClose: $("detail-close"),
     detailCanvas: $("detail-canvas"),
     detailCandidates: $("detail-candidates"),
-    keyForm: $("key-form"),
   };
   const COLORS = { answer: [229, 72, 77], candidate: [46, 125, 246] };
   const THUMB = 360;
-  const KEY_STORE = "hybridgl.apiKey";
   const state = { last: null, bitmaps: {}, controller: null, detail: null };
 
   function show(el, on) { el.hidden = !on; }
@@ -35,18 +33,9 @@
   function setError(text) { els.error.textContent = text || ""; show(els.error, Boolean(text)); }
   function fmt(x, d = 4) { return typeof x === "number" && isFinite(x) ? x.toFixed(d) : "–"; }
 
-  async function api(path, options) {
-    const opts = Object.assign({}, options || {});
-    const key = sessionStorage.getItem(KEY_STORE);
-    opts.headers = Object.assign({}, opts.headers || {});
-    if (key) opts.headers.Authorization = `Bearer ${key}`;
-    const r = await fetch(path, opts);
-    if (r.status === 401) {
-      show(els.keyForm, true);
-      throw new Error("This server needs an API key: enter it above.");
-    }
-    return r;
-  }
+  // requests go through the page's one API helper (it adds the API key and asks for it
+  // on a 401), defined in app.js
+  const api = (path, options) => window.hybridgl.api(path, options);
 
   // the image behind a hit, fetched once (with the API key when there is one)
   async function bitmapFor(hit) {
