@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from hybridgl import fileio
-from hybridgl.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from hybridgl.fileio import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def _names(folder: Path) -> list[str]:
@@ -128,3 +134,25 @@ def test_atomic_path_rewords_writer_errors_on_the_temp_only(tmp_path: Path) -> N
     assert info.value.errno == 28 and str(target) in str(info.value)
     assert ".tmp" not in str(info.value)
     assert _names(tmp_path) == []
+
+
+def test_atomic_dir_fills_then_renames_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "snapshot"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".")
+        assert not target.exists()  # nothing under the final name while filling
+        (tmp / "a.json").write_text("1")
+    assert _names(target) == ["a.json"] and _names(tmp_path) == ["snapshot"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.json").write_text("2")
+    assert _names(target) == ["b.json"] and _names(tmp_path) == ["snapshot"]
+
+
+def test_atomic_dir_error_keeps_the_old_folder(tmp_path: Path) -> None:
+    target = tmp_path / "snapshot"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(ConnectionError), atomic_dir(target) as tmp:
+        (tmp / "half").write_text("x")
+        raise ConnectionError("network down")
+    assert _names(target) == ["old.txt"] and _names(tmp_path) == ["snapshot"]

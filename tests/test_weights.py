@@ -532,3 +532,33 @@ def test_offline_and_failed_download_give_the_same_hint(
         f"in one of these directories, searched in this order:\n  - {isolated_env}\n"
     )
     assert hint in str(failed.value) and hint in str(offline.value)
+
+
+def test_hub_download_is_all_or_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # files arrive one by one into a hidden folder (hybridgl.fileio.atomic_dir) that is
+    # renamed into place only when every file is there
+    import huggingface_hub
+
+    ckpt = next(c for c in weights.REGISTRY.values() if c.is_hub and len(c.hub_files) > 1)
+    calls: list[str] = []
+
+    def fake_download(repo: str, filename: str, revision: str, local_dir: Path) -> str:
+        calls.append(filename)
+        if fail and len(calls) == len(ckpt.hub_files):
+            raise ConnectionError("network down")
+        out = Path(local_dir) / filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(filename)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    fail = True
+    with pytest.raises(WeightsError, match="network down"):
+        weights.download_hub(ckpt, tmp_path, progress=False)
+    assert leftovers(tmp_path) == []
+    fail, calls = False, []
+    final = weights.download_hub(ckpt, tmp_path, progress=False)
+    assert final == tmp_path / ckpt.filename and leftovers(tmp_path) == [ckpt.filename]
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()) == sorted(
+        ckpt.hub_files
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from typing import Any
 PathLike = str | os.PathLike
 
 __all__ = [
+    "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -146,6 +148,51 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except OSError as e:
         _unlink_quietly(tmp)
         raise _reword(e, target) from None
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that replaces the folder ``path`` when the block succeeds.
+
+    For results made of several files (e.g. a model snapshot): fill the yielded folder;
+    on success it is renamed to ``path``; on any exception it is removed with everything
+    in it and ``path`` is left as it was. An existing folder at ``path`` is first renamed
+    aside and removed only after the new one is in place (a folder cannot be swapped in
+    one step, so for an instant ``path`` is absent; it is never half-filled).
+
+    Yields:
+        The temporary folder, beside ``path`` (same file system).
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_current_umask())
+    except OSError as e:
+        raise _reword(e, target) from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old: Path | None = None
+    try:
+        if target.exists() or target.is_symlink():
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except OSError as e:
+        if old is not None and not target.exists():
+            os.replace(old, target)  # put the previous folder back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _reword(e, target) from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(target.parent)
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.errors import WeightsError
-from hybridgl.fileio import atomic_path, atomic_write_json
+from hybridgl.fileio import atomic_dir, atomic_path, atomic_write_json
 
 # The random-weights switch lives beside the model builders (hybridgl.models); this name
 # stays importable from here only until tests/conftest.py reads it from there.
@@ -713,7 +713,6 @@ def download_hub(ckpt: Checkpoint, dest_dir: Path | None = None, progress: bool 
     (huggingface_hub's own variable) selects a mirror.
     """
     import shutil
-    import tempfile
 
     if not ckpt.is_hub or ckpt.hub_repo is None:
         raise ValueError(f"{ckpt.name!r} is not a Hugging Face Hub entry")
@@ -726,21 +725,13 @@ def download_hub(ckpt: Checkpoint, dest_dir: Path | None = None, progress: bool 
         ) from None
     target_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     final = target_dir / ckpt.filename
-    try:
-        target_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target_dir))
-    except OSError as exc:
-        raise WeightsError(f"Cannot write {ckpt.filename} into {target_dir}: {exc}") from exc
     logger.info("downloading %s from %s@%s to %s", ckpt.name, ckpt.hub_repo, ckpt.revision, final)
     try:
-        for f in ckpt.hub_files:
-            hf_hub_download(ckpt.hub_repo, f, revision=ckpt.revision, local_dir=tmp)
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_dir(final) as tmp:
+            for f in ckpt.hub_files:
+                hf_hub_download(ckpt.hub_repo, f, revision=ckpt.revision, local_dir=tmp)
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise WeightsError(
             f"Downloading {ckpt.name} from the Hugging Face Hub ({ckpt.hub_repo}, revision "
             f"{ckpt.revision}) failed: {exc}. " + _how_to_get(ckpt, [target_dir])
