@@ -11,15 +11,7 @@ import numpy as np
 from hybridgl.server.service import Outcome
 
 
-def _num(x: Any) -> float | None:
-    """A JSON-safe float (None for NaN/inf/None)."""
-    if x is None:
-        return None
-    f = float(x)
-    return f if math.isfinite(f) else None
-
-
-def prediction_json(
+def result_record(
     pred: Any,
     state: Any,
     *,
@@ -39,7 +31,7 @@ def prediction_json(
     for cand in rec.get("candidates", []):
         idx = int(cand["index"])
         if boxes is not None and 0 <= idx < len(boxes):
-            cand["box"] = [_num(v) for v in boxes[idx]]
+            cand["box"] = [float(v) for v in boxes[idx]]
         if candidate_masks:
             cand["mask"] = mask_to_rle(np.asarray(state.masks[idx], dtype=bool))
     return rec
@@ -57,7 +49,7 @@ def segment_body(
     """The JSON body of ``POST /v1/segment`` (docs/SERVER.md, "JSON response")."""
     state = outcome.state
     results = [
-        prediction_json(p, state, candidate_masks=candidate_masks, polygons=polygons)
+        result_record(p, state, candidate_masks=candidate_masks, polygons=polygons)
         for p in outcome.predictions
     ]
     return {
@@ -78,11 +70,12 @@ def segment_body(
 def result_headers(outcome: Outcome) -> dict[str, str]:
     """Headers with the first result's facts (also on PNG answers)."""
     first = outcome.predictions[0]
+    score = float(first.score)
     return {
         "X-Image-SHA256": outcome.upload.sha256,
         "X-Cache-Hit": "true" if outcome.cache_hit else "false",
         "X-Found": "true" if first.found else "false",
-        "X-Score": f"{_num(first.score) or 0.0:.6g}",
+        "X-Score": f"{score:.6g}" if math.isfinite(score) else "null",
     }
 
 

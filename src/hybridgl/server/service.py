@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,21 +105,6 @@ class _Gauge:
     def info(self) -> dict[str, int]:
         with self._lock:
             return {"active": self.active, "peak": self.peak, "total": self.total}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, int, str)) or obj is None:
-        return obj
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return str(obj)
 
 
 class ModelService:
@@ -424,7 +408,7 @@ class ModelService:
     def model_info(self) -> dict[str, Any]:
         seg = self._segmenter
         info = getattr(seg, "model_info", None) if seg is not None else None
-        return _jsonable(dict(info)) if info else {}
+        return dict(info) if info else {}  # JSON-ready by the segmenter's contract
 
     def stats(self) -> dict[str, int]:
         seg = self._segmenter
