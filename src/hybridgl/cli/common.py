@@ -324,9 +324,10 @@ def sam_option(args: argparse.Namespace) -> str | None:
     return None if sam in (None, "none") else str(sam)
 
 
-def add_max_pixels_arg(parser: Any) -> None:
+def add_max_pixels_arg(parser: Any, refused: str = "a failed row") -> None:
     """``--max-pixels N`` on a parser or argument group: the image size cap of ``load_image``
-    (0: no cap of ours), with the library's default."""
+    (0: no cap of ours), with the library's default. ``refused`` says what a refused image
+    becomes for this command (a failed row, exit 3)."""
     from hybridgl.images import DEFAULT_MAX_PIXELS
 
     parser.add_argument(
@@ -335,8 +336,8 @@ def add_max_pixels_arg(parser: Any) -> None:
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
         help="refuse images above N pixels, checked from the file header before decoding "
-        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours); a refused image is a "
-        "failed row",
+        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours, Pillow's own "
+        f"decompression-bomb limit still applies); a refused image is {refused}",
     )
 
 

@@ -18,12 +18,11 @@ from hybridgl.cli.common import (
     EXIT_OK,
     InputError,
     UsageError,
+    add_max_pixels_arg,
     add_model_args,
     build_segmenter,
-    non_negative_int,
     predict_options,
 )
-from hybridgl.images import DEFAULT_MAX_PIXELS
 
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -73,15 +72,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MASKS.npy",
         help="use these N x H x W bool masks (.npy) instead of SAM's proposals",
     )
-    p.add_argument(
-        "--max-pixels",
-        type=non_negative_int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="refuse images above N pixels, checked from the file header before decoding "
-        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours, Pillow's own "
-        "decompression-bomb limit still applies)",
-    )
+    add_max_pixels_arg(p, refused="exit 3 (bad input)")
     add_model_args(p)
     p.set_defaults(func=run)
     return p
