@@ -308,7 +308,8 @@ def test_serve_warns_on_a_public_address_without_a_key(capsys, monkeypatch):
 
 def test_uploads_are_decoded_under_the_images_in_flight_bound(tiny_segmenter):
     """Six different uploads at once: only ``images_in_flight`` are decoded while the
-    model is busy; the others wait still encoded (counted by the service, not mocked)."""
+    model is busy; the others wait still encoded (counted by the service, not mocked).
+    Answers (dense masks, RLE and PNG buffers) are built under the same bound."""
     gated = GatedSegmenter(tiny_segmenter, default_proposals=halves)
     settings = ServerSettings(images_in_flight=2, max_queue=10, cache_size=8)
     n = 6
@@ -349,6 +350,8 @@ def test_uploads_are_decoded_under_the_images_in_flight_bound(tiny_segmenter):
         ]
         h = c.get("/health").json()
         assert h["images"] == {"active": 0, "peak": 2, "total": n, "max": 2}
+        # dense predictions and answer buffers are bounded the same way
+        assert h["answers"]["total"] == n and 1 <= h["answers"]["peak"] <= 2
         assert h["queue"]["pending"] == 0
 
 

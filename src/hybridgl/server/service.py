@@ -14,7 +14,10 @@ Bounds, in the order a request meets them:
    features, GEM tokens) run as one job on a pool of ``images_in_flight`` threads, so at
    most that many decoded images exist outside the cache; further uploads wait, still
    encoded. Requests for the same image (and proposals) wait for the first one and then
-   hit the cache: each image is encoded once.
+   hit the cache: each image is encoded once. Likewise, predicting and building the
+   answer run as one job on a second pool of that size, so at most ``images_in_flight``
+   requests hold their dense masks (expressions x H x W bytes) and per-pixel answer
+   buffers (RLE, polygons, PNG) at once.
 3. **The model**: every segmenter call runs on one dedicated thread, so calls never
    interleave and the event loop never waits on the model. It uses the explicit-state
    API (``encode_image`` then ``predict_many(..., state=...)``); the segmenter's current
@@ -129,9 +132,11 @@ class ModelService:
             self.settings.cache_size, max_bytes=self.settings.cache_max_bytes
         )
         self.images = _Gauge()  # decoded images outside the cache (decode -> encoded)
+        self.answers = _Gauge()  # requests holding dense predictions (predict -> answer)
         self.started_at = time.time()
         self._model: concurrent.futures.ThreadPoolExecutor | None = None
         self._image_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._answer_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._flights: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -160,6 +165,10 @@ class ModelService:
             self._image_pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.settings.images_in_flight, thread_name_prefix="hybridgl-image"
             )
+        if self._answer_pool is None:
+            self._answer_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.settings.images_in_flight, thread_name_prefix="hybridgl-answer"
+            )
 
     def load(self) -> None:
         """Build the segmenter from the factory, if one was given (blocking)."""
@@ -172,10 +181,10 @@ class ModelService:
             log.error("loading the model failed: %s", self.load_error)
 
     def close(self) -> None:
-        for pool in (self._image_pool, self._model):
+        for pool in (self._answer_pool, self._image_pool, self._model):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-        self._image_pool = self._model = None
+        self._answer_pool = self._image_pool = self._model = None
 
     def require_model(self) -> Any:
         """The segmenter, or a 503 ``model_unavailable`` saying why there is none."""
@@ -224,7 +233,8 @@ class ModelService:
         guidance: bool,
         proposals: ProposalsBuilder | None = None,
         proposals_key: str = "",
-    ) -> Outcome:
+        render: Callable[[Outcome], Any] | None = None,
+    ) -> Any:
         """Segment each expression in the uploaded image.
 
         Args:
@@ -236,6 +246,12 @@ class ModelService:
                 size; called on an image thread after decoding (so its memory is bounded
                 too). None: the segmenter's own proposals (SAM).
             proposals_key: identifies those proposals in the cache key (their hash).
+            render: turns the :class:`Outcome` into the answer (JSON body, PNG) on an
+                answer thread; the dense masks of the predictions are dropped when it
+                returns. None returns the Outcome itself.
+
+        Returns:
+            ``render(outcome)``, or the :class:`Outcome` when ``render`` is None.
         """
         seg = self.require_model()
         loop = asyncio.get_running_loop()
@@ -245,24 +261,28 @@ class ModelService:
         state, hit, image_ms = await self._image_state(
             seg, ticket, key, upload, proposals, deadline
         )
-        t1 = time.perf_counter()
 
         def predict() -> tuple[list[Any], float]:
             start = time.perf_counter()
             preds = self._predict_many(seg, expressions, top_k, guidance, state)
             return list(preds), (time.perf_counter() - start) * 1000.0
 
-        predictions, predict_ms = await self._wait(
-            self._submit(self._model, predict), ticket, deadline
-        )
-        t2 = time.perf_counter()
-        timings = {
-            "wait_ms": max(0.0, (t2 - t0) * 1000.0 - image_ms - predict_ms),
-            "image_ms": image_ms,
-            "predict_ms": predict_ms,
-            "state_ms": (t1 - t0) * 1000.0,
-        }
-        return Outcome(upload, state, predictions, hit, timings)
+        def answer() -> Any:
+            # on an answer thread: at most images_in_flight requests hold dense
+            # predictions (expressions x H x W masks) and build answers at once
+            assert self._model is not None
+            with self.answers.running():
+                predictions, predict_ms = self._model.submit(predict).result()
+                elapsed = (time.perf_counter() - t0) * 1000.0
+                timings = {
+                    "wait_ms": max(0.0, elapsed - image_ms - predict_ms),
+                    "image_ms": image_ms,
+                    "predict_ms": predict_ms,
+                }
+                outcome = Outcome(upload, state, predictions, hit, timings)
+                return outcome if render is None else render(outcome)
+
+        return await self._wait(self._submit(self._answer_pool, answer), ticket, deadline)
 
     async def _image_state(
         self,
@@ -402,6 +422,7 @@ class ModelService:
             "uptime_s": round(time.time() - self.started_at, 3),
             "queue": {"pending": self.pending, "max": self.settings.max_queue},
             "images": {**self.images.info(), "max": self.settings.images_in_flight},
+            "answers": {**self.answers.info(), "max": self.settings.images_in_flight},
             "cache": self.cache.info(),
         }
 

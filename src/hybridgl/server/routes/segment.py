@@ -17,7 +17,7 @@ from hybridgl.server.inputs import (
     proposals_builder,
 )
 from hybridgl.server.routes import Service, Settings
-from hybridgl.server.service import proposals_digest
+from hybridgl.server.service import Outcome, proposals_digest
 
 RESPONSES: dict[int | str, dict] = {
     200: {
@@ -95,26 +95,17 @@ def include(app: FastAPI) -> None:
                 builder = proposals_builder(part, settings)
                 proposals_key = proposals_digest(part)
             t_checked = time.perf_counter()
-            outcome = await service.segment(
-                ticket,
-                upload,
-                exprs,
-                top_k=k,
-                guidance=use_guidance,
-                proposals=builder,
-                proposals_key=proposals_key,
-            )
-            t_model = time.perf_counter()
-            headers = encoding.result_headers(outcome)
-            if format == "png_mask":
-                png = await run_in_threadpool(encoding.mask_png, outcome)
-                return Response(png, media_type="image/png", headers=headers)
-            if format == "png_overlay":
-                png = await run_in_threadpool(encoding.overlay_png, outcome, exprs[0])
-                return Response(png, media_type="image/png", headers=headers)
 
-            def encode() -> dict:
-                t_end = time.perf_counter()
+            def render(outcome: Outcome) -> Response:
+                # on one of the service's answer threads, right after the prediction
+                t_model = time.perf_counter()
+                headers = encoding.result_headers(outcome)
+                if format == "png_mask":
+                    png = encoding.mask_png(outcome)
+                    return Response(png, media_type="image/png", headers=headers)
+                if format == "png_overlay":
+                    png = encoding.overlay_png(outcome, exprs[0])
+                    return Response(png, media_type="image/png", headers=headers)
                 timings = {
                     "prepare_ms": (t_checked - t_start) * 1000.0,
                     "model_ms": (t_model - t_checked) * 1000.0,
@@ -130,11 +121,20 @@ def include(app: FastAPI) -> None:
                     timings=timings,
                 )
                 t_done = time.perf_counter()
-                body["timings"]["encode_ms"] = round((t_done - t_end) * 1000.0, 3)
+                body["timings"]["encode_ms"] = round((t_done - t_model) * 1000.0, 3)
                 body["timings"]["total_ms"] = round((t_done - t_start) * 1000.0, 3)
-                return body
+                return JSONResponse(body, headers=headers)
 
-            body = await run_in_threadpool(encode)
-            return JSONResponse(body, headers=headers)
+            response: Response = await service.segment(
+                ticket,
+                upload,
+                exprs,
+                top_k=k,
+                guidance=use_guidance,
+                proposals=builder,
+                proposals_key=proposals_key,
+                render=render,
+            )
+            return response
         finally:
             ticket.release()
