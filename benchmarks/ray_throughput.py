@@ -142,6 +142,15 @@ def render(doc: dict[str, Any]) -> str:
             f"{r['steady_s_per_image']:.3f} | {r['steady_images_per_min']:.1f} | "
             f"{r['end_to_end_images_per_min']:.1f} | {over} |"
         )
+    o = doc.get("overhead")
+    if o:
+        lines += [
+            "",
+            f"Ray's own cost per image, measured with a task that does no model work "
+            f"({o['units']} units, 2 workers): {1000 * o['s_per_unit']:.1f} ms per unit "
+            f"(dispatch, transfer of the unit and its records, the driver's sink), "
+            f"{o['first_result_s']:.1f} s until the first result (actor start).",
+        ]
     lines += [
         "",
         "Steady = between the first and the last image to reach the driver (model loading and "
@@ -156,6 +165,45 @@ CONFIGS = {
     "ray1x2": ("Ray, 1 worker x 2 threads", "ray", 1, 2),
     "ray2x1": ("Ray, 2 workers x 1 thread", "ray", 2, 1),
 }
+
+
+class NoopTask:
+    """A task that does no model work: what is left is the engine's own cost per unit."""
+
+    def run(self, worker: Any, unit: Any) -> list[dict[str, Any]]:
+        return [{"id": r["id"], "expression": r["expression"]} for r in unit.rows]
+
+    def failed(self, unit: Any, error: BaseException) -> list[dict[str, Any]]:
+        return [{"id": r["id"], "error": str(error)} for r in unit.rows]
+
+
+def engine_overhead(n_units: int = 200) -> dict[str, Any]:
+    """Ray's per-unit cost with a no-op task (2 workers, tiny models built once per actor)."""
+    import ray
+
+    from hybridgl.jobs.engine import EngineOptions, run_units
+    from hybridgl.jobs.units import SegmenterSpec, WorkUnit
+
+    units = [
+        WorkUnit(key=f"u{k}", rows=[{"id": f"r{k}", "expression": "x"}], data={})
+        for k in range(n_units)
+    ]
+    arrivals: list[float] = []
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        spec = SegmenterSpec(sam=None, device="cpu", env=(("HYBRIDGL_RANDOM_WEIGHTS", "tiny"),))
+        opts = EngineOptions(engine="ray", workers=2, gpus_per_worker=0.0, threads_per_worker=1)
+        t0 = time.perf_counter()
+        run_units(
+            units, NoopTask(), lambda u, r: arrivals.append(time.perf_counter()),
+            spec=spec, options=opts,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    per_unit = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+    return {"config": "Ray no-op task, 2 workers", "units": n_units, "wall_s": wall,
+            "first_result_s": arrivals[0] - t0, "s_per_unit": per_unit}  # fmt: skip
 
 
 def child(config: str, rows_path: Path) -> dict[str, Any]:
@@ -181,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-ray", help="output folder")
     ap.add_argument("--images", type=int, default=8, help="images in the workload (default 8)")
     ap.add_argument("--tiny", action="store_true", help="tiny models (a smoke run)")
-    ap.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=[*sorted(CONFIGS), "overhead"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny" if args.tiny else "full"
     out = Path(args.out)
     rows_path = out / "work" / "rows.jsonl"
+    if args.child == "overhead":
+        (out / "overhead.json").write_text(json.dumps(engine_overhead()))
+        return 0
     if args.child:
         result = child(args.child, rows_path)
         (out / f"{args.child}.json").write_text(json.dumps(result))
@@ -209,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("--tiny")
         subprocess.run(cmd, env=env, check=True)
         results.append(json.loads((out / f"{config}.json").read_text()))
+    subprocess.run(
+        [sys.executable, __file__, "--out", str(out), "--child", "overhead"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+    )
+    overhead = json.loads((out / "overhead.json").read_text())
     doc = {
+        "overhead": overhead,
         "machine": {
             "cpus": os.cpu_count(),
             "load_before": round(load_before, 2),

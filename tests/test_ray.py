@@ -207,7 +207,7 @@ def test_a_killed_driver_leaves_a_file_the_rerun_completes(cluster, batch_input)
     results = out / "results.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     cmd = [sys.executable, "-m", "hybridgl.cli.main", "batch", str(batch_input["path"]),
-           "--out", str(out), "--no-progress", "--engine", "ray", "--workers", "2",
+           "--out", str(out), "--no-progress", "--engine", "ray", "--workers", "1",
            "--threads-per-worker", "1", "--ray-address", cluster["address"], "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
