@@ -6,7 +6,7 @@ patch tokens into text-groundable features (METHOD.md section 6). No extra weigh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from PIL import Image
 from hybridgl.config import CLIP_MEAN, CLIP_STD
 from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
+
+if TYPE_CHECKING:
+    from open_clip.transformer import VisionTransformer
 
 
 def gem_input(image: np.ndarray, size: int, keep_aspect: bool = False) -> torch.Tensor:
@@ -72,7 +75,7 @@ def self_self_attention(
 
 @torch.no_grad()
 def gem_patch_tokens(
-    visual: Any, pixels: torch.Tensor, depth: int = 7, iters: int = 1
+    visual: VisionTransformer, pixels: torch.Tensor, depth: int = 7, iters: int = 1
 ) -> torch.Tensor:
     """GEM patch tokens after ``ln_post`` and the projection.
 

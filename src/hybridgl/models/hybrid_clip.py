@@ -3,7 +3,7 @@ encoder (section 3), batched over proposals in chunks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from hybridgl.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MethodConfig
 from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
+
+if TYPE_CHECKING:
+    from open_clip.transformer import VisionTransformer
 
 
 def blur_image(image: np.ndarray, kernel: int) -> np.ndarray:
@@ -124,7 +127,7 @@ def _token_mask(x: torch.Tensor, m_grid: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def hybrid_features(
-    visual: Any,
+    visual: VisionTransformer,
     global_view: torch.Tensor | None,
     local_view: torch.Tensor,
     m_grid: torch.Tensor,
@@ -213,7 +216,7 @@ def cuda_feature_batch(n: int, device: torch.device, fraction: float = 0.5) -> i
 
 @torch.no_grad()
 def encode_proposals(
-    visual: Any,
+    visual: VisionTransformer,
     image: np.ndarray,
     masks: torch.Tensor,
     cfg: MethodConfig,

@@ -7,13 +7,18 @@ Each function computes what the corresponding open_clip module computes (tests c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-def embed(visual: Any, pixels: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+
+def embed(
+    visual: VisionTransformer, pixels: torch.Tensor, pos_embed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Patch conv, class token, positional embedding and ``ln_pre``.
 
     Args:
@@ -33,7 +38,9 @@ def embed(visual: Any, pixels: torch.Tensor, pos_embed: torch.Tensor | None = No
     return visual.ln_pre(x)
 
 
-def qkv(block: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv(
+    block: ResidualAttentionBlock, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head q, k, v ``(B, heads, L, head_dim)`` from the block's in-projection."""
     attn = block.attn
     b, n, d = h.shape
@@ -49,7 +56,9 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
-def attention(block: Any, h: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+def attention(
+    block: ResidualAttentionBlock, h: torch.Tensor, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-head self-attention of ``block`` on ``h`` (already ``ln_1``-normalised).
 
     Args:
@@ -60,21 +69,23 @@ def attention(block: Any, h: torch.Tensor, allowed: torch.Tensor | None = None) 
     return block.attn.out_proj(merge_heads(o))
 
 
-def mlp_residual(block: Any, x: torch.Tensor) -> torch.Tensor:
+def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def run_block(block: Any, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+def run_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """One residual attention block, optionally with an attention mask."""
     x = x + block.ls_1(attention(block, block.ln_1(x), allowed))
     return mlp_residual(block, x)
 
 
-def project_cls(visual: Any, x: torch.Tensor) -> torch.Tensor:
+def project_cls(visual: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """``ln_post`` of the class token, then the projection: ``(B, L, D)`` -> ``(B, E)``."""
     y = visual.ln_post(x[:, 0])
     return y @ visual.proj if visual.proj is not None else y
 
 
-def blocks(visual: Any) -> list[Any]:
+def blocks(visual: VisionTransformer) -> list[ResidualAttentionBlock]:
     return list(visual.transformer.resblocks)
