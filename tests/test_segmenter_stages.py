@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hybridgl.errors import ExpressionError
-from hybridgl.masks import mask_to_box
+from hybridgl.masks import mask_to_box, masks_to_boxes_xywh
 from hybridgl.protocols import SegmenterLike
 from hybridgl.segmenter import ImageState, working_size
 
@@ -127,6 +127,8 @@ def test_working_resolution_shrinks_the_work_not_the_answer(monkeypatch):
     state = seg.encode_image(img, proposals=props)
     assert working_size(60, 80, 40) == (30, 40) == state.work_size
     assert state.image.shape == (60, 80, 3) and state.masks.shape == (3, 30, 40)
+    np.testing.assert_array_equal(state.input_masks(), props)
+    np.testing.assert_array_equal(state.boxes, masks_to_boxes_xywh(props))  # input resolution
     for expr in ("the box on the left", "the thing at the bottom", "right"):
         pred = seg.predict(expr, state=state)
         assert pred.mask.shape == (60, 80)

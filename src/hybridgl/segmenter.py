@@ -36,7 +36,7 @@ from hybridgl import guidance
 from hybridgl.config import MethodConfig, get_preset
 from hybridgl.errors import ExpressionError, WeightsError
 from hybridgl.images import ImageInput, load_image
-from hybridgl.masks import as_proposal_masks, mask_to_box, masks_to_boxes_xywh, resize_masks
+from hybridgl.masks import as_proposal_masks, masks_to_boxes_xywh, resize_masks
 from hybridgl.models import hybrid_clip, random_weights_mode
 from hybridgl.models.clip import encode_text_trimmed
 from hybridgl.models.gem import gem_input, gem_patch_tokens
@@ -63,14 +63,16 @@ class ImageState:
     Build it with :meth:`Segmenter.encode_image`; treat it as immutable once built (it is
     shared between threads and caches). Images larger than the working resolution
     (``MethodConfig.max_side``) keep the input ``image`` but have their proposals and
-    features computed on a downscaled copy: ``masks`` and ``boxes`` are then at the working
-    resolution ``(h, w)``; :meth:`input_mask` brings a mask back to ``(H, W)``.
+    features computed on a downscaled copy: ``masks`` are then at the working resolution
+    ``(h, w)``; :meth:`input_mask` / :meth:`input_masks` bring them back to ``(H, W)``,
+    and ``boxes`` are those of the masks brought back.
 
     Attributes:
         image: ``(H, W, 3)`` uint8 RGB at the input resolution.
         masks: ``(N, h, w)`` bool proposals at the working resolution (``(h, w) == (H, W)``
             unless the image's long side exceeds ``max_side``).
-        boxes: ``(N, 4)`` float64 XYWH boxes of ``masks`` (working resolution).
+        boxes: ``(N, 4)`` float64 XYWH boxes of the proposals at the input resolution
+            (the boxes of :meth:`input_mask`).
         features: ``(N, E)`` float32 hybrid features (unnormalised).
         gem_tokens: ``(G*G, E)`` float32 GEM patch tokens, L2-normalised.
         gem_grid: ``G`` (28 at 448 px).
@@ -110,12 +112,12 @@ class ImageState:
     def has_pixels(self) -> bool:
         """True when at least one proposal is not empty.
 
-        Cheap: only an empty mask or a mask of the single pixel (0, 0) has the box
-        ``(0, 0, 0, 0)``, so the masks are only looked at in that corner.
+        Cheap: an empty mask has the box ``(0, 0, 0, 0)``, so the masks themselves are only
+        scanned when every box is zero (no proposal, or only empty or one-pixel ones).
         """
         if self.num_proposals == 0:
             return False
-        return bool(np.any(self.boxes != 0)) or bool(self.masks[:, 0, 0].any())
+        return bool(np.any(self.boxes != 0)) or bool(self.masks.any())
 
     def input_mask(self, index: int) -> np.ndarray:
         """Proposal ``index`` at the input resolution: ``(H, W)`` bool, a new array.
@@ -126,6 +128,12 @@ class ImageState:
         if self.work_size == (self.height, self.width):
             return np.array(m, dtype=bool, copy=True)
         return resize_masks(m[None], self.height, self.width)[0]
+
+    def input_masks(self) -> np.ndarray:
+        """All proposals at the input resolution: ``(N, H, W)`` bool (a copy; memory!)."""
+        if self.work_size == (self.height, self.width):
+            return np.array(self.masks, dtype=bool, copy=True)
+        return resize_masks(self.masks, self.height, self.width)
 
     def nbytes(self) -> int:
         """Approximate memory held, for cache accounting."""
@@ -433,6 +441,11 @@ class Segmenter:
         else:
             masks, boxes = self.propose(work)
             source = "sam"
+        if (wh, ww) != (h, w):  # boxes of the masks as they come back, one at a time
+            boxes = np.concatenate(
+                [masks_to_boxes_xywh(resize_masks(m[None], h, w)) for m in masks]
+                or [np.zeros((0, 4), dtype=np.float64)]
+            )
         t1 = time.perf_counter()
         with self._autocast():
             if masks.shape[0] and masks.any():
@@ -741,14 +754,10 @@ class Segmenter:
         cands: list[Candidate],
         timings: dict[str, float],
     ) -> Prediction:
-        mask = st.input_mask(chosen)
-        if st.work_size == (st.height, st.width):
-            b = st.boxes[chosen]
-            box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
-        else:  # the box of the mask as returned, at the input resolution
-            box = mask_to_box(mask)
+        b = st.boxes[chosen]
+        box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         return Prediction(
-            mask=mask,
+            mask=st.input_mask(chosen),
             box=box,
             score=score,
             found=True,

@@ -281,6 +281,11 @@ def _rows_for(
     masks = np.asarray(state.masks)
     n = int(masks.shape[0])
     h, w = int(state.image.shape[0]), int(state.image.shape[1])
+    boxes = np.asarray(state.boxes, dtype=np.float64)
+    if masks.shape[1:] != (h, w):
+        # a photo above the segmenter's working resolution (max_side): its proposals were
+        # made on a smaller copy; rows hold them at the image's size, as they come back
+        masks = state.input_masks()
     feats = state.features.detach().float().cpu().numpy().astype(np.float32, copy=False)
     gem = None
     if gem_dtype is not None:
@@ -306,7 +311,7 @@ def _rows_for(
         "image_id": [image_id] * n,
         "proposal": list(range(n)),
         "rle": [mask_to_rle(m)["counts"] for m in masks],
-        "box": [[float(v) for v in b] for b in np.asarray(state.boxes, dtype=np.float64)],
+        "box": [[float(v) for v in b] for b in boxes],
         "area": [int(a) for a in masks.reshape(n, -1).sum(axis=1)] if n else [],
         "vector": list(feats),
     }
