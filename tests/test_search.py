@@ -366,3 +366,23 @@ def test_sam_proposals_path(tmp_path, tiny_segmenter):
     assert idx.stats()["proposals"] == report.proposals
     rows = idx._store().snapshot()[IMAGES].to_arrow().to_pylist()
     assert [(r["source"], r["proposals_key"]) for r in rows] == [("sam", "sam")]
+
+
+def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
+    """--optimize compacts and builds the IVF index; with every partition probed, stage 1
+    through it finds what the exact scan finds."""
+    import hybridgl.search.index as mod
+
+    imgs = tmp_path / "imgs"
+    sizes = _write_images(imgs, 3)
+    ann = _coco_json(tmp_path / "ann.json", sizes)
+    idx = Index(tmp_path / "db", segmenter=tiny_segmenter)
+    idx.add([imgs], progress=False, proposals_from=ann)
+    before = [(h.image_id, h.score) for h in idx.search("a square")]
+    with pytest.raises(IndexStoreError, match="needs at least"):
+        idx.optimize(ann=True)
+    assert idx.optimize() == {"ann_built": False, "proposals": 9}
+    monkeypatch.setattr(mod, "MIN_ANN_ROWS", 4)
+    assert idx.optimize() == {"ann_built": True, "proposals": 9}
+    assert idx.stats()["ann_index"] is True
+    assert [(h.image_id, h.score) for h in idx.search("a square")] == before

@@ -45,13 +45,12 @@ _DTYPE_NAMES = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
 }
-# Stage 1 through the IVF index: partitions probed and the exact re-ranking factor
+# Stage 1 through the IVF index: partitions probed per query
 NPROBES = 32
-REFINE_FACTOR = 4
 # An index run builds the IVF index itself once the proposals table reaches this size
 # (below it the exact scan is fast enough: docs/SEARCH.md, stage-1 latency).
 AUTO_ANN_ROWS = 200_000
-MIN_ANN_ROWS = 4_096  # IVF_PQ needs rows to train its codebooks
+MIN_ANN_ROWS = 4_096  # below this an IVF index has too few rows to train its partitions
 
 
 # --------------------------------------------------------------------------- results
@@ -1002,23 +1001,32 @@ def store_rows(store: Store) -> int:
     return int(store.latest(PROPOSALS).count_rows())
 
 
-def build_ann(store: Store) -> None:
-    """IVF_PQ on the proposal vectors (cosine) and a BTREE on ``image_id`` (stage-2 fetch)."""
-    props = store.latest(PROPOSALS)
-    rows = int(props.count_rows())
-    dim = store.dim
-    partitions = max(1, min(4096, int(round(rows**0.5))))
-    sub = dim // 16 if dim % 16 == 0 else dim // 8 if dim % 8 == 0 else 1
-    props.create_index(
-        metric="cosine",
-        index_type="IVF_PQ",
-        num_partitions=partitions,
-        num_sub_vectors=sub,
-        vector_column_name="vector",
+def ann_partitions(rows: int) -> int:
+    """IVF partitions for ``rows`` vectors: about sqrt(rows), at most 4096."""
+    return max(1, min(4096, int(round(rows**0.5))))
+
+
+def create_ann_index(table: Any, rows: int) -> None:
+    """IVF_FLAT (cosine) on ``vector``: exact distances inside the probed partitions, so
+    recall depends only on how many partitions a query probes (``NPROBES``); see
+    docs/SEARCH.md for why not IVF_PQ."""
+    from lancedb.index import IvfFlat
+
+    table.create_index(
+        "vector",
+        config=IvfFlat(distance_type="cosine", num_partitions=ann_partitions(rows)),
         replace=True,
     )
-    props.create_scalar_index("image_id", replace=True)
-    store.latest(IMAGES).create_scalar_index("image_id", replace=True)
+
+
+def build_ann(store: Store) -> None:
+    """The IVF index on the proposal vectors and a BTREE on ``image_id`` (stage-2 fetch)."""
+    from lancedb.index import BTree
+
+    props = store.latest(PROPOSALS)
+    create_ann_index(props, int(props.count_rows()))
+    props.create_index("image_id", config=BTree(), replace=True)
+    store.latest(IMAGES).create_index("image_id", config=BTree(), replace=True)
 
 
 def stage1(
@@ -1027,8 +1035,7 @@ def stage1(
     """The best ``images`` image ids by their best proposal's cosine with ``query``.
 
     Exact (a full scan) when the table has no vector index or ``exact`` is True; else
-    the IVF index with ``NPROBES`` partitions and exact re-ranking of ``REFINE_FACTOR``
-    times the rows asked for. Returns ``[(image_id, cosine)]`` best first.
+    the IVF index, probing ``NPROBES`` partitions. Returns ``[(image_id, cosine)]`` best first.
     """
     total = int(proposals.count_rows())
     if total == 0:
@@ -1044,7 +1051,7 @@ def stage1(
             .limit(k)
         )
         if use_ann:
-            b = b.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+            b = b.nprobes(NPROBES)
         else:
             b = b.bypass_vector_index()
         res = b.to_arrow()
