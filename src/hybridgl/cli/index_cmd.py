@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    add_engine_args,
+    engine_options,
+    eprint,
+)
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
@@ -15,6 +23,9 @@ GEM tokens go into a LanceDB database (a folder, or an object-store URI).
 PATH is a folder (searched recursively), an image file, or a list file (one path a line).
 Unchanged images (same SHA-256) are skipped, changed ones re-encoded; an interrupted run
 resumes where it stopped. Unreadable images are recorded and skipped (exit code 5).
+
+With --engine ray the images are encoded on a Ray cluster (one model per worker, the
+jobs layer of `hybridgl batch`); their rows come back and this process writes them.
 
 Examples:
   hybridgl index ~/photos --db photos-index
@@ -64,16 +75,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "`hybridgl segment`, twice the bytes; default float16)",
     )
     p.add_argument(
-        "--engine",
-        choices=("local",),
-        default="local",
-        help="where images are encoded (local: this process)",
-    )
-    p.add_argument(
         "--json", dest="json_out", metavar="OUT.json", help="write the run's report as JSON"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p, sam=True)
+    add_engine_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
+    engine = engine_options(args)
     idx = make_index(args, gem=not args.no_gem, gem_dtype=args.gem_dtype)
     report = None
     if args.paths or args.prune or args.rebuild:
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             proposals_from=args.proposals_from,
             prune=args.prune,
             rebuild=args.rebuild,
+            engine=engine,
         )
         print(
             f"indexed {report.indexed}, skipped {report.skipped} unchanged, pruned {report.pruned}, "

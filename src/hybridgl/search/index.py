@@ -209,6 +209,15 @@ class CocoProposals:
             raise ImageError(f"{path.name} is not listed in --proposals-from {self.path.name}")
         return entry
 
+    def entry(self, path: Path) -> dict[str, Any]:
+        """This image's size and annotations, JSON-ready (for a worker elsewhere)."""
+        entry = self._entry(path)
+        return {
+            "height": entry.get("height"),
+            "width": entry.get("width"),
+            "annotations": self.anns.get(entry["id"], []),
+        }
+
     def key(self, path: Path) -> str:
         """Identity of this image's masks (a changed annotation re-encodes the image)."""
         entry = self._entry(path)
@@ -367,6 +376,86 @@ def _failures_table(rows: list[tuple[str, str]]) -> Any:
         },
         schema=failures_schema(),
     )
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_rows(image_row: dict[str, Any], props: dict[str, list[Any]]) -> dict[str, Any]:
+    """The rows of one image as a JSON-ready record (bytes as base64), for a Ray worker."""
+    img = dict(image_row)
+    img["gem"] = None if img["gem"] is None else _b64(img["gem"])
+    p: dict[str, Any] = dict(props)
+    vec = np.asarray(p.pop("vector"), dtype=np.float32)
+    p["vector"] = _b64(np.ascontiguousarray(vec).tobytes())
+    p["dim"] = int(vec.shape[1]) if vec.ndim == 2 else 0
+    return {"image": img, "proposals": p}
+
+
+def decode_rows(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Inverse of :func:`encode_rows` (bit-exact features and GEM tokens)."""
+    import base64
+
+    img = dict(record["image"])
+    img["gem"] = None if img["gem"] is None else base64.b64decode(img["gem"])
+    p = dict(record["proposals"])
+    dim = int(p.pop("dim"))
+    flat = np.frombuffer(base64.b64decode(p["vector"]), dtype=np.float32)
+    p["vector"] = list(flat.reshape(-1, dim)) if dim else []
+    return img, p
+
+
+class IndexTask:
+    """The jobs layer's task of ``hybridgl index --engine ray``: encode one image on a
+    worker into its index rows (one record per unit; the driver writes them)."""
+
+    def __init__(self, gem_dtype: str | None, source: str) -> None:
+        self.gem_dtype = gem_dtype
+        self.source = source
+
+    def run(self, worker: Any, unit: Any) -> list[dict[str, Any]]:
+        from hybridgl.eval.refer import annotation_to_mask
+        from hybridgl.images import load_image
+
+        d = unit.data
+        path = Path(d["path"])
+        try:
+            data = path.read_bytes()
+            stat = path.stat()
+            image = load_image(data)
+        except (OSError, ImageError) as e:
+            return self.failed(unit, e)
+        masks = None
+        entry = d.get("coco")
+        if entry is not None:
+            h, w = image.shape[:2]
+            if entry.get("height") is not None and (entry["height"], entry["width"]) != (h, w):
+                return self.failed(
+                    unit,
+                    ImageError(
+                        f"{path.name} is {w}x{h}, the COCO file says "
+                        f"{entry['width']}x{entry['height']}"
+                    ),
+                )
+            anns = entry["annotations"]
+            masks = (
+                np.stack([annotation_to_mask(a, h, w) for a in anns])
+                if anns
+                else np.zeros((0, h, w), dtype=bool)
+            )
+        state = _encode_image(worker.segmenter, image, masks)
+        sha = hashlib.sha256(data).hexdigest()
+        image_row, props = _rows_for(
+            d["image_id"], path, sha, stat, state, self.source, d["proposals_key"], self.gem_dtype
+        )
+        return [encode_rows(image_row, props)]
+
+    def failed(self, unit: Any, error: BaseException) -> list[dict[str, Any]]:
+        msg = str(error).strip() or type(error).__name__
+        return [{"error": msg.replace("<bytes>", str(unit.data.get("path")))}]
 
 
 def state_from_rows(image: dict[str, Any], proposals: list[dict[str, Any]]) -> Any:
@@ -539,6 +628,26 @@ class Index:
                 current["sam"] = stored.get("sam")
             fpmod.check(stored, current, self.db, check_sam=need_sam)
         return self._seg
+
+    def _spec(self, *, need_sam: bool) -> Any:
+        """How Ray workers build the same segmenter as this index's (checked) one."""
+        from hybridgl.jobs.units import FORWARDED_ENV, SegmenterSpec
+
+        info = getattr(self._seg, "model_info", {}) or {}
+        env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
+        if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
+            env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)
+        dtype = info.get("dtype")
+        spec = SegmenterSpec(
+            sam=info.get("sam") if need_sam else None,
+            preset=str(info.get("preset") or "paper"),
+            device=self._opts["device"],
+            weights_dir=self._opts["weights_dir"],
+            spacy_model=self._opts["spacy_model"],
+            dtype=None if dtype in (None, "float32") else dtype,
+            env=env,
+        )
+        return spec
 
     def _current_fingerprint(self, need_sam: bool) -> dict[str, Any]:
         seg = self.segmenter(None, need_sam=need_sam)
@@ -734,6 +843,7 @@ class Index:
         commit_every: int = 32,
         commit_seconds: float = 20.0,
         on_failure: Callable[[str, str], None] | None = None,
+        engine: Any = None,
     ) -> AddReport:
         """Index images: folders (recursive), image files and list files.
 
@@ -749,6 +859,8 @@ class Index:
             prune: remove entries whose file no longer exists.
             rebuild: empty the index first when it was built with other models.
             on_failure: called with ``(path, error)`` for each image that failed.
+            engine: :class:`hybridgl.jobs.engine.EngineOptions`; ``engine="ray"`` encodes
+                the images on Ray actors (one model each) and writes their rows here.
         """
         t0 = time.perf_counter()
         if isinstance(paths, (str, os.PathLike)):
@@ -769,6 +881,7 @@ class Index:
                 commit_seconds,
                 report,
                 on_failure,
+                engine,
             )
             if store_rows(store) >= AUTO_ANN_ROWS and not _has_vector_index(
                 store.latest(PROPOSALS)
@@ -793,10 +906,13 @@ class Index:
         commit_seconds: float,
         report: AddReport,
         on_failure: Callable[[str, str], None] | None,
+        engine: Any = None,
     ) -> None:
         from hybridgl.images import load_image
 
         seg = self.segmenter(store, need_sam=coco is None)
+        use_ray = engine is not None and getattr(engine, "engine", "local") == "ray"
+        units: list[Any] = []
         snap = store.snapshot()
         existing = {
             r["path"]: r
@@ -881,6 +997,24 @@ class Index:
                     report.skipped += 1
                     bar.update(1)
                     continue
+                if use_ray:
+                    from hybridgl.jobs.units import WorkUnit
+
+                    entry = coco.entry(f) if coco is not None else None
+                    units.append(
+                        WorkUnit(
+                            key=path,
+                            rows=[{"path": path}],
+                            data={
+                                "path": path,
+                                "image_id": image_id,
+                                "proposals_key": pkey,
+                                "replace": prev is not None,
+                                "coco": entry,
+                            },
+                        )
+                    )
+                    continue
                 try:
                     image = load_image(data)
                     masks = coco.masks(f, *image.shape[:2]) if coco is not None else None
@@ -916,6 +1050,37 @@ class Index:
                     or time.monotonic() - last_commit >= commit_seconds
                 ):
                     flush()
+            if units:
+                from hybridgl.jobs.engine import run_units
+
+                def sink(unit: Any, records: list[dict[str, Any]]) -> None:
+                    rec = records[0]
+                    path = unit.data["path"]
+                    if rec.get("error"):
+                        fail(path, str(rec["error"]))
+                    else:
+                        image_row, props = decode_rows(rec)
+                        if unit.data["replace"]:
+                            delete_ids.append(image_row["image_id"])
+                        image_rows.append(image_row)
+                        prop_parts.append(props)
+                        done_paths.append(path)
+                        report.indexed += 1
+                        report.proposals += image_row["num_proposals"]
+                    bar.update(1)
+                    if (
+                        len(image_rows) >= commit_every
+                        or time.monotonic() - last_commit >= commit_seconds
+                    ):
+                        flush()
+
+                run_units(
+                    units,
+                    IndexTask(self.gem_dtype, "given" if coco is not None else "sam"),
+                    sink,
+                    spec=self._spec(need_sam=coco is None),
+                    options=engine,
+                )
         except KeyboardInterrupt:
             interrupted = True
             raise
