@@ -83,6 +83,9 @@ def _segmenter() -> Any:
     os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "full"
     import torch
 
+    if os.environ.get("SEARCH_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SEARCH_BENCH_THREADS"]))
+
     from hybridgl.segmenter import Segmenter
 
     torch.manual_seed(0)
@@ -136,20 +139,26 @@ def phase_search(work: Path, rerank: int, queries: int) -> dict[str, Any]:
     from hybridgl.search import Index
 
     seg = _segmenter()
+    import torch
+
     idx = Index(work / "db", segmenter=seg)
     phrases = _phrases(queries)
     idx.search("warm up the parser and the caches", top=rerank, rerank=rerank)
-    totals, parts = [], {"text": [], "stage1": [], "fetch": [], "stage2": []}
+    totals, cpu, parts = [], [], {"text": [], "stage1": [], "fetch": [], "stage2": []}
     for p in phrases:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         idx.search(p, top=rerank, rerank=rerank)
         totals.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         for k in parts:
             parts[k].append(idx.last_search["timings"][k])
     return {
         "rerank": rerank,
         "queries": len(phrases),
         "total_s": _pcts(totals),
+        "cpu_s": _pcts(cpu),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg(),
         "parts_s": {k: _pcts(v) for k, v in parts.items()},
         "peak_mib": _peak_mib(),
     }
@@ -247,6 +256,7 @@ def phase_scale(work: Path, rows: int, queries: int) -> dict[str, Any]:
         "recall_at_10": statistics.fmean(recalls),
         "recall_at_10_min": min(recalls),
         "disk_bytes": disk,
+        "load_avg": os.getloadavg(),
         "peak_mib": _peak_mib(),
     }
 
@@ -286,12 +296,14 @@ def _markdown(res: dict[str, Any]) -> str:
             f"p50 **{t['p50'] * 1000:.0f} ms**, p95 {t['p95'] * 1000:.0f} ms "
             f"(text {p['text']['p50'] * 1000:.0f}, stage 1 {p['stage1']['p50'] * 1000:.0f}, "
             f"fetch {p['fetch']['p50'] * 1000:.0f}, stage 2 {p['stage2']['p50'] * 1000:.0f} ms at p50); "
+            f"CPU time p50 {se['cpu_s']['p50'] * 1000:.0f} ms; torch threads {se['torch_threads']}, "
+            f"load average {se['load_avg'][0]:.1f} on {os.cpu_count()} CPUs; "
             f"peak RSS {se['peak_mib']:.0f} MiB.",
             "",
         ]
     if res.get("scale"):
         lines += [
-            "| proposal rows | exact p50 / p95 (ms) | IVF_FLAT p50 / p95 (ms) | recall@10 (min) | "
+            f"| proposal rows | exact p50 / p95 (ms) | {res['scale'][0]['ann']['index']} p50 / p95 (ms) | recall@10 (min) | "
             "index build (s) | on disk (MiB) | peak RSS (MiB) |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -312,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--rerank", type=int, default=10)
     ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the model phases")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--out", default="benchmark-results", help="folder for search.json/.md")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -334,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         tmp = tempfile.mkdtemp(prefix="hybridgl-search-bench-")
         args.work = tmp
+    if args.threads:
+        os.environ["SEARCH_BENCH_THREADS"] = str(args.threads)
     phases = args.phases.split(",")
     res: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--optimize",
         action="store_true",
         help="compact the tables and build the IVF vector index (large indexes; "
-        "an index run also builds it by itself past 200,000 proposals)",
+        "an index run also builds it by itself past 50,000 proposals)",
     )
     p.add_argument(
         "--no-gem",

@@ -49,7 +49,7 @@ _DTYPE_NAMES = {
 NPROBES = 32
 # An index run builds the IVF index itself once the proposals table reaches this size
 # (below it the exact scan is fast enough: docs/SEARCH.md, stage-1 latency).
-AUTO_ANN_ROWS = 200_000
+AUTO_ANN_ROWS = 50_000
 MIN_ANN_ROWS = 4_096  # below this an IVF index has too few rows to train its partitions
 
 
