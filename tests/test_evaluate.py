@@ -47,7 +47,7 @@ def env(tmp_path_factory):
         built = Built()
         mp.setattr(eval_cli, "build_segmenter", built)
         root = tmp_path_factory.mktemp("refer")
-        summary = build_refer_fixture(root, ("refcoco", "refcocog"))
+        summary = build_refer_fixture(root, ("refcoco", "refcoco+", "refcocog"))
         yield {"root": root, "summary": summary, "built": built, "tmp": tmp_path_factory}
 
 
@@ -389,3 +389,37 @@ def test_a_refs_file_without_usable_refs_fails_before_loading_models(env, tmp_pa
     assert rc == 3, stderr
     assert "no usable referring expression" in stderr and "refs(unc).p" in stderr
     assert len(env["built"].segmenters) == n_built
+
+
+def test_a_suite_encodes_each_shared_image_once(env):
+    """RefCOCO and RefCOCO+ val in one run: the segmenter's own counters show one
+    encoding per distinct image, fewer than the splits' images added up."""
+    out = env["tmp"].mktemp("suite")
+    rc, stdout, stderr = evaluate(
+        "--data-root", str(env["root"]), "--dataset", "refcoco,refcoco+", "--split", "val",
+        "--proposals", "gt", "--out", str(out),
+    )  # fmt: skip
+    assert rc == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    seg = env["built"].segmenters[-1]
+    per_split = sum(r["counts"]["images"] for r in report["splits"].values())
+    encoded = report["this_run"]["images_encoded"]
+    assert seg.stats["feature_passes"] == seg.stats["gem_passes"] == encoded
+    assert encoded == report["counts"]["images"] < per_split
+    for name, rep in report["splits"].items():
+        ds, split = name.split("/")
+        mine = [r for r in records_of(out) if r["dataset"] == ds]
+        assert rep["counts"]["done"] == len(mine) > 0 and rep["split"] == split
+        same_metrics(rep["metrics"], recompute(mine))
+    assert "| refcoco/val | refcoco+/val |" in stdout
+    assert "published" in (out / "report.md").read_text()
+
+
+def test_suite_and_split_options():
+    from hybridgl.cli.evaluate import _pairs
+
+    pairs = _pairs("refcoco,refcoco+,refcocog", "all")
+    assert len(pairs) == 8 and pairs[0] == ("refcoco", "val") and pairs[-1] == ("refcocog", "test")
+    assert _pairs("refcocog", "val,test") == [("refcocog", "val"), ("refcocog", "test")]
+    rc, _, stderr = evaluate("--suite", "paper", "--dataset", "refcoco")
+    assert rc == 2 and "--suite replaces" in stderr
