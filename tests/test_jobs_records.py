@@ -58,3 +58,19 @@ def test_importing_the_jobs_package_imports_no_ray_or_models() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_engine_ray_without_the_extra_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybridgl.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"image": "a.jpg", "expression": "a cat"}) + "\n")
+    rc = main(["batch", str(rows), "--out", str(tmp_path / "out"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [t for t in err.splitlines() if "error" in t]
+    assert len(lines) == 1 and 'pip install "hybridgl[ray]"' in lines[0]
+    assert "Traceback" not in err
