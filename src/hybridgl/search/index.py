@@ -243,19 +243,13 @@ class CocoProposals:
 
 
 def _encode_image(seg: Any, image: np.ndarray, proposals: np.ndarray | None) -> Any:
-    """``seg.encode_image`` (pure), or ``set_image`` on segmenters without it."""
-    enc = getattr(seg, "encode_image", None)
-    if callable(enc):
-        return enc(image, proposals=proposals)
-    return seg.set_image(image, proposals=proposals)
+    """``seg.encode_image``: the image's state, without touching the current image."""
+    return seg.encode_image(image, proposals=proposals)
 
 
 def _score(seg: Any, state: Any, parse: Any, top_k: int, guidance: bool) -> Prediction:
     """``seg.score(state, parse)``: the full method on a stored state."""
-    score = getattr(seg, "score", None)
-    if callable(score):
-        return score(state, parse, top_k=top_k, guidance=guidance)
-    return seg._score(state, parse, top_k, guidance, time.perf_counter())  # before core's score()
+    return seg.score(state, parse, top_k=top_k, guidance=guidance)
 
 
 def _state_class() -> Any:
