@@ -386,3 +386,9 @@ def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
     assert idx.optimize() == {"ann_built": True, "proposals": 9}
     assert idx.stats()["ann_index"] is True
     assert [(h.image_id, h.score) for h in idx.search("a square")] == before
+    # an index run builds it by itself past AUTO_ANN_ROWS, and readers see it
+    monkeypatch.setattr(mod, "AUTO_ANN_ROWS", 4)
+    idx2 = Index(tmp_path / "db2", segmenter=tiny_segmenter)
+    assert idx2.add([imgs], progress=False, proposals_from=ann).ann_built is True
+    assert idx2.stats()["ann_index"] is True
+    assert [(h.image_id, h.score) for h in idx2.search("a square")] == before

@@ -881,6 +881,7 @@ class Index:
                 store.latest(PROPOSALS)
             ):
                 build_ann(store)
+                store.commit()  # publish the indexed table versions to readers
                 report.ann_built = True
         finally:
             store.close()
