@@ -255,3 +255,29 @@ def test_cli_missing_extra_is_a_one_line_usage_error(monkeypatch, coco_sample, c
     assert rc == 2 and 'pip install "hybridgl[transformers]"' in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     torch.set_num_threads(threads)
+
+
+def test_cli_model_options_reach_the_backend(monkeypatch):
+    """--sam, --dtype, --points-per-side and --threads of the model options."""
+    import argparse
+
+    from hybridgl.cli.common import add_model_args, build_segmenter
+
+    monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+    p = argparse.ArgumentParser()
+    add_model_args(p)
+    threads = torch.get_num_threads()
+    try:
+        args = p.parse_args(
+            ["--sam", "vit_b", "--dtype", "bf16", "--points-per-side", "4", "--threads", "1",
+             "--device", "cpu"]
+        )  # fmt: skip
+        seg = build_segmenter(args)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert seg.proposer.config.points_per_side == 4 == seg.config.sam.points_per_side
+    assert seg.dtype == torch.bfloat16 and seg.model_info["sam"] == "vit_b"
+    assert seg.config.sam.min_mask_region_area == 800  # the rest stays the paper's
+    with pytest.raises(SystemExit):
+        p.parse_args(["--points-per-side", "0"])

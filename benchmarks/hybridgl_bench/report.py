@@ -399,6 +399,9 @@ def render_backends(report: dict[str, Any]) -> str:
             row("**first answer for trained weights** (encoder + decoder + CLIP stages, COCO count): wall", [
                 f"**{_ms(i.get('first_answer_est'))}**" for i in hyb]),
             row("  same, process CPU time", [_ms(i.get("first_answer_est_cpu")) for i in hyb]),
+            row("  **idle-machine estimate: CPU time / threads**", [
+                f"**{_ms(i['first_answer_est_cpu'] / i['threads'])}**" if i.get("first_answer_est_cpu") else "-"
+                for i in hyb]),
             row("further phrase", [_ms(i["further_phrase"]) for i in hyb]),
             row("peak resident memory", [f"{i['peak_rss_gib']:.2f} GiB" for i in hyb]),
             row("threads", [str(i["threads"]) for i in hyb]),
