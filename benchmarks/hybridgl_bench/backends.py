@@ -187,7 +187,6 @@ def measure_hybridgl(spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     res: dict[str, Any] = {"load_seconds": time.perf_counter() - t}
     res["image"] = {"id": pick["image_id"], "size": list(img.shape[:2])}
-    encode = getattr(seg, "encode_image", None)
 
     # first answer on a fresh photo
     t0, c0 = now(seg), time.process_time()
@@ -211,18 +210,12 @@ def measure_hybridgl(spec: dict[str, Any]) -> dict[str, Any]:
 
     # the CLIP stages with the photo's COCO masks as proposals (realistic count)
     t2, c2 = now(seg), time.process_time()
-    if encode is not None:
-        st2 = encode(img, proposals=gt)
-    else:
-        st2 = seg.set_image(img, proposals=gt)
+    st2 = seg.encode_image(img, proposals=gt)
     res["clip_stages_coco"] = now(seg) - t2
     res["clip_stages_coco_cpu"] = time.process_time() - c2
     res["coco_proposals"] = st2.num_proposals
     t3 = now(seg)
-    if encode is not None and hasattr(seg, "score"):
-        seg.score(st2, seg.parse(exprs[0]))
-    else:
-        seg.predict(exprs[0])
+    seg.score(st2, seg.parse(exprs[0]))
     res["predict_coco"] = now(seg) - t3
     res["first_answer_coco"] = (res["propose_total"] or 0.0) + res["clip_stages_coco"]
     res["first_answer_coco"] += res["predict_coco"]
@@ -320,18 +313,26 @@ def measure_gdino_sam(spec: dict[str, Any]) -> dict[str, Any]:
         ]
 
     def decode(emb: Any, inputs: dict, box: list[float]) -> Any:
-        boxed = sam_proc(images=image, input_boxes=[[box]], return_tensors="pt")
-        kwargs: dict[str, Any] = {"input_boxes": boxed["input_boxes"].to(device)}
+        # the box in the model's input frame: SAM resizes the longest side to 1024,
+        # SAM 2.1 resizes to 1024 x 1024
+        w, h = image.size
+        if sam_spec.family == "hf_sam2":
+            sx, sy = 1024 / w, 1024 / h
+        else:
+            sx = sy = 1024 / max(w, h)
+        scaled = [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+        boxes = torch.tensor([[scaled]], dtype=torch.float32, device=device)
+        kwargs: dict[str, Any] = {"input_boxes": boxes}
         if isinstance(emb, tuple):  # SAM-HQ
             kwargs["image_embeddings"], kwargs["intermediate_embeddings"] = emb
         else:
             kwargs["image_embeddings"] = emb
         with torch.no_grad():
             out = sam(multimask_output=False, **kwargs)
+        if sam_spec.family == "hf_sam2":
+            return sam_proc.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"])[0]
         return sam_proc.post_process_masks(
-            out.pred_masks.cpu(),
-            inputs["original_sizes"],
-            inputs["reshaped_input_sizes"] if "reshaped_input_sizes" in inputs else None,
+            out.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )[0]
 
     del ids

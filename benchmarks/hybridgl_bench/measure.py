@@ -76,9 +76,8 @@ def count_clip_models() -> int:
 
 
 def encode_image(seg: Any, image: Any, proposals: Any = None) -> Any:
-    """``Segmenter.encode_image`` (pure), or ``set_image`` where it does not exist yet."""
-    fn = getattr(seg, "encode_image", None) or seg.set_image
-    return fn(image, proposals=proposals)
+    """``Segmenter.encode_image``: the image stages, the current image untouched."""
+    return seg.encode_image(image, proposals=proposals)
 
 
 def expression_texts(seg: Any, parse: Any) -> list[str]:
@@ -148,7 +147,6 @@ def clip_stage_times(seg: Any, image: Any, masks: Any) -> dict[str, float]:
 def expression_stage_times(seg: Any, state: Any, expressions: list[str]) -> dict[str, float]:
     """Per-expression means: text encoding (uncached), parsing, guidance and choice."""
     text = parse = guide = 0.0
-    score = getattr(seg, "score", None)
     for e in expressions:
         t = now(seg)
         p = seg.parse(e)
@@ -157,14 +155,11 @@ def expression_stage_times(seg: Any, state: Any, expressions: list[str]) -> dict
         t2 = now(seg)
         seg.encode_texts(expression_texts(seg, p))  # fill the library's cache
         t3 = now(seg)
-        if score is not None:
-            score(state, p)
-        else:
-            seg.predict(e)
+        seg.score(state, p)
         t4 = now(seg)
         parse += t1 - t
         text += t2 - t1
-        guide += t4 - t3 - (0.0 if score is not None else t1 - t)
+        guide += t4 - t3
     k = max(1, len(expressions))
     return {"text": text / k, "parse": parse / k, "guidance": guide / k}
 

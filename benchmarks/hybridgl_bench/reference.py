@@ -36,14 +36,6 @@ def _gem_tokens(seg: Any, image: Any) -> Any:
     return F.normalize(tokens[0].float(), dim=-1)
 
 
-def _score(seg: Any, state: Any, parse: Any, expression: str) -> Any:
-    score = getattr(seg, "score", None)
-    if score is not None:
-        return score(state, parse)
-    seg.set_image_state(state)  # before the public stages landed
-    return seg.predict(expression)
-
-
 def run_reference_schedule(seg: Any, work: list[dict], gt: dict[int, Any] | None) -> dict:
     """Run ``work`` on the reference schedule; the same result shape as ``run_ours``."""
     from hybridgl.images import load_image
@@ -70,7 +62,7 @@ def run_reference_schedule(seg: Any, work: list[dict], gt: dict[int, Any] | None
                     counts["gem_passes"] += 1
                 parse = seg.parse(expr)
                 encode_texts_uncached(seg, expression_texts(seg, parse))
-                p = _score(seg, state, parse, expr)
+                p = seg.score(state, parse)
                 chosen.append(p.index)
                 pure.append(p.pure_index)
     total = now(seg) - t0
