@@ -71,12 +71,12 @@ class GivenProposals:
         self._seg = segmenter
         self._table = {pixel_key(path): masks for path, masks in images}
 
-    def encode_image(self, image: Any, proposals: Any = None) -> Any:
+    def encode_image(self, image: Any, proposals: Any = None, **kw: Any) -> Any:
         if proposals is None:
             proposals = self._table.get(pixel_key(image))
-        return self._seg.encode_image(image, proposals=proposals)
+        return self._seg.encode_image(image, proposals=proposals, **kw)
 
-    def set_image(self, image: Any, proposals: Any = None) -> Any:
+    def set_image(self, image: Any, proposals: Any = None, **kw: Any) -> Any:
         raise AssertionError("the server must use encode_image, never set_image")
 
     def __getattr__(self, name: str) -> Any:
@@ -94,7 +94,7 @@ class BlockingSegmenter:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def encode_image(self, image: Any, proposals: Any = None) -> Any:
+    def encode_image(self, image: Any, proposals: Any = None, **kw: Any) -> Any:
         self.entered.set()
         self.release.wait(60)
         raise RuntimeError("released by the test")
@@ -130,13 +130,13 @@ class GatedSegmenter:
         self.inside = 0
         self._lock = threading.Lock()
 
-    def encode_image(self, image: Any, proposals: Any = None) -> Any:
+    def encode_image(self, image: Any, proposals: Any = None, **kw: Any) -> Any:
         with self._lock:
             self.inside += 1
         self.gate.wait(120)
         if proposals is None and self._default_proposals is not None:
             proposals = self._default_proposals(*np.asarray(image).shape[:2])
-        return self._seg.encode_image(image, proposals=proposals)
+        return self._seg.encode_image(image, proposals=proposals, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._seg, name)

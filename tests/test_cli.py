@@ -642,3 +642,38 @@ def test_batch_max_pixels_and_coco_results(
     assert coco[0]["segmentation"] == rec["mask"] and coco[0]["score"] == rec["score"]
     rle = {"size": rec["mask"]["size"], "counts": rec["mask"]["counts"].encode()}
     assert coco[0]["bbox"] == [float(v) for v in mask_utils.toBbox(rle)]
+
+
+@needs_data
+def test_max_pixels_reaches_every_load_and_the_segmenter(
+    tmp_path: Path, coco_images: list[tuple[Path, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--max-pixels`` above the default (44.7 MP) is the limit of every check of the run:
+    the CLI's own loads (overlay reload included) and the segmenter's re-check."""
+    import hybridgl.images
+    from hybridgl.segmenter import Segmenter
+
+    seen: list[object] = []
+    real_load, real_encode = hybridgl.images.load_image, Segmenter.encode_image
+
+    def load_image(image, max_pixels=hybridgl.images.DEFAULT_MAX_PIXELS):
+        seen.append(("load", max_pixels))
+        return real_load(image, max_pixels=max_pixels)
+
+    def encode_image(self, image, proposals=None, **kw):
+        seen.append(("encode", kw.get("max_pixels", "default")))
+        return real_encode(self, image, proposals, **kw)
+
+    monkeypatch.setattr(hybridgl.images, "load_image", load_image)
+    monkeypatch.setattr(Segmenter, "encode_image", encode_image)
+    (img, npy), _ = coco_images
+    big = "50000000"
+    assert main(["segment", str(img), "a man", "--proposals", str(npy), "--max-pixels", big]) == 0
+    assert seen and set(seen) == {("load", 50_000_000), ("encode", 50_000_000)}
+    seen.clear()
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"id,image,expression,proposals\nr1,{img},a man,{npy}\n")
+    argv = ["batch", str(rows), "--out", str(tmp_path / "out"), "--no-progress", "--overlays"]
+    assert main([*argv, "--max-pixels", big]) == EXIT_OK
+    assert ("load", 50_000_000) in seen and ("encode", 50_000_000) in seen
+    assert set(seen) == {("load", 50_000_000), ("encode", 50_000_000)}, seen

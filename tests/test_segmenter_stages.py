@@ -191,3 +191,21 @@ def test_threads_each_get_their_own_image(tiny_segmenter):
     assert isinstance(seg.image_state, ImageState)
     if seg.image_state is not sentinel:  # only the locked threads may have changed it
         assert seg.image_state.height in (34, 40)
+
+
+def test_encode_image_and_set_image_check_the_callers_pixel_limit(tiny_segmenter):
+    """``max_pixels`` reaches the segmenter's own loader: a caller that decoded an image
+    under a raised limit (server, CLI ``--max-pixels``) is not refused again by the
+    default one, and a lowered limit refuses the image with the size and that limit."""
+    from hybridgl.errors import ImageTooLargeError
+
+    seg = tiny_segmenter
+    img, masks = _image(3, 20, 30), _stripes(20, 30, 2)
+    for stage in (seg.encode_image, seg.set_image):
+        with pytest.raises(ImageTooLargeError) as refused:
+            stage(img, masks, max_pixels=599)
+        assert refused.value.limit == 599
+        assert (refused.value.height, refused.value.width) == (20, 30)
+        assert "599" in str(refused.value)
+        assert stage(img, masks, max_pixels=600).num_proposals == 2
+        assert stage(img, masks, max_pixels=None).num_proposals == 2

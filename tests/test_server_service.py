@@ -114,3 +114,71 @@ def test_a_timed_out_job_keeps_its_place_in_the_queue(tiny_segmenter):
     finally:
         blocking.release.set()
         service.close()
+
+
+class _LimitSpy:
+    """Records the ``max_pixels`` the service hands to ``encode_image``."""
+
+    def __init__(self, segmenter) -> None:
+        self._seg = segmenter
+        self.limits: list = []
+
+    def encode_image(self, image, proposals=None, **kw):
+        self.limits.append(kw.get("max_pixels", "default"))
+        return self._seg.encode_image(image, proposals=proposals, **kw)
+
+    def __getattr__(self, name: str):
+        return getattr(self._seg, name)
+
+
+@pytest.mark.parametrize("limit", [40 * 56, 50_000_000])
+def test_service_passes_its_pixel_limit_to_the_segmenter(tiny_segmenter, limit):
+    """``--max-pixels`` above the package default (44.7 MP) must not be undone by the
+    segmenter re-checking the decoded image with its default limit."""
+    spy = _LimitSpy(tiny_segmenter)
+    settings = ServerSettings(max_pixels=limit)
+    service = ModelService(spy, settings)
+    service.start()
+    try:
+        up = upload(settings)
+        ticket = service.admit()
+        try:
+            out = asyncio.run(
+                service.segment(
+                    ticket, up, ["the left half"], top_k=2, guidance=True, proposals=halves
+                )
+            )
+        finally:
+            ticket.release()
+        assert out.state.num_proposals == 2
+        assert spy.limits == [limit]
+    finally:
+        service.close()
+
+
+def test_segmenter_refusing_the_size_is_a_413_with_the_servers_limit(tiny_segmenter):
+    """An ImageTooLargeError from the segmenter maps to 413 with its size and limit."""
+    from hybridgl.errors import ImageTooLargeError
+
+    class Refusing(_LimitSpy):
+        def encode_image(self, image, proposals=None, **kw):
+            raise ImageTooLargeError("too large", height=40, width=56, limit=100)
+
+    settings = ServerSettings()
+    service = ModelService(Refusing(tiny_segmenter), settings)
+    service.start()
+    try:
+        ticket = service.admit()
+        try:
+            with pytest.raises(ApiError) as err:
+                asyncio.run(
+                    service.segment(
+                        ticket, upload(settings), ["x"], top_k=1, guidance=True, proposals=halves
+                    )
+                )
+        finally:
+            ticket.release()
+        assert err.value.status == 413 and err.value.code == "image_too_large"
+        assert "56x40 = 2240 pixels" in str(err.value) and "limit is 100" in str(err.value)
+    finally:
+        service.close()

@@ -39,11 +39,23 @@ class SegmenterLike(Protocol):
         """JSON-ready description of the models (sizes, device, dtype, preset)."""
         ...
 
-    def encode_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+    def encode_image(
+        self,
+        image: ImageInput,
+        proposals: npt.ArrayLike | None = None,
+        *,
+        max_pixels: int | None = ...,
+    ) -> ImageState:
         """Everything that depends only on the image; the current image is untouched."""
         ...
 
-    def set_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+    def set_image(
+        self,
+        image: ImageInput,
+        proposals: npt.ArrayLike | None = None,
+        *,
+        max_pixels: int | None = ...,
+    ) -> ImageState:
         """``encode_image`` and make the result the current image."""
         ...
 

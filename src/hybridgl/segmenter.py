@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from hybridgl import guidance
 from hybridgl.config import MethodConfig, get_preset
 from hybridgl.errors import ExpressionError, WeightsError
-from hybridgl.images import ImageInput, load_image
+from hybridgl.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from hybridgl.masks import as_proposal_masks, masks_to_boxes_xywh, resize_masks
 from hybridgl.models import hybrid_clip, random_weights_mode
 from hybridgl.models.clip import encode_text_trimmed
@@ -404,7 +404,13 @@ class Segmenter:
                 return proposer(image)
 
     @torch.no_grad()
-    def encode_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+    def encode_image(
+        self,
+        image: ImageInput,
+        proposals: npt.ArrayLike | None = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> ImageState:
         """Compute everything that depends only on the image; the current image is untouched.
 
         Proposals (SAM's, or the caller's), the hybrid features of each proposal (METHOD.md
@@ -419,17 +425,22 @@ class Segmenter:
                 masks from another segmenter, or ground truth for the oracle setting.
                 Binarised by :func:`hybridgl.masks.as_proposal_masks` (bool as is,
                 numbers ``> 0.5``).
+            max_pixels: the largest image accepted, passed to
+                :func:`hybridgl.images.load_image` (None: no limit of ours). Callers that
+                decoded the image under another limit (the server's ``--max-pixels``, the
+                CLI's) pass that limit here too.
 
         Returns:
             A new :class:`ImageState`.
 
         Raises:
-            ImageError: the image cannot be read.
+            ImageError: the image cannot be read, or has more than ``max_pixels`` pixels
+                (:class:`~hybridgl.errors.ImageTooLargeError`).
             ValueError: proposals of the wrong shape, or NaN, strings or objects in them.
             RuntimeError: no proposals given and the segmenter has no SAM.
         """
         t0 = time.perf_counter()
-        img = load_image(image)
+        img = load_image(image, max_pixels=max_pixels)
         h, w = img.shape[:2]
         given = as_proposal_masks(proposals, h, w) if proposals is not None else None
         wh, ww = working_size(h, w, self.config.max_side)
@@ -478,17 +489,24 @@ class Segmenter:
             timings={"proposals": t1 - t0, "features": t2 - t1, "gem": t3 - t2},
         )
 
-    def set_image(self, image: ImageInput, proposals: npt.ArrayLike | None = None) -> ImageState:
+    def set_image(
+        self,
+        image: ImageInput,
+        proposals: npt.ArrayLike | None = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> ImageState:
         """:meth:`encode_image`, then make the result the current image.
 
         Args:
             image: see :meth:`encode_image`.
             proposals: see :meth:`encode_image`.
+            max_pixels: see :meth:`encode_image`.
 
         Returns:
             The new :class:`ImageState` (also kept as :attr:`image_state`).
         """
-        state = self.encode_image(image, proposals)
+        state = self.encode_image(image, proposals, max_pixels=max_pixels)
         self.set_image_state(state)
         return state
 

@@ -25,6 +25,7 @@ from hybridgl.cli.common import (
     build_segmenter,
     engine_options,
 )
+from hybridgl.images import DEFAULT_MAX_PIXELS
 from hybridgl.jobs.engine import Progress, run_units
 from hybridgl.jobs.records import RecordWriter, read_records
 from hybridgl.jobs.units import SegmenterSpec, UnitWorker, WorkUnit, encode_and_predict
@@ -382,7 +383,13 @@ class BatchTask:
             return self.failed(unit, e)
         seg = worker.segmenter  # missing weights end the run (exit 4)
         _, preds = encode_and_predict(
-            seg, image, proposals, [r["expression"] for r in unit.rows], self.top_k, self.guidance
+            seg,
+            image,
+            proposals,
+            [r["expression"] for r in unit.rows],
+            self.top_k,
+            self.guidance,
+            max_pixels=self.max_pixels,
         )
         out = []
         for row, pred in zip(unit.rows, preds, strict=True):
@@ -437,8 +444,10 @@ class BatchSink:
         counts: Counts,
         progress: Progress,
         overlays: bool,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.out_dir = out_dir
+        self.max_pixels = max_pixels  # the run's --max-pixels, for the overlay reload
         self.writer = writer
         self.counts = counts
         self.progress = progress
@@ -473,7 +482,7 @@ class BatchSink:
                 from hybridgl.viz import overlay, save_image
 
                 if image is None:
-                    image = load_image(unit.data["image_path"])
+                    image = load_image(unit.data["image_path"], max_pixels=self.max_pixels)
                 ov_rel = f"{OVERLAYS}/{Path(name).stem}.jpg"
                 box = rec["box"] if rec["found"] else None
                 save_image(
@@ -518,12 +527,15 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(
         len(todo) + len(bad_todo), len(units), desc="batch", disable=bool(args.no_progress)
     )
-    sink = BatchSink(out_dir, writer, counts, progress, overlays=bool(args.overlays))
+    max_pixels = args.max_pixels or None  # 0: no limit of ours
+    sink = BatchSink(
+        out_dir, writer, counts, progress, overlays=bool(args.overlays), max_pixels=max_pixels
+    )
     task = BatchTask(
         top_k=args.top_k,
         guidance=not args.no_guidance,
         polygons=not args.no_polygons,
-        max_pixels=args.max_pixels or None,
+        max_pixels=max_pixels,
         caller_proposals_only=args.sam == "none",
     )
     try:

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     seg = build_segmenter(args)
     t1 = time.perf_counter()
-    state = seg.set_image(image, proposals=proposals)
+    state = seg.set_image(image, proposals=proposals, max_pixels=max_pixels)
     t2 = time.perf_counter()
     preds = seg.predict_many(list(args.expressions), **predict_options(args))
     t3 = time.perf_counter()

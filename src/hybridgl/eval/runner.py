@@ -291,7 +291,7 @@ def evaluate_unit(
         masks = _gt_proposals(unit, anns, h, w) if proposals == "gt" else None
         segmenter = worker.segmenter
         try:
-            state = encode_state(segmenter, image, masks)
+            state = encode_state(segmenter, image, masks, max_pixels)
         except Exception as e:
             raise _ImageFailure(
                 f"encoding failed on {unit.data['image_path']}: {type(e).__name__}: {e}",

@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hybridgl.images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from hybridgl.protocols import SegmenterLike
+    from hybridgl.segmenter import ImageState
 
 __all__ = [
     "SegmenterSpec",
@@ -231,50 +237,55 @@ class UnitWorker:
         return records
 
 
-def encode_state(segmenter: Any, image: Any, proposals: Any = None) -> Any:
+def encode_state(
+    segmenter: SegmenterLike,
+    image: Any,
+    proposals: Any = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> ImageState:
     """Encode an image into an ``ImageState`` without touching the current image.
 
-    The explicit-state path (``encode_image``) keeps workers and threads independent;
-    segmenters without it fall back to ``set_image``.
+    The explicit-state path (``encode_image``) keeps workers and threads independent.
+    ``max_pixels`` is the run's limit (the CLI's ``--max-pixels``), the one the image was
+    loaded under: the segmenter checks the size again with it.
     """
-    encode = getattr(segmenter, "encode_image", None)
-    if encode is not None:
-        return encode(image, proposals=proposals)
-    return segmenter.set_image(image, proposals=proposals)
+    return segmenter.encode_image(image, proposals=proposals, max_pixels=max_pixels)
 
 
 def predict_on_state(
-    segmenter: Any, state: Any, expressions: list[str], top_k: int, guidance: bool
+    segmenter: SegmenterLike, state: ImageState, expressions: list[str], top_k: int, guidance: bool
 ) -> list[Any]:
     """Answer every expression on an explicit state (``predict_many(..., state=)``).
 
     A failing ``predict_many`` is retried one expression at a time so that the expression
     at fault gets the error (returned in its place) and the others their predictions.
     """
-    kw: dict[str, Any] = {"state": state} if hasattr(segmenter, "encode_image") else {}
     if not expressions:
         return []
     try:
-        return list(segmenter.predict_many(expressions, top_k=top_k, guidance=guidance, **kw))
+        return list(
+            segmenter.predict_many(expressions, top_k=top_k, guidance=guidance, state=state)
+        )
     except Exception:  # noqa: BLE001 - find the expression at fault
         pass
     preds: list[Any] = []
     for text in expressions:
         try:
-            preds.append(segmenter.predict(text, top_k=top_k, guidance=guidance, **kw))
+            preds.append(segmenter.predict(text, top_k=top_k, guidance=guidance, state=state))
         except Exception as e:  # noqa: BLE001
             preds.append(e)
     return preds
 
 
 def encode_and_predict(
-    segmenter: Any,
+    segmenter: SegmenterLike,
     image: Any,
     proposals: Any,
     expressions: list[str],
     top_k: int,
     guidance: bool,
-) -> tuple[Any, list[Any]]:
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[ImageState, list[Any]]:
     """:func:`encode_state` then :func:`predict_on_state`: ``(state, predictions)``."""
-    state = encode_state(segmenter, image, proposals)
+    state = encode_state(segmenter, image, proposals, max_pixels)
     return state, predict_on_state(segmenter, state, expressions, top_k, guidance)

@@ -38,8 +38,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from hybridgl.server.cache import LRUCache
 from hybridgl.server.errors import ApiError
 from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload, too_large
@@ -143,7 +141,7 @@ class ModelService:
 
     # lifecycle ------------------------------------------------------------------------
     @property
-    def segmenter(self) -> Any:
+    def segmenter(self) -> SegmenterLike | None:
         return self._segmenter
 
     @property
@@ -186,7 +184,7 @@ class ModelService:
                 pool.shutdown(wait=False, cancel_futures=True)
         self._answer_pool = self._image_pool = self._model = None
 
-    def require_model(self) -> Any:
+    def require_model(self) -> SegmenterLike:
         """The segmenter, or a 503 ``model_unavailable`` saying why there is none."""
         seg = self._segmenter
         if seg is not None:
@@ -286,7 +284,7 @@ class ModelService:
 
     async def _image_state(
         self,
-        seg: Any,
+        seg: SegmenterLike,
         ticket: Ticket,
         key: str,
         upload: Upload,
@@ -314,13 +312,13 @@ class ModelService:
 
     def _encode_job(
         self,
-        seg: Any,
+        seg: SegmenterLike,
         upload: Upload,
         proposals: ProposalsBuilder | None,
         key: str,
     ) -> tuple[Any, float]:
         """On an image thread: decode, build proposals, encode on the model thread, cache."""
-        from hybridgl.errors import ImageError
+        from hybridgl.errors import ImageError, ImageTooLargeError
 
         start = time.perf_counter()
         with self.images.running():
@@ -329,13 +327,13 @@ class ModelService:
 
             def encode() -> Any:
                 try:
-                    return self._encode_image(seg, image, masks)
-                except ImageError as e:
-                    from hybridgl.images import DEFAULT_MAX_PIXELS
-
+                    return seg.encode_image(
+                        image, proposals=masks, max_pixels=self.settings.pixel_limit
+                    )  # pure: no current image
+                except ImageTooLargeError as e:
                     h, w = image.shape[:2]
-                    if h * w > DEFAULT_MAX_PIXELS:  # the segmenter's own loader refused it
-                        raise too_large(w, h, DEFAULT_MAX_PIXELS) from None
+                    raise too_large(w, h, e.limit or self.settings.pixel_limit) from None
+                except ImageError as e:
                     raise ApiError(415, "invalid_image", str(e)) from None
                 except ValueError as e:  # the segmenter's checks of caller proposals
                     if masks is None:
@@ -348,10 +346,6 @@ class ModelService:
         return state, (time.perf_counter() - start) * 1000.0
 
     # the segmenter's explicit-state API ------------------------------------------------
-    @staticmethod
-    def _encode_image(seg: SegmenterLike, image: np.ndarray, proposals: np.ndarray | None) -> Any:
-        return seg.encode_image(image, proposals=proposals)  # pure: no current image
-
     @staticmethod
     def _predict_many(
         seg: SegmenterLike, expressions: list[str], top_k: int, guidance: bool, state: Any
@@ -428,8 +422,7 @@ class ModelService:
 
     def model_info(self) -> dict[str, Any]:
         seg = self._segmenter
-        info = getattr(seg, "model_info", None) if seg is not None else None
-        return dict(info) if info else {}  # JSON-ready by the segmenter's contract
+        return dict(seg.model_info) if seg is not None else {}  # JSON-ready by contract
 
     def stats(self) -> dict[str, int]:
         seg = self._segmenter
