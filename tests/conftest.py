@@ -89,14 +89,14 @@ def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]
     test reads a segmenter's ``stats`` counters (they accumulate across tests). Returns the
     cache (keyed by the call's arguments).
     """
-    from hybridgl import weights
+    from hybridgl.models import random_weights_mode
     from hybridgl.segmenter import Segmenter
 
     build = Segmenter.from_pretrained.__func__  # type: ignore[attr-defined]
 
     def from_pretrained(cls, *args, **kwargs):
         try:
-            tiny = weights.random_weights_mode() == "tiny"
+            tiny = random_weights_mode() == "tiny"
         except ValueError:  # an invalid value: let the real call report it
             tiny = False
         if not tiny:

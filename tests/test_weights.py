@@ -562,3 +562,11 @@ def test_hub_download_is_all_or_nothing(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()) == sorted(
         ckpt.hub_files
     )
+
+
+def test_random_weights_switch_has_one_home() -> None:
+    """The switch is read by ``hybridgl.models.random_weights_mode`` only; the transitional
+    re-export from ``hybridgl.weights`` is gone (no second import path to keep in sync)."""
+    import hybridgl.weights
+
+    assert not hasattr(hybridgl.weights, "random_weights_mode")

@@ -26,8 +26,7 @@ Environment variables:
 - ``HYBRIDGL_WEIGHTS_URL_BASE``: mirror; the URL becomes ``<base>/<file name>``.
 
 ``HYBRIDGL_RANDOM_WEIGHTS`` (random weights instead of checkpoints) is read beside the
-model builders, by :func:`hybridgl.models.random_weights_mode` (re-exported here only for
-callers that have not switched yet).
+model builders, by :func:`hybridgl.models.random_weights_mode`.
 
 Importing this module has no side effects: nothing is created, read or downloaded.
 """
@@ -49,10 +48,6 @@ from typing import Any
 
 from hybridgl.errors import WeightsError
 from hybridgl.fileio import atomic_dir, atomic_path, atomic_write_json
-
-# The random-weights switch lives beside the model builders (hybridgl.models); this name
-# stays importable from here only until tests/conftest.py reads it from there.
-from hybridgl.models import random_weights_mode  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
