@@ -265,3 +265,19 @@ def test_import_does_not_change_pillow_limit() -> None:
     assert proc.returncode == 0, proc.stderr
     before, after = proc.stdout.split()
     assert before == after == str(Image.MAX_IMAGE_PIXELS)
+
+
+def test_pillow_bomb_error_states_our_limit_and_the_size(tmp_path: Path) -> None:
+    """Over twice Pillow's limit (20000 x 20000 = 400 MP > 179 MP) Pillow refuses to open
+    the image at all; the error must still be ours: the size and OUR max_pixels."""
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    for source, limit in ((data, DEFAULT_MAX_PIXELS), (path, 1000)):
+        with pytest.raises(ImageTooLargeError) as err:
+            load_image(source, max_pixels=limit)
+        msg = str(err.value)
+        assert "20000 x 20000 = 400,000,000 pixels" in msg
+        assert f"above the limit of {limit:,} (max_pixels" in msg and "Pillow" not in msg
+        assert (err.value.width, err.value.height, err.value.limit) == (20000, 20000, limit)

@@ -25,6 +25,7 @@ One set of rules for every kind of input (a file, its bytes, a PIL image, an arr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -168,14 +169,57 @@ def _open(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
             # the size is checked against max_pixels below, before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(source)
-    except Image.DecompressionBombError as e:
+    except Image.DecompressionBombError:
+        # over twice Pillow's own limit: Pillow will not open it, so read the size from
+        # the header with the format plugin and refuse it by OUR limit, like any other
+        size = _header_size(source)
+        if size is None:  # pragma: no cover - Pillow found a size, so a plugin can too
+            raise ImageTooLargeError(
+                f"image {name} is too large: above twice Pillow's limit of "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels, so above the limit of "
+                f"{max_pixels or 0:,} (max_pixels; the CLI's --max-pixels)",
+                limit=max_pixels,
+            ) from None
+        width, height = size
+        check_pixels(height, width, max_pixels, name=f"image {name}")
         raise ImageTooLargeError(
-            f"image {name} is too large: {e} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)"
+            f"image {name} is too large: {width} x {height} = {width * height:,} pixels, "
+            f"more than Pillow can open (twice PIL.Image.MAX_IMAGE_PIXELS)",
+            height=height,
+            width=width,
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ImageError(f"cannot read image {name}: {e}") from None
     with img:
         return _decode(img, f"image {name}", max_pixels)
+
+
+def _header_size(source: Any) -> tuple[int, int] | None:
+    """``(width, height)`` from the header, by the format plugins, without Pillow's bomb check.
+
+    Only called after Pillow refused the image as a decompression bomb, to report its size
+    against our limit; nothing is decoded.
+    """
+    Image.init()
+    with open(source, "rb") if isinstance(source, (str, os.PathLike)) else _rewound(source) as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            found = accept(prefix) if accept else True
+            if not found or isinstance(found, str):  # a str: a warning, not a match
+                continue
+            try:
+                fp.seek(0)
+                with factory(fp, "") as im:
+                    return int(im.size[0]), int(im.size[1])
+            except (SyntaxError, IndexError, TypeError, ValueError, OSError):
+                continue
+    return None
+
+
+def _rewound(fp: Any) -> Any:
+    fp.seek(0)
+    return contextlib.nullcontext(fp)
 
 
 def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
