@@ -423,3 +423,40 @@ def test_suite_and_split_options():
     assert _pairs("refcocog", "val,test") == [("refcocog", "val"), ("refcocog", "test")]
     rc, _, stderr = evaluate("--suite", "paper", "--dataset", "refcoco")
     assert rc == 2 and "--suite replaces" in stderr
+
+
+def test_oracle_proposals_are_compared_at_the_input_resolution(tmp_path):
+    """A segmenter whose working resolution (max_side=64) is below the image's gives
+    records, not "proposals have shape" failures: proposals are brought back to the
+    input size, where the ground truth is."""
+    import numpy as np
+    from PIL import Image
+
+    from hybridgl import Segmenter
+    from hybridgl.eval.runner import evaluate_unit
+    from hybridgl.jobs.units import UnitWorker, WorkUnit
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+        seg = Segmenter.from_pretrained(sam=None, device="cpu", max_side=64)
+    path = tmp_path / "img.png"
+    pixels = np.random.default_rng(1).integers(0, 255, size=(96, 160, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    left = {"segmentation": [[0, 0, 80, 0, 80, 96, 0, 96]], "area": 7680.0}
+    right = {"segmentation": [[80, 0, 160, 0, 160, 96, 80, 96]], "area": 7680.0}
+    row = {"dataset": "t", "split": "val", "image_id": 1, "ref_id": 1, "ann_id": 11,
+           "sent_id": 1, "sentence": "the left half"}  # fmt: skip
+    unit = WorkUnit(
+        key=str(path),
+        rows=[row],
+        data={
+            "image_path": str(path),
+            "size": [96, 160],
+            "image_ann_ids": [11, 12],
+            "anns": [[11, left], [12, right]],
+        },  # fmt: skip
+    )
+    (rec,) = evaluate_unit(UnitWorker(None, lambda: seg), unit, proposals="gt")
+    assert rec["error"] is None, rec["error"]
+    # the oracle picks the ground truth itself: IoU 1 at the input resolution
+    assert rec["upper_i"] == rec["upper_u"] == 80 * 96

@@ -182,3 +182,34 @@ def test_segmenter_refusing_the_size_is_a_413_with_the_servers_limit(tiny_segmen
         assert "56x40 = 2240 pixels" in str(err.value) and "limit is 100" in str(err.value)
     finally:
         service.close()
+
+
+@pytest.fixture(scope="module")
+def small_working_side():
+    """A tiny segmenter whose working resolution (max_side=64) is below the inputs'."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+        from hybridgl import Segmenter
+
+        yield Segmenter.from_pretrained(sam=None, device="cpu", max_side=64)
+
+
+def test_candidate_masks_are_at_the_input_resolution(small_working_side):
+    """With a working resolution below the input's, candidate masks still have the
+    image's size (and match the candidate boxes), like the record's own mask."""
+    from hybridgl.masks import masks_to_boxes_xywh, rle_to_mask
+    from hybridgl.server.encoding import result_record
+
+    seg = small_working_side
+    image = np.random.default_rng(0).integers(0, 255, size=(96, 160, 3), dtype=np.uint8)
+    state = seg.encode_image(image, proposals=halves(96, 160))
+    assert state.work_size != (96, 160)
+    pred = seg.predict("the left half", top_k=2, state=state)
+    rec = result_record(pred, state, candidate_masks=True, polygons=False)
+    assert rec["mask"]["size"] == [96, 160]
+    assert len(rec["candidates"]) == 2
+    for cand in rec["candidates"]:
+        assert cand["mask"]["size"] == [96, 160]
+        mask = rle_to_mask(cand["mask"])
+        assert np.array_equal(mask, state.input_mask(cand["index"]))
+        assert cand["box"] == [float(v) for v in masks_to_boxes_xywh(mask[None])[0]]

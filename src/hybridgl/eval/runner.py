@@ -297,7 +297,9 @@ def evaluate_unit(
                 f"encoding failed on {unit.data['image_path']}: {type(e).__name__}: {e}",
                 "prediction_failed",
             ) from None
-        props = np.asarray(state.masks, dtype=bool)
+        # at the input resolution, where the ground truth is (state.masks are at the
+        # working resolution when the image's long side exceeds max_side)
+        props = state.input_masks()
         if props.size == 0:
             props = np.zeros((0, h, w), dtype=bool)
         if props.ndim != 3 or props.shape[1:] != (h, w):

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybridgl.server.service import Outcome
 
+if TYPE_CHECKING:
+    from hybridgl.segmenter import ImageState
+
 
 def result_record(
     pred: Any,
-    state: Any,
+    state: ImageState,
     *,
     candidate_masks: bool = False,
     polygons: bool = True,
@@ -27,13 +30,13 @@ def result_record(
     from hybridgl.masks import mask_to_rle
 
     rec = pred.to_dict(polygons=polygons)
-    boxes = getattr(state, "boxes", None)
+    boxes = state.boxes  # XYWH at the input resolution
     for cand in rec.get("candidates", []):
         idx = int(cand["index"])
-        if boxes is not None and 0 <= idx < len(boxes):
+        if 0 <= idx < len(boxes):
             cand["box"] = [float(v) for v in boxes[idx]]
-        if candidate_masks:
-            cand["mask"] = mask_to_rle(np.asarray(state.masks[idx], dtype=bool))
+        if candidate_masks:  # at the input resolution, like the record's own mask
+            cand["mask"] = mask_to_rle(state.input_mask(idx))
     return rec
 
 
