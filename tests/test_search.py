@@ -392,3 +392,20 @@ def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
     assert idx2.add([imgs], progress=False, proposals_from=ann).ann_built is True
     assert idx2.stats()["ann_index"] is True
     assert [(h.image_id, h.score) for h in idx2.search("a square")] == before
+
+
+def test_index_sam_none(tmp_path, capsys, tiny_segmenter):
+    """``--sam none`` indexes with --proposals-from; without it, a usage error (exit 2)
+    before any model or index is touched."""
+    imgs = tmp_path / "imgs"
+    sizes = _write_images(imgs, 2)
+    ann = _coco_json(tmp_path / "ann.json", sizes)
+    db = tmp_path / "db"
+    rc, _, err = _run(capsys, "index", str(imgs), "--db", str(db), "--sam", "none")
+    assert rc == 2 and "--sam none" in err and "--proposals-from" in err
+    assert len(err.strip().splitlines()) == 1 and not db.exists()
+    args = ["index", str(imgs), "--db", str(db), "--sam", "none", "--no-progress"]
+    rc, out, err = _run(capsys, *args, "--proposals-from", str(ann))
+    assert rc == 0, err
+    assert "indexed 2" in out and "failed 0" in out
+    assert Index(db).stats()["proposals"] == 6

@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
         return code
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
+    if args.sam == "none" and not args.proposals_from and (args.paths or args.rebuild):
+        raise UsageError(
+            "--sam none builds no SAM, so the proposals must come from --proposals-from "
+            "COCO.json (or choose a SAM: --sam vit_h, vit_l or vit_b)"
+        )
     engine = engine_options(args)
     idx = make_index(args, gem=not args.no_gem, gem_dtype=args.gem_dtype)
     report = None

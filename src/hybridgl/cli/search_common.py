@@ -39,8 +39,9 @@ def add_model_options(p: argparse.ArgumentParser, *, sam: bool) -> None:
         g.add_argument(
             "--sam",
             default=None,
-            choices=("vit_h", "vit_l", "vit_b"),
-            help="SAM size for the proposals (new index: vit_h)",
+            choices=("vit_h", "vit_l", "vit_b", "none"),
+            help="SAM size for the proposals (new index: vit_h); none: no SAM, the "
+            "proposals come from --proposals-from",
         )
     g.add_argument(
         "--preset",
@@ -68,9 +69,10 @@ def make_index(args: argparse.Namespace, **extra: Any) -> Any:
         random_weights_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    sam = getattr(args, "sam", None)
     return Index(
         os.fspath(args.db),
-        sam=getattr(args, "sam", None),
+        sam=None if sam == "none" else sam,  # none: the caller checked --proposals-from
         preset=args.preset,
         dtype=args.dtype,
         device=args.device,
