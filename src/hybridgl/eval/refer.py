@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,13 +125,9 @@ class EvalData:
         Raises:
             DataError: unknown annotation or unusable segmentation.
         """
-        ann = self.annotations.get(ann_id)
-        if ann is None:
-            raise DataError(f"unknown ann_id {ann_id!r} (not in {self.sources.get('instances')})")
-        try:
-            return annotation_to_mask(ann, height, width)
-        except DataError as e:
-            raise DataError(f"annotation {ann_id!r}: {e}") from None
+        return lookup_ann_mask(
+            self.annotations, ann_id, height, width, where=self.sources.get("instances")
+        )
 
 
 # --------------------------------------------------------------------------- masks
@@ -165,6 +161,28 @@ def _rle_of(segm: Any, height: int, width: int) -> dict[str, Any]:
             counts = counts.encode("ascii")
         return {"size": [height, width], "counts": counts}
     raise DataError(f"unsupported segmentation type {type(segm).__name__}")
+
+
+def lookup_ann_mask(
+    annotations: Mapping[Any, dict[str, Any]],
+    ann_id: Any,
+    height: int,
+    width: int,
+    where: Any = None,
+) -> np.ndarray:
+    """``(height, width)`` bool mask of annotation ``ann_id`` of ``annotations``.
+
+    Raises:
+        DataError: unknown ``ann_id`` (the message names ``where``, the file, if given) or
+            an unusable segmentation (the message names the annotation).
+    """
+    ann = annotations.get(ann_id)
+    if ann is None:
+        raise DataError(f"unknown ann_id {ann_id!r}" + (f" (not in {where})" if where else ""))
+    try:
+        return annotation_to_mask(ann, height, width)
+    except DataError as e:
+        raise DataError(f"annotation {ann_id!r}: {e}") from None
 
 
 def annotation_to_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:

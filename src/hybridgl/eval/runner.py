@@ -36,7 +36,7 @@ from hybridgl.eval.metrics import (
     metrics_table,
     summarize_records,
 )
-from hybridgl.eval.refer import DataError, EvalData, Expression, annotation_to_mask
+from hybridgl.eval.refer import DataError, EvalData, Expression, lookup_ann_mask
 from hybridgl.images import DEFAULT_MAX_PIXELS
 from hybridgl.jobs.engine import EngineOptions, Progress, run_units
 from hybridgl.jobs.records import RecordLog, RecordWriter, dumps, read_records
@@ -227,21 +227,11 @@ def _prediction_dict(pred: Any) -> dict[str, Any] | None:
     return d
 
 
-def _ann_mask(anns: dict[Any, Any], ann_id: Any, height: int, width: int) -> np.ndarray:
-    ann = anns.get(ann_id)
-    if ann is None:
-        raise DataError(f"unknown ann_id {ann_id!r}")
-    try:
-        return annotation_to_mask(ann, height, width)
-    except DataError as e:
-        raise DataError(f"annotation {ann_id!r}: {e}") from None
-
-
 def _gt_proposals(unit: WorkUnit, anns: dict[Any, Any], height: int, width: int) -> np.ndarray:
     masks = []
     for ann_id in unit.data.get("image_ann_ids") or []:
         try:
-            m = _ann_mask(anns, ann_id, height, width)
+            m = lookup_ann_mask(anns, ann_id, height, width)
         except DataError as e:
             log.warning("%s: ground-truth proposal skipped: %s", unit.data["image_path"], e)
             continue
@@ -319,7 +309,7 @@ def evaluate_unit(
         ann_id = r["ann_id"]
         if ann_id not in gts:
             try:
-                gt = _ann_mask(anns, ann_id, h, w)
+                gt = lookup_ann_mask(anns, ann_id, h, w)
             except DataError as err:
                 records[k] = failed_record(r, str(err), "bad_annotation")
                 continue

@@ -13,8 +13,16 @@ This module imports nothing heavy.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["RANDOM_WEIGHTS_ENV", "RANDOM_WEIGHTS_MODES", "random_weights_mode"]
+from hybridgl.errors import WeightsError
+
+__all__ = [
+    "RANDOM_WEIGHTS_ENV",
+    "RANDOM_WEIGHTS_MODES",
+    "load_checkpoint_state",
+    "random_weights_mode",
+]
 
 RANDOM_WEIGHTS_ENV = "HYBRIDGL_RANDOM_WEIGHTS"
 RANDOM_WEIGHTS_MODES = ("tiny", "full")
@@ -40,3 +48,18 @@ def random_weights_mode() -> str | None:
             f"{', '.join(RANDOM_WEIGHTS_MODES)} or leave it empty"
         )
     return mode
+
+
+def load_checkpoint_state(module: Any, state: Any, checkpoint: str, target: str) -> None:
+    """``module.load_state_dict(state, strict=False)``, refusing a checkpoint whose keys differ.
+
+    Raises:
+        WeightsError: missing or unexpected keys: "{checkpoint} does not match {target}"
+            with the first five of each.
+    """
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{checkpoint} does not match {target}: missing keys {result.missing_keys[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}"
+        )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hybridgl.errors import WeightsError
+from hybridgl.models import load_checkpoint_state
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP
@@ -126,12 +127,7 @@ def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     for name, _ in model.named_buffers():
         if name not in persistent:
             state.pop(name, None)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"CLIP checkpoint {path} does not match ViT-B-16: missing keys "
-            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
-        )
+    load_checkpoint_state(model, state, f"CLIP checkpoint {path}", "ViT-B-16")
     return model
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from hybridgl.errors import WeightsError
+from hybridgl.models import load_checkpoint_state
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +212,7 @@ def load_sam_checkpoint(sam: Any, path: Path) -> Any:
         raise WeightsError(f"cannot load SAM checkpoint {path}: {e}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    result = sam.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"SAM checkpoint {path} does not match the architecture: "
-            f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
-        )
+    load_checkpoint_state(sam, state, f"SAM checkpoint {path}", "the architecture")
     return sam
 
 

@@ -950,6 +950,21 @@ class Index:
             done_paths.clear()
             last_commit = time.monotonic()
 
+        def accept(image_row: dict[str, Any], props: Any, path: str, replace: bool) -> None:
+            if replace:  # an older version of the image: its rows go in the same commit
+                delete_ids.append(image_row["image_id"])
+            image_rows.append(image_row)
+            prop_parts.append(props)
+            done_paths.append(path)
+            report.indexed += 1
+            report.proposals += image_row["num_proposals"]
+
+        def advance() -> None:
+            """One file done: commit when the batch is big or old enough."""
+            bar.update(1)
+            if len(image_rows) >= commit_every or time.monotonic() - last_commit >= commit_seconds:
+                flush()
+
         bar = _progress(len(files), progress)
         interrupted = False
         try:
@@ -1032,19 +1047,8 @@ class Index:
                     pkey,
                     self.gem_dtype,
                 )
-                if prev is not None:
-                    delete_ids.append(image_id)
-                image_rows.append(image_row)
-                prop_parts.append(props)
-                done_paths.append(path)
-                report.indexed += 1
-                report.proposals += image_row["num_proposals"]
-                bar.update(1)
-                if (
-                    len(image_rows) >= commit_every
-                    or time.monotonic() - last_commit >= commit_seconds
-                ):
-                    flush()
+                accept(image_row, props, path, replace=prev is not None)
+                advance()
             if units:
                 from hybridgl.jobs.engine import run_units
 
@@ -1055,19 +1059,8 @@ class Index:
                         fail(path, str(rec["error"]))
                     else:
                         image_row, props = decode_rows(rec)
-                        if unit.data["replace"]:
-                            delete_ids.append(image_row["image_id"])
-                        image_rows.append(image_row)
-                        prop_parts.append(props)
-                        done_paths.append(path)
-                        report.indexed += 1
-                        report.proposals += image_row["num_proposals"]
-                    bar.update(1)
-                    if (
-                        len(image_rows) >= commit_every
-                        or time.monotonic() - last_commit >= commit_seconds
-                    ):
-                        flush()
+                        accept(image_row, props, path, replace=bool(unit.data["replace"]))
+                    advance()
 
                 run_units(
                     units,
