@@ -120,7 +120,16 @@ def test_hf_backend_equals_transformers_pipeline(name, image):
     from transformers import pipeline
 
     backend = P.build_backend(name, FAST, random_mode="tiny", seed=3)
-    got = backend.generate(image)
+    seen = []
+    hook = backend.model.vision_encoder.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(tuple((args or (kwargs["pixel_values"],))[0].shape)),
+        with_kwargs=True,
+    )
+    try:
+        got = backend.generate(image)
+    finally:
+        hook.remove()
+    assert seen == [(1, 3, 256, 256)]  # the tiny test model runs at 256 px (real ones: 1024)
     assert got.masks.shape[1:] == image.shape[:2] and got.masks.dtype == bool
     assert len(got.boxes) == len(got.scores) == len(got)
 
@@ -203,6 +212,16 @@ def test_full_size_configs_are_the_published_architectures():
         ("slimsam_50", 112 / 4),
     ):
         assert abs(count(name) - published) < 0.01 * published, name
+        spec = P.get_backend_spec(name)  # the published input side and preprocessing
+        config, proc = P.hf_config(spec), P.hf_image_processor(spec)
+        if spec.family == "hf_sam2":
+            assert config.vision_config.backbone_config.image_size == [1024, 1024]
+            assert config.vision_config.backbone_feature_sizes == [[256, 256], [128, 128], [64, 64]]
+            assert (proc.size.height, proc.size.width) == (1024, 1024)
+        else:
+            assert config.vision_config.image_size == 1024
+            assert proc.size.longest_edge == 1024 and proc.pad_size.height == 1024
+        assert config.prompt_encoder_config.image_size == 1024
     assert count("slimsam_77") < count("slimsam_50")
 
 

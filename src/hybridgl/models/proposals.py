@@ -19,7 +19,8 @@ Backends (:data:`BACKENDS`, the names ``from_pretrained(sam=...)`` and ``--sam``
 
 Every backend has a random-weights form (``HYBRIDGL_RANDOM_WEIGHTS=tiny|full``): ``full``
 builds the published architecture from a configuration written here (no download),
-``tiny`` a few-thousand-parameter model of the same family for tests.
+``tiny`` a few-thousand-parameter model of the same family for tests, at a 256 px input
+(the published sizes keep 1024 px).
 """
 
 from __future__ import annotations
@@ -446,6 +447,17 @@ _SAM_VIT: dict[str, dict[str, Any]] = {
 _TINY_DECODER = {"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2,
                  "iou_head_hidden_dim": 32}  # fmt: skip
 
+# Input side of the models: 1024 for every published size. The tiny test models run at
+# 256 px (a 16 x 16 image embedding, 64 x 64 low-resolution masks), like the tiny SAM v1 of
+# :mod:`hybridgl.models.sam`, so that the pipeline costs a fraction of a second per photo.
+_FULL_IMAGE_SIZE = 1024
+_TINY_IMAGE_SIZE = 256
+
+
+def hf_image_size(size: str = "full") -> int:
+    """The input side (longest image side after resizing, padded square) of a size."""
+    return _TINY_IMAGE_SIZE if size == "tiny" else _FULL_IMAGE_SIZE
+
 
 def hf_config(spec: BackendSpec, size: str = "full") -> Any:
     """The ``transformers`` configuration of a backend, built in code (no download).
@@ -456,23 +468,31 @@ def hf_config(spec: BackendSpec, size: str = "full") -> Any:
     key = spec.size if size == "full" else "tiny"
     if spec.family == "hf_sam2":
         h = _SAM2_HIERA[key]
-        backbone = transformers.Sam2HieraDetConfig(**h)
         dims = h["embed_dim_per_stage"]
-        vision: dict[str, Any] = {
-            "backbone_config": backbone,
-            "backbone_channel_list": list(reversed(dims)),
-        }
         if key == "tiny":
-            vision["fpn_hidden_size"] = 32
+            # Hiera: stride-4 patches, then three 2x poolings (the FPN's three levels)
+            side = hf_image_size("tiny")
+            backbone = transformers.Sam2HieraDetConfig(**h, image_size=[side, side])
+            vision: dict[str, Any] = {
+                "backbone_config": backbone,
+                "backbone_channel_list": list(reversed(dims)),
+                "backbone_feature_sizes": [[side // s, side // s] for s in (4, 8, 16)],
+                "fpn_hidden_size": 32,
+            }
             return transformers.Sam2Config(
                 vision_config=vision,
-                prompt_encoder_config={"hidden_size": 32},
+                prompt_encoder_config={"hidden_size": 32, "image_size": side},
                 mask_decoder_config=dict(_TINY_DECODER),
             )
+        backbone = transformers.Sam2HieraDetConfig(**h)
+        vision = {"backbone_config": backbone, "backbone_channel_list": list(reversed(dims))}
         return transformers.Sam2Config(vision_config=vision)
     vit = dict(_SAM_VIT[key])
     decoder: dict[str, Any] = dict(_TINY_DECODER) if key == "tiny" else {}
-    prompt = {"hidden_size": 32} if key == "tiny" else {}
+    prompt: dict[str, Any] = {}
+    if key == "tiny":
+        vit["image_size"] = hf_image_size("tiny")
+        prompt = {"hidden_size": 32, "image_size": hf_image_size("tiny")}
     if spec.family == "hf_sam_hq":
         decoder["vit_dim"] = vit["hidden_size"]
         return transformers.SamHQConfig(
@@ -521,13 +541,26 @@ def random_hf_model(spec: BackendSpec, size: str, seed: int) -> Any:
     return model.eval()
 
 
-def hf_image_processor(spec: BackendSpec, path: Path | None = None) -> Any:
+def hf_image_processor(spec: BackendSpec, path: Path | None = None, size: str = "full") -> Any:
     """The backend's image processor: from a checkpoint folder, else the class defaults
-    (the published preprocessing: 1024 px longest side, ImageNet mean and std)."""
+    (the published preprocessing: 1024 px longest side, ImageNet mean and std); for the
+    ``tiny`` random-weights size the same preprocessing at the tiny input side (256 px)."""
     _, proc_cls = _hf_classes(spec)
     if path is not None and (Path(path) / "preprocessor_config.json").is_file():
         return proc_cls.from_pretrained(str(path))
-    return proc_cls()
+    if size != "tiny":
+        return proc_cls()
+    side, low = hf_image_size("tiny"), hf_image_size("tiny") // 4
+    if spec.family == "hf_sam2":  # resized to a square, no padding
+        return proc_cls(
+            size={"height": side, "width": side}, mask_size={"height": low, "width": low}
+        )
+    return proc_cls(
+        size={"longest_edge": side},
+        pad_size={"height": side, "width": side},
+        mask_size={"longest_edge": low},
+        mask_pad_size={"height": low, "width": low},
+    )
 
 
 def load_hf_model(spec: BackendSpec, path: Path) -> Any:
@@ -576,7 +609,7 @@ def build_backend(
         return SamV1Backend(sam.eval(), config, name=name)
     if random_mode:
         model = random_hf_model(spec, random_mode, seed)
-        processor = hf_image_processor(spec)
+        processor = hf_image_processor(spec, size=random_mode)
     else:
         assert path is not None
         model = load_hf_model(spec, path)
