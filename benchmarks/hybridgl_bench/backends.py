@@ -14,7 +14,7 @@ weights built from published configurations (compute does not depend on the valu
 - ``clipseg``: CLIPSeg (rd64), through ``transformers``.
 - ``micro``: matmul peak of the machine per dtype, SAM ViT-H's encoder FLOPs (counted on the
   meta device) and achieved GFLOP/s, and the hybrid-features stage against plain CLIP
-  ``encode_image`` on the same number of views.
+  ``encode_image`` on the same number of views (warmed up, timed alternately, median).
 
 Timings are wall clock with ``torch.cuda.synchronize`` on CUDA.
 """
@@ -486,7 +486,10 @@ def measure_micro(spec: dict[str, Any]) -> dict[str, Any]:
     del sam
     gc.collect()
 
-    # hybrid features of n masks vs plain CLIP encode_image on the same 2n views
+    # hybrid features of n masks vs plain CLIP encode_image on the same 2n views: both
+    # warmed up at the measured shapes (oneDNN builds its kernels per shape and dtype),
+    # then timed alternately, median of `reps`, so that a change of load on a shared
+    # machine hits both sides alike
     pick = pick_image()
     images, anns, _ = coco_index()
     img = load_image(pick["path"])
@@ -495,21 +498,34 @@ def measure_micro(spec: dict[str, Any]) -> dict[str, Any]:
     clip = randomize_clip(build_clip("ViT-B-16", "full"), 0).to(device).eval()
     n = int(masks.shape[0])
     views = torch.randn(2 * n, 3, cfg.view_size, cfg.view_size, device=device)
+    reps = int(spec.get("reps", 3))
+
+    def hybrid() -> None:
+        hybrid_clip.encode_proposals(clip.visual, img, masks, cfg, torch.device(device))
+
+    def plain() -> None:
+        for s0 in range(0, 2 * n, 2 * cfg.feature_batch):
+            clip.encode_image(views[s0 : s0 + 2 * cfg.feature_batch])
+
+    def timed(fn: Any) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
     for dt in spec.get("dtypes", ["fp32", "bf16"]):
         with torch.no_grad(), _autocast(device, dt):
-            hybrid_clip.encode_proposals(clip.visual, img, masks[:1], cfg, torch.device(device))
-            sync()
-            t = time.perf_counter()
-            hybrid_clip.encode_proposals(clip.visual, img, masks, cfg, torch.device(device))
-            sync()
-            hyb = time.perf_counter() - t
-            t = time.perf_counter()
-            for s0 in range(0, 2 * n, 2 * cfg.feature_batch):
-                clip.encode_image(views[s0 : s0 + 2 * cfg.feature_batch])
-            sync()
-            plain = time.perf_counter() - t
+            hybrid()
+            plain()
+            hyb_s, plain_s = [], []
+            for _ in range(reps):
+                hyb_s.append(timed(hybrid))
+                plain_s.append(timed(plain))
+        hyb, pl = statistics.median(hyb_s), statistics.median(plain_s)
         res["features_vs_plain"][dt] = {
-            "masks": n, "views": 2 * n, "hybrid": hyb, "plain": plain, "ratio": hyb / plain
+            "masks": n, "views": 2 * n, "reps": reps, "hybrid": hyb, "plain": pl,
+            "ratio": hyb / pl, "hybrid_runs": hyb_s, "plain_runs": plain_s,
         }  # fmt: skip
     res["peak_rss_gib"] = peak_rss_gib()
     return res
