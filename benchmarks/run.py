@@ -50,6 +50,7 @@ from hybridgl_bench.report import (  # noqa: E402
 )
 from hybridgl_bench.workload import REPO, BenchmarkError, build_workload  # noqa: E402
 
+from hybridgl.cli.common import positive  # noqa: E402
 from hybridgl.config import PROPOSAL_BACKENDS  # noqa: E402
 from hybridgl.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -134,16 +135,6 @@ def _csv_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="benchmarks/run.py",
@@ -161,9 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dtypes, comma-separated (default fp32,bf16)",
     )
-    p.add_argument("--images", type=_positive, default=None, help="images (default 4; quick 1)")
-    p.add_argument("--objects", type=_positive, default=None, help="referred objects per image (3)")
-    p.add_argument("--expressions", type=_positive, default=None, help="expressions per object (3)")
+    p.add_argument("--images", type=positive(int), default=None, help="images (default 4; quick 1)")
+    p.add_argument(
+        "--objects", type=positive(int), default=None, help="referred objects per image (3)"
+    )
+    p.add_argument(
+        "--expressions", type=positive(int), default=None, help="expressions per object (3)"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -181,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="checkpoint folder with --weights real")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
-        "--threads", type=_positive, default=None, help="torch threads (default torch's)"
+        "--threads", type=positive(int), default=None, help="torch threads (default torch's)"
     )
     p.add_argument(
         "--no-reference",
@@ -203,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sam-images",
-        type=_positive,
+        type=positive(int),
         default=None,
         help="images of the SAM-path workload comparison (default: all; SAM is slow on CPU)",
     )
@@ -214,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--points-per-side",
-        type=_positive,
+        type=positive(int),
         default=None,
         help="SAM point grid (default: the paper's 8); smaller only for smoke tests",
     )
