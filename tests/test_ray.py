@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
+from ray_support import local_ray
 
 from hybridgl.cli.main import main
 
@@ -38,27 +39,8 @@ VOLATILE = ("timings", "time_s", "image_time_s")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A local Ray for the whole module; workers inherit the tiny-model settings."""
-    import torch
-
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
-        mp.setenv("HYBRIDGL_OFFLINE", "1")
-        mp.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("HYBRIDGL_WEIGHTS_DIR", raising=False)
-        mp.delenv("RAY_ADDRESS", raising=False)
-        ray.init(
-            num_cpus=8,
-            include_dashboard=False,
-            object_store_memory=80 * 1024**2,
-            log_to_driver=False,
-            logging_level="WARNING",
-        )
-        try:
-            yield {"address": ray.get_runtime_context().gcs_address, "tmp": tmp_path_factory}
-        finally:
-            ray.shutdown()
-            torch.set_num_threads(threads)  # the local engine runs set it in this process
+    with local_ray(tmp_path_factory) as address:
+        yield {"address": address, "tmp": tmp_path_factory}
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

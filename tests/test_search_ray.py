@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from ray_support import local_ray
 
 from hybridgl.cli.main import main
 
@@ -20,26 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    import torch
-
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
-        mp.setenv("HYBRIDGL_OFFLINE", "1")
-        mp.delenv("RAY_ADDRESS", raising=False)
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            object_store_memory=80 * 1024**2,
-            log_to_driver=False,
-            logging_level="WARNING",
-        )
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
-            torch.set_num_threads(threads)
+def cluster(tmp_path_factory):
+    with local_ray(tmp_path_factory, num_cpus=4) as address:
+        yield address
 
 
 def _rows(db: str) -> tuple[list[dict], list[dict]]:
