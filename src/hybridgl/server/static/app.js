@@ -273,6 +273,19 @@
     return r;
   }
 
+  // A JSON API call: the parsed body, or an Error carrying the server's JSON error message.
+  async function apiJson(path, options) {
+    const r = await api(path, options);
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!r.ok) throw new Error(body && body.error ? body.error.message : `HTTP ${r.status}`);
+    return body;
+  }
+
   async function segment(phrase) {
     if (!state.file) return;
     if (state.controller) state.controller.abort();
@@ -286,21 +299,11 @@
     els.submit.disabled = true;
     const t0 = performance.now();
     try {
-      const r = await api("/v1/segment?candidate_masks=true&polygons=false", {
+      const body = await apiJson("/v1/segment?candidate_masks=true&polygons=false", {
         method: "POST",
         body: fd,
         signal: controller.signal,
       });
-      let body = null;
-      try {
-        body = await r.json();
-      } catch (e) {
-        body = null;
-      }
-      if (!r.ok) {
-        const msg = body && body.error ? body.error.message : `HTTP ${r.status}`;
-        throw new Error(msg);
-      }
       showResult(body, performance.now() - t0);
       setStatus("");
     } catch (e) {
@@ -419,6 +422,6 @@
     loadModelInfo();
   });
 
-  window.hybridgl = { api, decodeRle, maskArea, state };
+  window.hybridgl = { api, apiJson, decodeRle, maskArea, state };
   loadModelInfo();
 })();

@@ -164,15 +164,12 @@
     setStatus("Searching…");
     els.submit.disabled = true;
     try {
-      const r = await api("/v1/search", {
+      const body = await window.hybridgl.apiJson("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ expression: phrase, top: 12, candidate_masks: true }),
         signal: controller.signal,
       });
-      let body = null;
-      try { body = await r.json(); } catch (e) { body = null; }
-      if (!r.ok) throw new Error(body && body.error ? body.error.message : `HTTP ${r.status}`);
       state.last = body;
       renderGrid(body);
       setStatus("");
