@@ -71,9 +71,9 @@ def build_workload(n_images: int, work: Path) -> Path:
 
 
 def run_config(name: str, units: list, engine: str, workers: int, threads: int) -> dict[str, Any]:
-    from hybridgl.cli.batch import BatchTask
+    from hybridgl.jobs.batch import BatchTask
     from hybridgl.jobs.engine import EngineOptions, run_units
-    from hybridgl.jobs.units import SegmenterSpec
+    from hybridgl.spec import ModelSpec
 
     arrivals: list[float] = []
     failed = 0
@@ -83,7 +83,7 @@ def run_config(name: str, units: list, engine: str, workers: int, threads: int) 
         arrivals.append(time.perf_counter())
         failed += sum(1 for r in records if r.get("error"))
 
-    spec = SegmenterSpec(
+    spec = ModelSpec(
         sam=None,
         device="cpu",
         threads=threads,
@@ -182,7 +182,8 @@ def engine_overhead(n_units: int = 200) -> dict[str, Any]:
     import ray
 
     from hybridgl.jobs.engine import EngineOptions, run_units
-    from hybridgl.jobs.units import SegmenterSpec, WorkUnit
+    from hybridgl.jobs.units import WorkUnit
+    from hybridgl.spec import ModelSpec
 
     units = [
         WorkUnit(key=f"u{k}", rows=[{"id": f"r{k}", "expression": "x"}], data={})
@@ -191,7 +192,7 @@ def engine_overhead(n_units: int = 200) -> dict[str, Any]:
     arrivals: list[float] = []
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        spec = SegmenterSpec(sam=None, device="cpu", env=(("HYBRIDGL_RANDOM_WEIGHTS", "tiny"),))
+        spec = ModelSpec(sam=None, device="cpu", env=(("HYBRIDGL_RANDOM_WEIGHTS", "tiny"),))
         opts = EngineOptions(engine="ray", workers=2, gpus_per_worker=0.0, threads_per_worker=1)
         t0 = time.perf_counter()
         run_units(
@@ -208,7 +209,7 @@ def engine_overhead(n_units: int = 200) -> dict[str, Any]:
 
 def child(config: str, rows_path: Path) -> dict[str, Any]:
     """One configuration in this (fresh) process."""
-    from hybridgl.cli.batch import make_units, read_rows
+    from hybridgl.jobs.batch import make_units, read_rows
 
     name, engine, workers, threads = CONFIGS[config]
     rows, _, _ = read_rows(rows_path, [])

@@ -51,8 +51,8 @@ from hybridgl_bench.report import (  # noqa: E402
 from hybridgl_bench.workload import REPO, BenchmarkError, build_workload  # noqa: E402
 
 from hybridgl.cli.common import positive  # noqa: E402
-from hybridgl.config import PROPOSAL_BACKENDS  # noqa: E402
 from hybridgl.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from hybridgl.models.backends import BACKENDS as PROPOSAL_BACKENDS  # noqa: E402
 
 __all__ = ["build_workload", "count_clip_models", "main"]
 

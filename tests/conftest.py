@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,9 @@ _TINY_SEGMENTERS: dict[str, object] = {}
 
 @pytest.fixture
 def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """Make ``Segmenter.from_pretrained`` return one segmenter per set of arguments for the
-    whole session while ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` (every other call is untouched).
+    """Make ``Segmenter.from_spec`` (the one construction path: ``from_pretrained`` and
+    ``ModelSpec.build``) return one segmenter per spec for the whole session while
+    ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` (every other call is untouched).
 
     For tests of the faces (CLI, jobs) that build their models through the real entry
     points: the tiny models are seeded, so a fresh build would give the same segmenter; a
@@ -92,19 +94,19 @@ def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]
     from hybridgl.models import random_weights_mode
     from hybridgl.segmenter import Segmenter
 
-    build = Segmenter.from_pretrained.__func__  # type: ignore[attr-defined]
+    build = Segmenter.from_spec.__func__  # type: ignore[attr-defined]
 
-    def from_pretrained(cls, *args, **kwargs):
+    def from_spec(cls, spec):
         try:
             tiny = random_weights_mode() == "tiny"
         except ValueError:  # an invalid value: let the real call report it
             tiny = False
         if not tiny:
-            return build(cls, *args, **kwargs)
-        key = repr((cls, args, sorted(kwargs.items())))
+            return build(cls, spec)
+        key = repr((cls, replace(spec, env=())))
         if key not in _TINY_SEGMENTERS:
-            _TINY_SEGMENTERS[key] = build(cls, *args, **kwargs)
+            _TINY_SEGMENTERS[key] = build(cls, spec)
         return _TINY_SEGMENTERS[key]
 
-    monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(Segmenter, "from_spec", classmethod(from_spec))
     return _TINY_SEGMENTERS

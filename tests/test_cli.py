@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridgl.cli.batch import mask_filename, read_rows
 from hybridgl.cli.common import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -31,6 +30,7 @@ from hybridgl.cli.common import (
     UsageError,
 )
 from hybridgl.cli.main import main
+from hybridgl.jobs.batch import mask_filename, read_rows
 from hybridgl.masks import png_to_mask, polygons_to_mask, rle_to_mask
 from hybridgl.schemas import validate
 
@@ -431,7 +431,7 @@ def test_batch_failures_are_recorded_and_resume_skips_done_rows(
         "line:6",
     }
     assert "cannot read image" in by_id["broken"]["error"]
-    assert by_id["broken"]["error_type"] == "ImageError"
+    assert by_id["broken"]["error_kind"] == "bad_image"
     assert "empty" in by_id["empty"]["error"]
     assert "not JSON" in by_id["line:6"]["error"]
     for rid, npy in ((f"{img_a}::the man on the left", npy_a), ("7", npy_b), ("plate", npy_a)):
@@ -632,7 +632,7 @@ def test_batch_max_pixels_and_coco_results(
     argv = ["batch", str(rows), "--out", str(out), "--no-progress", "--format", "coco"]
     assert main([*argv, "--max-pixels", "1000"]) == EXIT_PARTIAL
     rec = _records(out)[0]
-    assert rec["error_type"].startswith("Image") and "too large" in rec["error"]
+    assert rec["error_kind"] == "image_too_large" and "too large" in rec["error"]
     assert "1,000" in rec["error"]
     assert json.loads((out / "results.coco.json").read_text()) == []
     assert main(argv) == EXIT_OK

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
 
-import hybridgl.cli.evaluate as eval_cli
 from hybridgl.cli.main import main
 
 pytestmark = pytest.mark.skipif(not data_available(), reason=SKIP_REASON)
@@ -28,14 +27,17 @@ TIMING = ("time_s", "image_time_s")
 
 
 class Built:
-    """Remembers the segmenters the CLI builds (to read their ``stats``)."""
+    """Remembers the segmenters the runs build (to read their ``stats``): every build goes
+    through ``Segmenter.from_spec``."""
 
     def __init__(self) -> None:
-        self.segmenters: list = []
-        self._build = eval_cli.build_segmenter
+        from hybridgl.segmenter import Segmenter
 
-    def __call__(self, args):
-        seg = self._build(args)
+        self.segmenters: list = []
+        self._build = Segmenter.from_spec.__func__  # type: ignore[attr-defined]
+
+    def __call__(self, cls, spec):
+        seg = self._build(cls, spec)
         self.segmenters.append(seg)
         return seg
 
@@ -45,7 +47,9 @@ def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
         built = Built()
-        mp.setattr(eval_cli, "build_segmenter", built)
+        from hybridgl.segmenter import Segmenter
+
+        mp.setattr(Segmenter, "from_spec", classmethod(built))
         root = tmp_path_factory.mktemp("refer")
         summary = build_refer_fixture(root, ("refcoco", "refcoco+", "refcocog"))
         yield {"root": root, "summary": summary, "built": built, "tmp": tmp_path_factory}

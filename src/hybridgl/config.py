@@ -13,23 +13,6 @@ from typing import Any
 
 FUSION_MODES = ("G2L", "L2G", "G2L&L2G", "token_masking", "attn_masking", "crop")
 
-# Names of the proposal backends (hybridgl.models.proposals.BACKENDS, which holds what each
-# is); listed here too so that option parsers need not import torch. vit_h is the paper's.
-PROPOSAL_BACKENDS = (
-    "vit_h",
-    "vit_l",
-    "vit_b",
-    "sam2.1_hiera_tiny",
-    "sam2.1_hiera_small",
-    "sam2.1_hiera_base_plus",
-    "sam2.1_hiera_large",
-    "slimsam_50",
-    "slimsam_77",
-    "sam_hq_vit_b",
-    "sam_hq_vit_l",
-    "sam_hq_vit_h",
-)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -453,3 +453,26 @@ def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
         m = np.asarray(masks[i], dtype=np.float32)
         out[i] = cv2.resize(m, (width, height), interpolation=interp) > 0.5
     return out
+
+
+def load_proposals_file(
+    path: str | Path, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """Read caller proposals, ``(N, H, W)`` (or ``(H, W)``), from a ``.npy`` file.
+
+    The header is checked before anything is allocated (:func:`read_proposals_npy`); with
+    ``height`` and ``width`` the masks must match the image.
+
+    Raises:
+        InputError: the file is missing, not a plain .npy array of bool or numbers, too
+            large, truncated, or of another size than the image.
+    """
+    from hybridgl.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"proposals file not found: {p}")
+    try:
+        return read_proposals_npy(p, height, width)
+    except ValueError as e:
+        raise InputError(str(e)) from None

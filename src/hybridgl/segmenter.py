@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridgl import guidance
-from hybridgl.config import MethodConfig, get_preset
+from hybridgl.config import MethodConfig
 from hybridgl.errors import ExpressionError, WeightsError
 from hybridgl.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from hybridgl.masks import as_proposal_masks, masks_to_boxes_xywh, resize_masks
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from open_clip.model import CLIP
     from segment_anything.modeling import Sam
 
+    from hybridgl.spec import ModelSpec
     from hybridgl.text import TextParser
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ class Segmenter:
         self.device = device
         self.dtype = dtype
         self.model_info = dict(model_info or {})
+        #: the :class:`~hybridgl.spec.ModelSpec` it was built from (None when built by hand)
+        self.spec: ModelSpec | None = None
         self.stats: collections.Counter[str] = collections.Counter()
         #: Re-entrant lock guarding the current image, the text cache and :attr:`stats`.
         self.lock = threading.RLock()
@@ -273,6 +276,37 @@ class Segmenter:
         with seeded random weights instead of checkpoints: a test and benchmark device
         whose output is meaningless.
         """
+        from hybridgl.spec import ModelSpec
+
+        common: dict[str, Any] = {
+            "sam": sam,
+            "clip": clip,
+            "device": None if device is None else str(device),
+            "weights_dir": None if weights_dir is None else str(weights_dir),
+            "spacy_model": spacy_model,
+            "dtype": _dtype_option(dtype),
+            "sam_checkpoint": None if sam_checkpoint is None else str(sam_checkpoint),
+            "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint),
+            "seed": seed,
+        }
+        if config is not None:
+            spec = ModelSpec.from_config(config, **common)
+        else:
+            spec = ModelSpec(preset=preset, **common)
+        if overrides:
+            sam_cfg = overrides.pop("sam", None)
+            spec = spec.with_options(overrides=overrides)
+            if sam_cfg is not None:
+                spec = spec.with_options(sam_options=asdict(sam_cfg))
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> Segmenter:
+        """Build the segmenter a :class:`~hybridgl.spec.ModelSpec` describes.
+
+        The one construction path: :meth:`from_pretrained` and ``spec.build()`` come here.
+        (``spec.build()`` also applies the spec's threads and carried environment.)
+        """
         from hybridgl import weights
         from hybridgl.models import proposals as props
         from hybridgl.models.clip import (
@@ -283,16 +317,16 @@ class Segmenter:
         )
         from hybridgl.text import TextParser
 
-        cfg = config if config is not None else get_preset(preset)
-        if overrides:
-            cfg = cfg.with_options(**overrides)
-        dev = pick_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        sam, clip, seed = spec.sam, spec.clip, spec.seed
+        cfg = spec.config()
+        dev = pick_device(spec.device)
+        torch_dtype = resolve_dtype(spec.dtype, dev)
         random_mode = random_weights_mode()
-        spec = props.get_backend_spec(sam) if sam is not None else None
-        if spec is not None and spec.needs_transformers:
+        backend = props.get_backend_spec(sam) if sam is not None else None
+        if backend is not None and backend.needs_transformers:
             props.require_transformers()
 
+        checkpoints: dict[str, str] = {}
         if random_mode:
             log.warning(
                 "HYBRIDGL_RANDOM_WEIGHTS=%s: building RANDOMLY INITIALISED models. Every output "
@@ -313,39 +347,40 @@ class Segmenter:
             clip_path = sam_path = None
             try:
                 clip_path = weights.resolve_clip(
-                    clip, path=clip_checkpoint, weights_dir=weights_dir
+                    clip, path=spec.clip_checkpoint, weights_dir=spec.weights_dir
                 )
             except WeightsError as e:
                 problems.append(str(e))
-            if spec is not None:
+            if backend is not None:
                 try:
                     sam_path = weights.resolve(
-                        spec.checkpoint,
-                        path=sam_checkpoint,
-                        weights_dir=weights_dir,
+                        backend.checkpoint,
+                        path=spec.sam_checkpoint,
+                        weights_dir=spec.weights_dir,
                     )
                 except WeightsError as e:
                     problems.append(str(e))
             if problems or clip_path is None:
                 raise WeightsError("\n\n".join(problems))
+            checkpoints["clip"] = str(clip_path)
             clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path)
             proposer = None
             if sam is not None and sam_path is not None:
+                checkpoints["sam"] = str(sam_path)
                 proposer = props.build_backend(sam, cfg.sam, path=sam_path, device=dev)
 
         clip_model = clip_model.to(dev).eval()
-        parser = TextParser(spacy_model, fix_right_relation=cfg.fix_right_relation)
-        info = {
-            "sam": sam,
-            "clip": clip,
-            "preset": preset if config is None else "custom",
-            "random_weights": random_mode,
-            "device": str(dev),
-            "dtype": str(torch_dtype).replace("torch.", "") if torch_dtype else "float32",
-            "spacy_model": parser.model,
-            "fusion": cfg.fusion,
-        }
-        return cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
+        parser = TextParser(spec.spacy_model, fix_right_relation=cfg.fix_right_relation)
+        info = spec.model_info()
+        info["device"] = str(dev)
+        info["dtype"] = str(torch_dtype).replace("torch.", "") if torch_dtype else "float32"
+        info["spacy_model"] = parser.model
+        info["seed"] = seed
+        if checkpoints:
+            info["checkpoints"] = checkpoints
+        seg = cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
+        seg.spec = spec
+        return seg
 
     # ------------------------------------------------------------------ image side
     def _autocast(self) -> torch.autocast:
@@ -786,3 +821,13 @@ class Segmenter:
             num_proposals=st.num_proposals,
             timings=timings,
         )
+
+
+def _dtype_option(dtype: str | torch.dtype | None) -> str | None:
+    """A dtype keyword (a name or a torch dtype) as the spec's name (``fp32``...)."""
+    if dtype is None or isinstance(dtype, str):
+        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)  # type: ignore[arg-type]
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    if dtype not in names:
+        raise ValueError(f"unsupported dtype {dtype!r}; use fp32, fp16, bf16 or auto")
+    return names[dtype]

@@ -179,21 +179,9 @@ class Prediction:
             results. A prediction with nothing found gives an empty segmentation and
             ``[0, 0, 0, 0]``. A score that is not finite becomes 0.0 (COCO sorts on it).
         """
-        from pycocotools import mask as mask_utils
-
         from hybridgl.masks import mask_to_rle
 
-        rle = mask_to_rle(self.mask)
-        coded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        bbox = [float(v) for v in mask_utils.toBbox(coded)]
-        score = _finite(self.score)
-        return {
-            "image_id": image_id,
-            "category_id": int(category_id),
-            "segmentation": rle,
-            "bbox": bbox,
-            "score": 0.0 if score is None else score,
-        }
+        return coco_result_entry(mask_to_rle(self.mask), image_id, self.score, category_id)
 
     def to_supervision(self) -> Any:
         """The prediction as a ``supervision.Detections`` (needs ``hybridgl[supervision]``).
@@ -213,9 +201,9 @@ class Prediction:
         try:
             import supervision as sv
         except ImportError:
-            raise ImportError(
-                'to_supervision needs supervision: pip install "hybridgl[supervision]"'
-            ) from None
+            from hybridgl.errors import MissingExtraError
+
+            raise MissingExtraError("to_supervision", "supervision") from None
         if not self.found or not self.mask.any():
             return sv.Detections.empty()
         x, y, w, h = (float(v) for v in self.box)
@@ -242,3 +230,26 @@ def _finite(value: Any) -> float | None:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def coco_result_entry(
+    rle: dict[str, Any], image_id: int | str, score: Any, category_id: int = 1
+) -> dict[str, Any]:
+    """One COCO results entry of a mask given as COCO RLE (``{"size", "counts": str}``).
+
+    The one place the entry is made: :meth:`Prediction.to_coco_result` and the bulk jobs'
+    COCO results files (from records' RLE) both come here. ``bbox`` is pycocotools' box
+    of the mask; a score that is not finite becomes 0.0 (COCO sorts on it).
+    """
+    from pycocotools import mask as mask_utils
+
+    coded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    bbox = [float(v) for v in mask_utils.toBbox(coded)]
+    value = _finite(score)
+    return {
+        "image_id": image_id,
+        "category_id": int(category_id),
+        "segmentation": rle,
+        "bbox": bbox,
+        "score": 0.0 if value is None else value,
+    }

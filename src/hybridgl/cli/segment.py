@@ -11,12 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hybridgl.cli.common import (
     EXIT_CODES_HELP,
     EXIT_OK,
-    InputError,
     UsageError,
     add_max_pixels_arg,
     add_model_args,
@@ -115,30 +112,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise PermissionError(errno.EACCES, f"{opt}: cannot write into folder", str(parent))
 
 
-def load_proposals(
-    path: str | Path, height: int | None = None, width: int | None = None
-) -> np.ndarray:
-    """Read ``(N, H, W)`` (or ``(H, W)``) proposals from a ``.npy`` file.
-
-    The header is checked before anything is allocated (see
-    :func:`hybridgl.masks.read_proposals_npy`); with ``height`` and ``width`` the masks
-    must match the image.
-
-    Raises:
-        InputError: the file is missing, not a plain .npy array of bool or numbers, too
-            large, truncated, or of another size than the image.
-    """
-    from hybridgl.masks import read_proposals_npy
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"proposals file not found: {p}")
-    try:
-        return read_proposals_npy(p, height, width)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-
-
 def summary_line(index: int, record: dict[str, Any]) -> str:
     """One human-readable line for one expression's result."""
     expr = json.dumps(record["expression"], ensure_ascii=False)
@@ -170,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.errors import ExpressionError
     from hybridgl.fileio import atomic_write_text
     from hybridgl.images import load_image
-    from hybridgl.masks import save_mask_png
+    from hybridgl.masks import load_proposals_file, save_mask_png
     from hybridgl.viz import overlay, save_image
 
     # Cheap checks first, so that bad input fails before the models load.
@@ -183,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or None  # 0: no limit of ours
     image = load_image(args.image, max_pixels=max_pixels)
     proposals = (
-        load_proposals(args.proposals, image.shape[0], image.shape[1]) if args.proposals else None
+        load_proposals_file(args.proposals, image.shape[0], image.shape[1])
+        if args.proposals
+        else None
     )
 
     t0 = time.perf_counter()

@@ -20,8 +20,8 @@ from typing import Any
 
 from hybridgl.cli.common import (
     EXIT_CODES_HELP,
-    EXIT_INTERNAL,
     EXIT_OK,
+    EXIT_USAGE,
     PROG,
     UsageError,
     add_model_args,
@@ -30,6 +30,7 @@ from hybridgl.cli.common import (
     non_negative_int,
     positive,
 )
+from hybridgl.errors import MissingExtraError
 from hybridgl.server.settings import ServerSettings
 
 DESCRIPTION = """\
@@ -49,7 +50,6 @@ a reverse proxy for that (docs/SECURITY.md).
 """
 
 SERVER_EXTRA = ("fastapi", "uvicorn", "multipart")
-INSTALL_HINT = 'pip install "hybridgl[server]"'
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -196,8 +196,9 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``hybridgl serve``: build the model, bind, serve until Ctrl-C."""
     missing = missing_server_extra()
     if missing:
-        eprint(f"{PROG}: error: serve needs {', '.join(missing)}: {INSTALL_HINT}")
-        return EXIT_INTERNAL
+        missing_extra = MissingExtraError("hybridgl serve", "server", detail=", ".join(missing))
+        eprint(f"{PROG}: error: {missing_extra}")
+        return EXIT_USAGE
     import uvicorn
 
     from hybridgl.server.app import create_app
@@ -211,15 +212,12 @@ def run(args: argparse.Namespace) -> int:
             "HYBRIDGL_API_KEY, or bind 127.0.0.1)"
         )
     if settings.search_db:  # a bad --db fails before the slow model load (exit 3)
-        from hybridgl.search.errors import INSTALL_HINT as SEARCH_HINT
         from hybridgl.search.errors import lancedb_available
         from hybridgl.search.store import Store
 
         if not lancedb_available():
-            eprint(
-                f"{PROG}: error: serve --db needs LanceDB, which is not installed: {SEARCH_HINT}"
-            )
-            return EXIT_INTERNAL
+            eprint(f"{PROG}: error: {MissingExtraError('hybridgl serve --db', 'search')}")
+            return EXIT_USAGE
         Store(settings.search_db).close()
     sock = _bind(settings.host, settings.port)  # before the slow model load: fail fast
     try:

@@ -39,13 +39,14 @@ from hybridgl.eval.metrics import (
 from hybridgl.eval.refer import DataError, EvalData, Expression, lookup_ann_mask
 from hybridgl.images import DEFAULT_MAX_PIXELS
 from hybridgl.jobs.engine import EngineOptions, Progress, run_units
-from hybridgl.jobs.records import RecordLog, RecordWriter, dumps, read_records
-from hybridgl.jobs.units import SegmenterSpec, UnitWorker, WorkUnit, encode_state, predict_on_state
+from hybridgl.jobs.records import RecordLog, RecordWriter, read_records
+from hybridgl.jobs.runfile import check_run_file
+from hybridgl.jobs.units import UnitWorker, WorkUnit, encode_state, predict_on_state
+from hybridgl.spec import ModelSpec
 
 log = logging.getLogger("hybridgl.eval")
 
 PREDICTIONS = "predictions.jsonl"
-RUN_FILE = "run.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
@@ -83,11 +84,8 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 
 #: Settings a resumed run must share with the run that wrote the folder.
-RESUME_KEYS = ("format", "dataset", "split", "proposals", "top_k", "guidance", "model")
-
-
-class RunConflictError(DataError):
-    """The output folder holds results of a run with other settings."""
+#: (The model options are checked through the run's ModelSpec: jobs/runfile.py.)
+RESUME_KEYS = ("format", "dataset", "split", "proposals", "top_k", "guidance")
 
 
 # --------------------------------------------------------------------------- selection
@@ -457,30 +455,6 @@ def _model_settings(segmenter: Any) -> dict[str, Any]:
     return info
 
 
-def _check_run_file(out_dir: Path, settings: dict[str, Any]) -> None:
-    path = out_dir / RUN_FILE
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunConflictError(
-                f"{path} is unreadable ({e}); delete it or use another --out"
-            ) from None
-        diff = [
-            k
-            for k in RESUME_KEYS
-            if json.loads(dumps({"v": old.get(k)})) != json.loads(dumps({"v": settings.get(k)}))
-        ]
-        if diff:
-            details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
-            raise RunConflictError(
-                f"{out_dir} holds a run with other settings ({details}); "
-                "use another --out or delete that folder"
-            )
-    else:
-        _write_text(path, json.dumps(settings, indent=2, default=str) + "\n")
-
-
 def _write_text(path: Path, text: str) -> None:
     from hybridgl.fileio import atomic_write_text
 
@@ -546,7 +520,7 @@ def run_evaluation(
     seed: int = 0,
     retry_failed: bool = False,
     progress: bool | Callable[[int, int, int, int], None] | None = None,
-    spec: SegmenterSpec | None = None,
+    spec: ModelSpec | None = None,
     factory: Callable[[], Any] | None = None,
     engine: EngineOptions | None = None,
     model_info: dict[str, Any] | None = None,
@@ -569,7 +543,8 @@ def run_evaluation(
             with ``(images done, images to do, expressions done, expressions failed)``.
         spec, factory, engine: how and where workers build their segmenter and run
             (:func:`hybridgl.jobs.engine.run_units`); default: this process.
-        model_info: the model settings recorded in run.json (default: the segmenter's).
+        model_info: the model settings recorded in run.json (default: the spec's, else
+            the segmenter's); a resume with other model options is refused naming them.
         max_pixels: images above this many pixels are failed records (``bad_image``).
 
     Returns:
@@ -588,8 +563,13 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     if segmenter is not None and factory is None:
         factory = lambda: segmenter  # noqa: E731
+    if spec is None:
+        spec = getattr(segmenter, "spec", None)
     if model_info is None:
-        model_info = _model_settings(segmenter) if segmenter is not None else {}
+        if spec is not None:
+            model_info = spec.model_info()
+        else:
+            model_info = _model_settings(segmenter) if segmenter is not None else {}
     settings = {
         "format": parts_data[0].format,
         "dataset": ",".join(d.name for d in parts_data) if suite else parts_data[0].name,
@@ -601,7 +581,7 @@ def run_evaluation(
         "guidance": bool(guidance),
         "model": dict(model_info),
     }
-    _check_run_file(out, settings)
+    check_run_file(out, {k: settings[k] for k in RESUME_KEYS}, spec, model_info)
     selection = {"limit": limit, "sample": sample, "seed": seed if sample is not None else None}
     parts = []
     for d in parts_data:
@@ -663,7 +643,7 @@ def run_evaluation(
                     max_pixels=max_pixels,
                 ),
                 sink,
-                spec=spec or SegmenterSpec(),
+                spec=(spec or ModelSpec()).with_driver_env(),
                 options=engine,
                 factory=factory,
             )
@@ -682,6 +662,7 @@ def run_evaluation(
         "wall_s": wall,
         "engine": facts.get("engine", (engine.engine if engine else "local")),
         "workers": facts.get("workers"),
+        "built": facts.get("built", []),
     }
     files = {
         "predictions": str(pred_path),

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hybridgl.jobs.units import SegmenterSpec, Task, UnitWorker, WorkUnit
+from hybridgl.jobs.units import Task, UnitWorker, WorkUnit
+from hybridgl.spec import ModelSpec
 
 __all__ = ["ENGINES", "EngineOptions", "Progress", "run_units"]
 
@@ -84,7 +85,7 @@ def run_units(
     task: Task,
     sink: Sink,
     *,
-    spec: SegmenterSpec,
+    spec: ModelSpec,
     options: EngineOptions | None = None,
     factory: Callable[[], Any] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
@@ -101,7 +102,9 @@ def run_units(
         on_start: called once with engine facts (e.g. Ray's worker count) before work.
 
     Returns:
-        Engine facts: ``engine``, ``units``, ``workers`` and, for Ray, the cluster's.
+        Engine facts: ``engine``, ``units``, ``workers``, for Ray the cluster's, and
+        ``built``: what each worker's segmenter was built with (distinct entries of
+        :func:`hybridgl.spec.built_facts`), so a run can record and check it.
     """
     opts = options or EngineOptions()
     if opts.engine == "local":
@@ -117,7 +120,7 @@ def _run_local(
     units: list[WorkUnit],
     task: Task,
     sink: Sink,
-    spec: SegmenterSpec,
+    spec: ModelSpec,
     factory: Callable[[], Any] | None,
     on_start: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
@@ -131,4 +134,6 @@ def _run_local(
     for unit in units:
         sink(unit, worker.process(unit))
     facts["segmenter"] = worker._segmenter
+    built = worker.built()
+    facts["built"] = [built] if built is not None else []
     return facts

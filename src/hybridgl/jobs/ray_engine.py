@@ -23,29 +23,24 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from hybridgl.errors import WeightsError
+from hybridgl.errors import MissingExtraError, UsageError, WeightsError
 from hybridgl.jobs.engine import EngineOptions, Sink
 from hybridgl.jobs.records import dumps
-from hybridgl.jobs.units import SegmenterSpec, Task, UnitWorker, WorkUnit
+from hybridgl.jobs.units import Task, UnitWorker, WorkUnit
+from hybridgl.spec import ModelSpec
 
-__all__ = ["RAY_INSTALL", "RayUnitWorker", "import_ray", "run_ray"]
+__all__ = ["RayUnitWorker", "import_ray", "run_ray"]
 
 log = logging.getLogger("hybridgl.jobs")
-
-RAY_INSTALL = 'pip install "hybridgl[ray]"'
 
 
 def import_ray() -> Any:
     """``import ray`` (with Ray Data), or the one-line error naming the extra."""
-    from hybridgl.cli.common import UsageError
-
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError as e:
-        raise UsageError(
-            f"--engine ray needs Ray Data ({e}); install it with {RAY_INSTALL}"
-        ) from None
+        raise MissingExtraError("--engine ray", "ray", detail=str(e)) from None
     return ray
 
 
@@ -66,7 +61,7 @@ class RayUnitWorker:
     error naming the node.
     """
 
-    def __init__(self, task: Task, spec: SegmenterSpec) -> None:
+    def __init__(self, task: Task, spec: ModelSpec) -> None:
         spec.apply_env()
         self.worker = UnitWorker(task, spec.build)
         try:
@@ -79,22 +74,28 @@ class RayUnitWorker:
 
         keys: list[str] = []
         outs: list[str] = []
+        built: list[str] = []
         for text in batch["unit"]:
             unit = WorkUnit.from_json(json.loads(str(text)))
             records = self.worker.process(unit)
             keys.append(unit.key)
             outs.append("[" + ",".join(dumps(r) for r in records) + "]")
-        return {"key": np.array(keys, dtype=object), "records": np.array(outs, dtype=object)}
+            built.append(json.dumps(self.worker.built()))
+        return {
+            "key": np.array(keys, dtype=object),
+            "records": np.array(outs, dtype=object),
+            "built": np.array(built, dtype=object),
+        }
 
 
-def _check_weights_on_nodes(ray: Any, spec: SegmenterSpec) -> None:
+def _check_weights_on_nodes(ray: Any, spec: ModelSpec) -> None:
     """Resolve the checkpoints on every alive node before any work (one task per node)."""
     if not spec.checkpoints():
         return  # random weights: nothing to find
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
-    def check(s: SegmenterSpec) -> str | None:
+    def check(s: ModelSpec) -> str | None:
         try:
             s.check_weights()
         except WeightsError as e:
@@ -135,9 +136,7 @@ def _connect(ray: Any, opts: EngineOptions) -> bool:
     return True
 
 
-def _plan(
-    ray: Any, opts: EngineOptions, n_units: int, spec: SegmenterSpec
-) -> tuple[int, float, int]:
+def _plan(ray: Any, opts: EngineOptions, n_units: int, spec: ModelSpec) -> tuple[int, float, int]:
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
@@ -145,8 +144,6 @@ def _plan(
     if gpw is None:
         gpw = 1.0 if gpus > 0 else 0.0
     if gpw > 0 and gpus <= 0:
-        from hybridgl.cli.common import UsageError
-
         raise UsageError(f"--gpus-per-worker {gpw:g}: the Ray cluster has no GPU")
     threads = int(opts.threads_per_worker or spec.threads or 1)  # also the actor's num_cpus
     workers = opts.workers
@@ -160,7 +157,7 @@ def run_ray(
     units: list[WorkUnit],
     task: Task,
     sink: Sink,
-    spec: SegmenterSpec,
+    spec: ModelSpec,
     opts: EngineOptions,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -183,7 +180,7 @@ def _run(
     units: list[WorkUnit],
     task: Task,
     sink: Sink,
-    spec: SegmenterSpec,
+    spec: ModelSpec,
     opts: EngineOptions,
     on_start: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
@@ -224,7 +221,12 @@ def _run(
         compute=ray.data.ActorPoolStrategy(size=workers),
         **resources,
     )
+    built: list[Any] = []
     for row in out.iter_rows():
         unit = by_key[str(row["key"])]
         sink(unit, json.loads(str(row["records"])))
+        facts_of_worker = json.loads(str(row["built"]))
+        if facts_of_worker is not None and facts_of_worker not in built:
+            built.append(facts_of_worker)
+    facts["built"] = built
     return facts

@@ -6,12 +6,12 @@ rows as dicts), so it can cross process and machine boundaries unchanged.
 
 A **task** says what a job does with a unit on a worker: load the image, encode it, answer
 the rows, and return one JSON-ready record per row. Tasks hold only plain settings, so they
-pickle to Ray actors; the segmenter is built on the worker from a :class:`SegmenterSpec`.
+pickle to Ray actors; the segmenter is built on the worker from the job's
+:class:`~hybridgl.spec.ModelSpec` (never from command-line arguments).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from hybridgl.segmenter import ImageState
 
 __all__ = [
-    "SegmenterSpec",
     "Task",
     "UnitWorker",
     "WorkUnit",
@@ -66,136 +65,6 @@ class Task(Protocol):
         ...
 
 
-#: Environment variables a worker takes over from the driver (weights, random models).
-FORWARDED_ENV = (
-    "HYBRIDGL_RANDOM_WEIGHTS",
-    "HYBRIDGL_WEIGHTS_DIR",
-    "HYBRIDGL_CACHE_DIR",
-    "HYBRIDGL_OFFLINE",
-    "HYBRIDGL_WEIGHTS_URL_BASE",
-)
-
-
-@dataclass(frozen=True)
-class SegmenterSpec:
-    """How to build the segmenter on a worker (the model options of the command line).
-
-    ``env`` carries the driver's ``HYBRIDGL_*`` settings (random weights, weights folder)
-    to workers started elsewhere; variables already set on a worker's node are kept when
-    the driver did not set them, except ``HYBRIDGL_RANDOM_WEIGHTS``, which always follows
-    the driver (a worker must never build other models than the driver asked for).
-    """
-
-    sam: str | None = "vit_h"
-    preset: str = "paper"
-    device: str | None = None
-    weights_dir: str | None = None
-    spacy_model: str | None = None
-    dtype: str | None = None
-    threads: int | None = None
-    env: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_args(cls, args: Any, threads: int | None = None) -> SegmenterSpec:
-        """The spec of the model options (``threads``: per worker, else ``--threads``)."""
-        env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
-        if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
-            env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)  # unset on the workers too
-        from hybridgl.cli.common import sam_option
-
-        return cls(
-            sam=sam_option(args),
-            preset=getattr(args, "preset", "paper"),
-            device=getattr(args, "device", None),
-            weights_dir=getattr(args, "weights_dir", None),
-            spacy_model=getattr(args, "spacy_model", None),
-            dtype=getattr(args, "dtype", None),
-            threads=threads if threads is not None else getattr(args, "threads", None),
-            env=env,
-        )
-
-    def apply_env(self) -> None:
-        for k, v in self.env:
-            if v:
-                os.environ[k] = v
-            else:
-                os.environ.pop(k, None)
-
-    def model_info(self) -> dict[str, Any]:
-        """The segmenter's ``model_info`` (without the device), known without building it.
-
-        Recorded in a run's settings, so that a run resumed on another engine, whose models
-        load on remote workers, is recognised as the same run.
-        """
-        from hybridgl.config import get_preset
-        from hybridgl.models import random_weights_mode
-        from hybridgl.text import DEFAULT_SPACY_MODEL
-
-        self.apply_env()
-        dtype = "float32"
-        if self.dtype not in (None, "fp32"):
-            from hybridgl.models.runtime import pick_device, resolve_dtype
-
-            resolved = resolve_dtype(self.dtype, pick_device(self.device))
-            dtype = str(resolved).replace("torch.", "") if resolved else "float32"
-        return {
-            "sam": self.sam,
-            "clip": "ViT-B-16",
-            "preset": self.preset,
-            "random_weights": random_weights_mode(),
-            "dtype": dtype,
-            "spacy_model": self.spacy_model or DEFAULT_SPACY_MODEL,
-            "fusion": get_preset(self.preset).fusion,
-        }
-
-    def checkpoints(self) -> list[str]:
-        """Registry names of the checkpoints this spec needs (none with random weights)."""
-        from hybridgl.models import random_weights_mode
-
-        self.apply_env()
-        if random_weights_mode():
-            return []
-        names = ["clip:ViT-B-16"]
-        if self.sam is not None:
-            from hybridgl.models.proposals import get_backend_spec
-
-            names.append(get_backend_spec(self.sam).checkpoint)
-        return names
-
-    def check_weights(self) -> None:
-        """Resolve every checkpoint now (raises the usual one-line ``WeightsError``)."""
-        from hybridgl import weights
-        from hybridgl.errors import WeightsError
-
-        problems = []
-        for name in self.checkpoints():
-            try:
-                if name.startswith("clip:"):
-                    weights.resolve_clip(name[5:], weights_dir=self.weights_dir)
-                else:
-                    weights.resolve(name, weights_dir=self.weights_dir, progress=False)
-            except WeightsError as e:
-                problems.append(str(e))
-        if problems:
-            raise WeightsError("\n\n".join(problems))  # the wording of from_pretrained
-
-    def build(self) -> Any:
-        """A ready :class:`~hybridgl.segmenter.Segmenter` (models loaded)."""
-        from hybridgl.models.runtime import configure_threads
-        from hybridgl.segmenter import Segmenter
-
-        self.apply_env()
-        configure_threads(self.threads)
-        return Segmenter.from_pretrained(
-            sam=self.sam,
-            preset=self.preset,
-            device=self.device,
-            weights_dir=self.weights_dir,
-            spacy_model=self.spacy_model,
-            dtype=self.dtype,
-        )
-
-
 class UnitWorker:
     """Holds one segmenter (built on first use) and runs a task on units."""
 
@@ -214,6 +83,15 @@ class UnitWorker:
 
     def ensure_segmenter(self) -> None:
         _ = self.segmenter
+
+    def built(self) -> dict[str, Any] | None:
+        """What this worker's segmenter runs with (:func:`hybridgl.spec.built_facts`), or
+        None before it is built; engines collect it so a run can show what each worker built."""
+        if self._segmenter is None:
+            return None
+        from hybridgl.spec import built_facts
+
+        return built_facts(self._segmenter)
 
     def process(self, unit: WorkUnit) -> list[dict[str, Any]]:
         """Records for every row of a unit; an unexpected error fails the unit's rows only.

@@ -6,13 +6,16 @@ import importlib
 import importlib.util
 from typing import Any
 
-from hybridgl.errors import HybridGLError
+from hybridgl.errors import HybridGLError, MissingExtraError
 
-INSTALL_HINT = 'pip install "hybridgl[search]"'
-
-
-class MissingExtraError(ImportError):
-    """LanceDB (the ``search`` extra) is not installed."""
+__all__ = [
+    "FingerprintMismatch",
+    "IndexBusyError",
+    "IndexStoreError",
+    "MissingExtraError",
+    "lancedb_available",
+    "require_lancedb",
+]
 
 
 class IndexStoreError(HybridGLError, ValueError):
@@ -38,6 +41,5 @@ def require_lancedb() -> Any:
         return importlib.import_module("lancedb")
     except ImportError as e:
         raise MissingExtraError(
-            f"collection search needs LanceDB ({e.name or 'lancedb'} is not installed): "
-            f"{INSTALL_HINT}"
+            "collection search", "search", detail=f"{e.name or 'lancedb'} is not installed"
         ) from None

@@ -71,6 +71,56 @@ def fingerprint_of_segmenter(seg: Any) -> dict[str, Any]:
     )
 
 
+_DTYPE_OF_NAME = {"float32": None, "bfloat16": "bf16", "float16": "fp16"}
+
+
+def fingerprint_of_spec(spec: Any, dim: int) -> dict[str, Any]:
+    """The fingerprint a :class:`~hybridgl.spec.ModelSpec` gives, without building it."""
+    from hybridgl.models import random_weights_mode
+
+    return make_fingerprint(
+        sam=spec.sam,
+        clip=spec.clip,
+        preset=spec.preset,
+        random_weights=random_weights_mode(),
+        dtype=spec.resolved_dtype_name(),
+        dim=dim,
+        config=spec.config(),
+    )
+
+
+def spec_of_fingerprint(fp: dict[str, Any]) -> Any:
+    """The :class:`~hybridgl.spec.ModelSpec` an index was built with, from its fingerprint.
+
+    Its preset, backend, CLIP and precision, plus every stored feature and SAM option that
+    differs from the preset's as an override; what the fingerprint does not hold (device,
+    threads, scoring-only options) stays at the defaults.
+    """
+    from hybridgl.spec import ModelSpec
+
+    preset = str(fp.get("preset") or "paper")
+    base = ModelSpec(sam=None, preset=preset).config()
+    features = fp.get("features") or {}
+    overrides = {
+        k: v
+        for k, v in features.items()
+        if hasattr(base, k) and v != getattr(base, k) and k in FEATURE_FIELDS
+    }
+    sam_options = {
+        k: v
+        for k, v in (fp.get("sam_options") or {}).items()
+        if hasattr(base.sam, k) and v != getattr(base.sam, k)
+    }
+    return ModelSpec(
+        sam=fp.get("sam"),
+        clip=str(fp.get("clip") or "ViT-B-16"),
+        preset=preset,
+        dtype=_DTYPE_OF_NAME.get(str(fp.get("dtype", "float32"))),
+        overrides=overrides,
+        sam_options=sam_options,
+    )
+
+
 def digest(fp: dict[str, Any]) -> str:
     """A short hash of the fingerprint."""
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]

@@ -520,6 +520,9 @@ class Index:
             was built with (or the package defaults for a new index).
         sam, clip, preset, dtype, device, weights_dir, spacy_model: model options, as for
             ``Segmenter.from_pretrained``.
+        options: any model options, keyed as :meth:`hybridgl.spec.ModelSpec.with_given`
+            takes them (``sam.points_per_side``, ``config.fusion``, ``threads``...): what
+            the CLI's option group gives. Options not given come from the index.
         gem: store GEM tokens (needed for the coherence guidance in stage 2).
         gem_dtype: ``float16`` (half the bytes) or ``float32`` (stage 2 bit-identical to
             ``Segmenter.predict``).
@@ -542,6 +545,7 @@ class Index:
         spacy_model: str | None = None,
         gem: bool = True,
         gem_dtype: str = "float16",
+        options: dict[str, Any] | None = None,
     ) -> None:
         if gem_dtype not in GEM_DTYPES:
             raise ValueError(f"gem_dtype must be one of {GEM_DTYPES}, got {gem_dtype!r}")
@@ -549,58 +553,46 @@ class Index:
             raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
         self.db = os.fspath(db)
         self._seg = segmenter
-        self._opts: dict[str, Any] = {
+        given: dict[str, Any] = {
             "sam": sam,
             "clip": clip,
             "preset": preset,
-            "dtype": dtype,
+            "dtype": _DTYPE_NAMES[dtype] if dtype else None,
             "device": device,
-            "weights_dir": weights_dir,
+            "weights_dir": None if weights_dir is None else os.fspath(weights_dir),
             "spacy_model": spacy_model,
         }
+        #: the model options given (spec keys); the rest come from the index
+        self._given: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        self._given.update(options or {})
+        from hybridgl.spec import ModelSpec
+
+        ModelSpec(sam=None).with_given(self._given)  # a bad option fails here
         self.gem_dtype: str | None = gem_dtype if gem else None
         self._reader: Store | None = None
         self.last_search: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model
+    def _expected_spec(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
+        """The spec this index's segmenter is built from: the index's own (from its
+        fingerprint; the defaults for a new index) with the given options applied."""
+        from hybridgl.spec import ModelSpec
+
+        base = fpmod.spec_of_fingerprint(stored) if stored else ModelSpec()
+        spec = base.with_given(self._given)
+        if spec.sam is None:
+            spec = spec.with_options(sam=base.sam or "vit_h")
+        return spec if need_sam else spec.with_options(sam=None)
+
     def _expected_fingerprint(
         self, stored: dict[str, Any] | None, *, need_sam: bool
     ) -> dict[str, Any]:
         """The fingerprint the options ask for, without loading a model."""
-        from hybridgl.config import get_preset
-        from hybridgl.models import random_weights_mode
+        spec = self._expected_spec(stored, need_sam=True)
+        return fpmod.fingerprint_of_spec(spec, int((stored or {}).get("dim", 0)))
 
-        base = stored or {}
-        preset = self._opts["preset"] or base.get("preset") or "paper"
-        sam = self._opts["sam"] or base.get("sam") or "vit_h"
-        dtype = (
-            _DTYPE_NAMES[self._opts["dtype"]]
-            if self._opts["dtype"]
-            else base.get("dtype", "float32")
-        )
-        return fpmod.make_fingerprint(
-            sam=sam,
-            clip=self._opts["clip"] or base.get("clip") or "ViT-B-16",
-            preset=preset,
-            random_weights=random_weights_mode(),
-            dtype=dtype,
-            dim=int(base.get("dim", 0)),
-            config=get_preset(preset),
-        )
-
-    def _build_segmenter(self, fp: dict[str, Any], *, need_sam: bool) -> Any:
-        from hybridgl.segmenter import Segmenter
-
-        dtype = None if fp["dtype"] == "float32" else fp["dtype"]
-        return Segmenter.from_pretrained(
-            sam=fp["sam"] if need_sam else None,
-            clip=fp["clip"],
-            preset=fp["preset"],
-            device=self._opts["device"],
-            weights_dir=self._opts["weights_dir"],
-            spacy_model=self._opts["spacy_model"],
-            dtype=dtype,
-        )
+    def _build_segmenter(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
+        return self._expected_spec(stored, need_sam=need_sam).build()
 
     def segmenter(self, store: Store | None = None, *, need_sam: bool = False) -> Any:
         """The segmenter, built (and checked against the index's fingerprint) on first use."""
@@ -610,12 +602,15 @@ class Index:
             if stored is not None:
                 fp["dim"] = stored["dim"]
                 fpmod.check(stored, fp, self.db, check_sam=need_sam)
-            self._seg = self._build_segmenter(fp, need_sam=need_sam)
+            self._seg = self._build_segmenter(stored, need_sam=need_sam)
         elif need_sam and getattr(self._seg, "sam", None) is None:
-            if self._opts["sam"] is None and stored is None:
+            if (
+                "sam" not in self._given
+                and stored is None
+                and getattr(self._seg, "spec", None) is None
+            ):
                 raise ValueError("this Index's segmenter has no SAM: pass proposals_from")
-            fp = self._expected_fingerprint(stored, need_sam=True)
-            self._seg = self._build_segmenter(fp, need_sam=True)
+            self._seg = self._build_segmenter(stored, need_sam=True)
         if stored is not None:
             current = fpmod.fingerprint_of_segmenter(self._seg)
             if not need_sam:
@@ -625,29 +620,21 @@ class Index:
 
     def _spec(self, *, need_sam: bool) -> Any:
         """How Ray workers build the same segmenter as this index's (checked) one."""
-        from hybridgl.jobs.units import FORWARDED_ENV, SegmenterSpec
-
-        info = getattr(self._seg, "model_info", {}) or {}
-        env = tuple((k, os.environ[k]) for k in FORWARDED_ENV if k in os.environ)
-        if "HYBRIDGL_RANDOM_WEIGHTS" not in os.environ:
-            env += (("HYBRIDGL_RANDOM_WEIGHTS", ""),)
-        dtype = info.get("dtype")
-        spec = SegmenterSpec(
-            sam=info.get("sam") if need_sam else None,
-            preset=str(info.get("preset") or "paper"),
-            device=self._opts["device"],
-            weights_dir=self._opts["weights_dir"],
-            spacy_model=self._opts["spacy_model"],
-            dtype=None if dtype in (None, "float32") else dtype,
-            env=env,
-        )
-        return spec
+        spec = getattr(self._seg, "spec", None)
+        if spec is None:
+            stored = self._reader.fingerprint if self._reader is not None else None
+            spec = self._expected_spec(stored, need_sam=need_sam)
+        if need_sam and spec.sam is None:
+            spec = spec.with_options(sam=self._given.get("sam") or "vit_h")
+        elif not need_sam:
+            spec = spec.with_options(sam=None)
+        return spec.with_driver_env()
 
     def _current_fingerprint(self, need_sam: bool) -> dict[str, Any]:
         seg = self.segmenter(None, need_sam=need_sam)
         fp = fpmod.fingerprint_of_segmenter(seg)
         if fp["sam"] is None:
-            fp["sam"] = self._opts["sam"] or "vit_h"
+            fp["sam"] = self._given.get("sam") or "vit_h"
         return fp
 
     # ------------------------------------------------------------------ reading
@@ -814,11 +801,10 @@ class Index:
             if rebuild and not store.created:
                 # --rebuild: start the index again with the models this run asks for
                 if self._seg is None:
-                    want = self._expected_fingerprint(store.fingerprint, need_sam=need_sam)
-                    self._seg = self._build_segmenter(want, need_sam=need_sam)
+                    self._seg = self._build_segmenter(store.fingerprint, need_sam=need_sam)
                 fp = fpmod.fingerprint_of_segmenter(self._seg)
                 if fp["sam"] is None:
-                    fp["sam"] = self._opts["sam"] or store.fingerprint.get("sam") or "vit_h"
+                    fp["sam"] = self._given.get("sam") or store.fingerprint.get("sam") or "vit_h"
                 store.drop_all(fp)
             self.segmenter(store, need_sam=need_sam)
         except BaseException:
