@@ -382,7 +382,7 @@ def built_facts(segmenter: Any) -> dict[str, Any]:
     """
     import torch
 
-    proposer = getattr(segmenter, "sam", None)
+    proposer = getattr(segmenter, "proposer", None)
     sam_cfg = getattr(proposer, "config", None)
     info = dict(getattr(segmenter, "model_info", {}) or {})
     cfg = asdict(segmenter.config)
@@ -398,4 +398,5 @@ def built_facts(segmenter: Any) -> dict[str, Any]:
         "spacy_model": getattr(getattr(segmenter, "parser", None), "model", None),
         "checkpoints": info.get("checkpoints", {}),
         "seed": info.get("seed"),
+        "spec": spec.to_dict() if (spec := getattr(segmenter, "spec", None)) else None,
     }

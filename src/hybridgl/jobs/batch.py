@@ -458,7 +458,9 @@ def _record_id(rec: dict[str, Any]) -> str | None:
     return str(rec["id"]) if "id" in rec else None
 
 
-def _write_summary(out_dir: Path, input_path: Path, counts: Counts, seconds: float) -> None:
+def _write_summary(
+    out_dir: Path, input_path: Path, counts: Counts, seconds: float, facts: dict[str, Any]
+) -> None:
     from hybridgl.fileio import atomic_write_json
 
     doc = {
@@ -468,6 +470,9 @@ def _write_summary(out_dir: Path, input_path: Path, counts: Counts, seconds: flo
         "failed": counts.failed,
         "failed_ids": counts.failed_ids[:1000],
         "seconds": round(seconds, 3),
+        "engine": facts.get("engine"),
+        "workers": facts.get("workers"),
+        "built": facts.get("built", []),  # what each worker's segmenter was built with
     }
     try:
         atomic_write_json(out_dir / "summary.json", doc)
@@ -549,6 +554,7 @@ def run_batch(
         max_pixels=settings.max_pixels,
         caller_proposals_only=spec.sam is None,
     )
+    facts: dict[str, Any] = {}
     try:
         for b in bad_todo:
             sink.fail(_error_record(b, b.error, "bad_record"))
@@ -557,14 +563,14 @@ def run_batch(
             sink.fail(_error_record(r, ExpressionError("expression is empty")))
             progress.rows(1, 1)
         writer.commit()
-        run_units(units, task, sink, spec=spec.with_driver_env(), options=options)
+        facts = run_units(units, task, sink, spec=spec.with_driver_env(), options=options)
     finally:
         progress.close()
         writer.close()
         if "coco" in settings.formats:
             write_coco_results(results_path, out_dir / COCO_RESULTS)
         seconds = time.perf_counter() - t_start
-        _write_summary(out_dir, input_path, counts, seconds)
+        _write_summary(out_dir, input_path, counts, seconds, facts)
         print(
             f"done {counts.done}, skipped {counts.skipped}, failed {counts.failed}, "
             f"time {seconds:.1f} s ({results_path})",
