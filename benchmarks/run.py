@@ -41,13 +41,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hybridgl_bench.measure import count_clip_models, machine_info, run_worker  # noqa: E402
+from hybridgl_bench.measure import machine_info, run_worker  # noqa: E402
 from hybridgl_bench.report import (  # noqa: E402
     check_targets,
     render_backends,
     render_markdown,
     summarise,
 )
+from hybridgl_bench.stages import count_clip_models  # noqa: E402
 from hybridgl_bench.workload import REPO, BenchmarkError, build_workload  # noqa: E402
 
 from hybridgl.cli.common import positive  # noqa: E402
@@ -252,7 +253,7 @@ def _worker_main(spec_path: str) -> int:
 
 def _partial(spec: dict[str, Any], res: dict[str, Any]) -> None:
     """Write what is measured so far (a killed worker still reports its finished parts)."""
-    from hybridgl_bench.measure import peak_rss_gib
+    from hybridgl_bench.stages import peak_rss_gib
 
     part = dict(res, partial=True, peak_rss_gib=peak_rss_gib())
     atomic_write_json(Path(spec["result"]), part, indent=None)

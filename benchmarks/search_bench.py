@@ -147,11 +147,11 @@ def phase_search(work: Path, rerank: int, queries: int) -> dict[str, Any]:
     totals, cpu, parts = [], [], {"text": [], "stage1": [], "fetch": [], "stage2": []}
     for p in phrases:
         t0, c0 = time.perf_counter(), time.process_time()
-        idx.search(p, top=rerank, rerank=rerank)
+        found = idx.search(p, top=rerank, rerank=rerank)
         totals.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         for k in parts:
-            parts[k].append(idx.last_search["timings"][k])
+            parts[k].append(found.timings[k])
     return {
         "rerank": rerank,
         "queries": len(phrases),

@@ -96,7 +96,7 @@ def test_full_size_sam_architectures(arch, params_m):
 def test_tiny_sam_is_small_and_keeps_masks():
     """The test SAM runs at 256 px; with the paper's generator settings it still proposes."""
     from hybridgl.config import SamConfig
-    from hybridgl.models.sam import SamProposer
+    from hybridgl.models.proposals import SamV1Backend as SamProposer
 
     sam = random_sam("tiny", seed=1).eval()
     assert sam.image_encoder.img_size == 256

@@ -71,10 +71,7 @@ def test_sam_v1_backend_is_the_generator_unchanged(image):
     assert got.masks.dtype == bool and got.boxes.dtype == np.float64
     assert set(backend.last_timings) == {"image_encoder", "mask_generation", "total"}
     assert backend.last_timings["image_encoder"] > 0
-    # the historical SamProposer name and call shape still work
-    from hybridgl.models.sam import SamProposer
-
-    assert SamProposer is P.SamV1Backend
+    # the (masks, boxes) call shape
     masks, boxes = backend(image)
     np.testing.assert_array_equal(masks, got.masks)
 

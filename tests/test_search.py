@@ -137,18 +137,20 @@ def test_stage2_equals_predict(coco_index, coco_pick, coco_val, tiny_segmenter):
             assert np.array_equal(got.mask, want.mask) and got.box == want.box
             # the ranking score is the cosine of the chosen proposal
             c = next(x for x in want.candidates if x.index == want.index)
-            assert hit.score == pytest.approx(c.clip_score / tiny_segmenter.logit_scale, abs=1e-6)
-            assert hit.stage1_score >= hit.score
+            assert hit.similarity == pytest.approx(
+                c.clip_score / tiny_segmenter.logit_scale, abs=1e-6
+            )
+            assert hit.stage1_similarity >= hit.similarity
 
 
 def test_min_score_and_top(coco_index):
     idx = coco_index[0]
     hits = idx.search("a dog next to the car", top=5)
     assert [h.rank for h in hits] == [1, 2]
-    assert hits[0].score >= hits[1].score
+    assert hits[0].similarity >= hits[1].similarity
     assert idx.search("a dog next to the car", top=1)[0].path == hits[0].path
-    assert idx.search("a dog next to the car", min_score=hits[0].score + 1e-6) == []
-    kept = idx.search("a dog next to the car", min_score=hits[1].score + 1e-7)
+    assert idx.search("a dog next to the car", min_score=hits[0].similarity + 1e-6) == []
+    kept = idx.search("a dog next to the car", min_score=hits[1].similarity + 1e-7)
     assert [h.path for h in kept] == [hits[0].path]
 
 
@@ -158,15 +160,15 @@ def test_search_sees_only_committed_batches(coco_index, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(coco_index[0].db, db)
     idx = Index(db, segmenter=coco_index[0]._seg)
-    before = [(h.path, h.score) for h in idx.search("the big thing")]
+    before = [(h.path, h.similarity) for h in idx.search("the big thing")]
     assert len(before) == 2
     with Store(db, writer=True) as w:
         victim = w.snapshot()[IMAGES].to_arrow().to_pylist()[0]["image_id"]
         # half a batch: proposals gone, image row still there, nothing committed yet
         w.latest(PROPOSALS).delete(f"image_id = '{victim}'")
-        assert [(h.path, h.score) for h in idx.search("the big thing")] == before
+        assert [(h.path, h.similarity) for h in idx.search("the big thing")] == before
         w.latest(IMAGES).delete(f"image_id = '{victim}'")
-        assert [(h.path, h.score) for h in idx.search("the big thing")] == before
+        assert [(h.path, h.similarity) for h in idx.search("the big thing")] == before
         w.commit()
         after = idx.search("the big thing")
     assert len(after) == 1 and after[0].image_id != victim
@@ -252,9 +254,9 @@ def test_cli_search_outputs(coco_index, tmp_path, capsys):
     assert [h["rank"] for h in doc["hits"]] == [1, 2]
     want = coco_index[0].search("the person on the left", top=2)
     for h, w in zip(doc["hits"], want, strict=True):
-        assert h["path"] == w.path and h["score"] == w.score
-        assert np.array_equal(rle_to_mask(h["prediction"]["mask"]), w.prediction.mask)
-        assert h["prediction"]["index"] == w.prediction.index
+        assert h["path"] == w.path and h["similarity"] == w.similarity
+        assert np.array_equal(rle_to_mask(h["mask"]), w.prediction.mask)
+        assert h["index"] == w.prediction.index
     html = page.read_text()
     assert html.count("<img") == 2 and "data:image/jpeg;base64," in html
 
@@ -378,20 +380,20 @@ def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
     ann = _coco_json(tmp_path / "ann.json", sizes)
     idx = Index(tmp_path / "db", segmenter=tiny_segmenter)
     idx.add([imgs], progress=False, proposals_from=ann)
-    before = [(h.image_id, h.score) for h in idx.search("a square")]
+    before = [(h.image_id, h.similarity) for h in idx.search("a square")]
     with pytest.raises(IndexStoreError, match="needs at least"):
         idx.optimize(ann=True)
     assert idx.optimize() == {"ann_built": False, "proposals": 9}
     monkeypatch.setattr(mod, "MIN_ANN_ROWS", 4)
     assert idx.optimize() == {"ann_built": True, "proposals": 9}
     assert idx.stats()["ann_index"] is True
-    assert [(h.image_id, h.score) for h in idx.search("a square")] == before
+    assert [(h.image_id, h.similarity) for h in idx.search("a square")] == before
     # an index run builds it by itself past AUTO_ANN_ROWS, and readers see it
     monkeypatch.setattr(mod, "AUTO_ANN_ROWS", 4)
     idx2 = Index(tmp_path / "db2", segmenter=tiny_segmenter)
     assert idx2.add([imgs], progress=False, proposals_from=ann).ann_built is True
     assert idx2.stats()["ann_index"] is True
-    assert [(h.image_id, h.score) for h in idx2.search("a square")] == before
+    assert [(h.image_id, h.similarity) for h in idx2.search("a square")] == before
 
 
 def test_index_sam_none(tmp_path, capsys, tiny_segmenter):

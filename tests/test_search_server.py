@@ -57,13 +57,13 @@ def test_search_api(search_db, tiny_segmenter):
         want = search_db.search("the dog on the left", top=5)
         assert [h["image_id"] for h in body["hits"]] == [h.image_id for h in want]
         for h, w in zip(body["hits"], want, strict=True):
-            assert h["score"] == w.score and h["rank"] == w.rank
+            assert h["similarity"] == w.similarity and h["rank"] == w.rank
             assert h["name"] == w.path.rsplit("/", 1)[-1] and "path" not in h
-            assert np.array_equal(rle_to_mask(h["prediction"]["mask"]), w.prediction.mask)
+            assert np.array_equal(rle_to_mask(h["mask"]), w.prediction.mask)
             img = client.get(h["image_url"])
             assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"  # the JPEG
         r = client.post("/v1/search", json={"expression": "x", "candidate_masks": True})
-        cands = r.json()["hits"][0]["prediction"]["candidates"]
+        cands = r.json()["hits"][0]["candidates"]
         assert all("mask" in c for c in cands)
         r = client.post("/v1/search", json={"expression": "a", "min_score": 2.0})
         assert r.status_code == 200 and r.json()["hits"] == []
@@ -139,17 +139,17 @@ def test_search_tab_in_chromium(search_db, tiny_segmenter):
             page.click(".hit[data-rank='1']")
             page.wait_for_selector("#detail-canvas[data-shown='answer']")
             hit = body["hits"][0]
-            answer = rle_to_mask(hit["prediction"]["mask"])
+            answer = rle_to_mask(hit["mask"])
             size = page.evaluate(
                 "(() => { const c = document.getElementById('detail-canvas');"
                 " return [c.width, c.height]; })()"
             )
             assert size == [answer.shape[1], answer.shape[0]]
             assert _colour_fraction(page, _edges(answer), ANSWER_RGB) > 0.9
-            cands = hit["prediction"]["candidates"]
+            cands = hit["candidates"]
             assert page.locator("#detail-candidates li").count() == len(cands)
             # and another candidate's mask on a click
-            rank = next(i for i, c in enumerate(cands) if c["index"] != hit["prediction"]["index"])
+            rank = next(i for i, c in enumerate(cands) if c["index"] != hit["index"])
             page.click(f"#detail-candidates li[data-rank='{rank}']")
             page.wait_for_selector(f"#detail-canvas[data-shown='candidate-{rank}']")
             cand = rle_to_mask(cands[rank]["mask"])

@@ -220,7 +220,7 @@ def test_to_supervision_detections() -> None:
     assert det.confidence is not None
     np.testing.assert_allclose(det.confidence, [0.9])
     assert list(det.data["expression"]) == ["The red cup"]
-    assert list(det.data["proposal_index"]) == [2]
+    assert list(det.data["index"]) == [2]
 
 
 def test_to_supervision_empty_when_not_found() -> None:

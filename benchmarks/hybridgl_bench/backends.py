@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 import numpy as np
-from hybridgl_bench.measure import autocast_for, now, peak_rss_gib
+from hybridgl_bench.stages import autocast_for, now, peak_rss_gib
 from hybridgl_bench.workload import COCO, coco_index, coco_masks
 
 # Published token lengths matter little; the text encoders see short phrases.

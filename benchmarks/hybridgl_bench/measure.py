@@ -10,100 +10,28 @@ encoding an expression's prompts with the model's text encoder (no cache); guida
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import gc
 import os
 import platform
 import statistics
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+from hybridgl_bench.stages import (
+    autocast_for,
+    count_clip_models,
+    encode_image,
+    encode_texts_uncached,
+    expression_texts,
+    now,
+    peak_rss_gib,
+    rss_gib,
+)
 from hybridgl_bench.workload import coco_index, coco_masks
 
 
 # ---------------------------------------------------------------------------- helpers
-def autocast_for(seg: Any):
-    """The autocast context the segmenter runs its models under (public attributes)."""
-    import torch
-
-    if seg.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(seg.device.type, dtype=seg.dtype)
-
-
-def now(seg: Any | None = None) -> float:
-    dev = getattr(seg, "device", None)
-    if dev is not None and dev.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(dev)
-    return time.perf_counter()
-
-
-def peak_rss_gib() -> float:
-    import resource
-
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**30 if sys.platform == "darwin" else 2**20)
-
-
-def rss_gib() -> float | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process().memory_info().rss / 2**30
-
-
-def count_clip_models() -> int:
-    """open_clip CLIP models alive in this process (one serves features, text and GEM)."""
-    import open_clip
-
-    kinds = tuple(
-        c
-        for c in (getattr(open_clip, "CLIP", None), getattr(open_clip, "CustomTextCLIP", None))
-        if c
-    )
-    gc.collect()
-    with warnings.catch_warnings():  # isinstance on some torch objects warns
-        warnings.simplefilter("ignore")
-        return sum(1 for o in gc.get_objects() if isinstance(o, kinds))
-
-
-def encode_image(seg: Any, image: Any, proposals: Any = None) -> Any:
-    """``Segmenter.encode_image``: the image stages, the current image untouched."""
-    return seg.encode_image(image, proposals=proposals)
-
-
-def expression_texts(seg: Any, parse: Any) -> list[str]:
-    """The prompts ``Segmenter.score`` encodes for one parsed expression (METHOD.md 4-6)."""
-    cfg = seg.config
-    ctx = [cfg.context_prompt + c for c in parse.context_nouns]
-    gem = cfg.gem_prompt[0] + parse.noun_phrase + cfg.gem_prompt[1]
-    return [parse.sentence, parse.noun_phrase, *ctx, gem]
-
-
-def _text_encoder() -> Any:
-    from hybridgl.models.clip import encode_text_trimmed
-
-    return encode_text_trimmed
-
-
-def encode_texts_uncached(seg: Any, texts: list[str]) -> None:
-    """Encode ``texts`` the way ``Segmenter.encode_texts`` does, bypassing its cache."""
-    import torch
-
-    enc = _text_encoder()
-    with torch.no_grad(), autocast_for(seg):
-        for t in texts:
-            enc(seg.clip, seg.tokenizer([t]).to(seg.device))
-
-
 def clip_stage_times(seg: Any, image: Any, masks: Any) -> dict[str, float]:
     """Views, hybrid features and GEM of one image, each timed by calling the model
     functions that ``encode_image`` runs (``hybrid_clip.make_views`` and
@@ -246,22 +174,20 @@ def run_worker(cfg: dict[str, Any], partial: Any = None) -> dict[str, Any]:
     work = cfg["work"]
     gt = {w["image_id"]: coco_masks(images[w["image_id"]], anns[w["image_id"]]) for w in work}
 
-    config = None
-    if cfg.get("points_per_side"):
-        from dataclasses import replace
+    from hybridgl.spec import ModelSpec
 
-        from hybridgl.config import get_preset
-
-        base = get_preset("paper")
-        config = base.with_options(sam=replace(base.sam, points_per_side=cfg["points_per_side"]))
-    t = time.perf_counter()
-    seg = Segmenter.from_pretrained(
+    # the one model spec: what the table records is what was built
+    spec = ModelSpec(
         sam=cfg["sam"],
         device=cfg.get("device"),
-        dtype=None if cfg["dtype"] == "fp32" else cfg["dtype"],
+        dtype=cfg["dtype"],
         weights_dir=cfg.get("weights_dir"),
-        config=config,
+        sam_options={"points_per_side": cfg["points_per_side"]}
+        if cfg.get("points_per_side")
+        else {},
     )
+    t = time.perf_counter()
+    seg = Segmenter.from_spec(spec)
     res["load_seconds"] = time.perf_counter() - t
     res["rss_after_load_gib"] = rss_gib()
     res["model_info"] = seg.model_info

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from typing import Any
 
-from hybridgl_bench.measure import (
+from hybridgl_bench.stages import (
     autocast_for,
     encode_image,
     encode_texts_uncached,

@@ -304,11 +304,17 @@ class Segmenter:
     def from_spec(cls, spec: ModelSpec) -> Segmenter:
         """Build the segmenter a :class:`~hybridgl.spec.ModelSpec` describes.
 
-        The one construction path: :meth:`from_pretrained` and ``spec.build()`` come here.
-        (``spec.build()`` also applies the spec's threads and carried environment.)
+        The one construction path: :meth:`from_pretrained`, the CLI and every engine's
+        workers come here. It first applies what the spec carries for a worker started
+        elsewhere (its ``HYBRIDGL_*`` environment) and its torch CPU threads.
         """
         from hybridgl import weights
         from hybridgl.models import proposals as props
+        from hybridgl.models.runtime import configure_threads
+
+        spec.apply_env()
+        if spec.threads is not None:
+            configure_threads(spec.threads)
         from hybridgl.models.clip import (
             build_clip,
             get_tokenizer,

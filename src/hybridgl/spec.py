@@ -5,7 +5,9 @@ its shared option group (:func:`hybridgl.cli.options.spec_from_args`), the libra
 from :meth:`Segmenter.from_pretrained`'s keywords, and every engine ships it to its
 workers (it is plain, frozen, picklable data). It
 
-- builds the segmenter (:meth:`ModelSpec.build`),
+- is what the segmenter is built from (:meth:`hybridgl.Segmenter.from_spec`, the one
+  construction path; the spec does not build it itself, so that the spec, a plain
+  description, and the core never import each other),
 - names the checkpoints it needs (:meth:`ModelSpec.checkpoints`),
 - gives the one description that run files, index fingerprints, ``/v1/models`` and the
   benchmark tables record (:meth:`ModelSpec.model_info`, :meth:`ModelSpec.to_dict`), and
@@ -20,13 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hybridgl.config import PRESETS, MethodConfig, SamConfig, get_preset
 from hybridgl.models.backends import BACKENDS, get_backend_spec
-
-if TYPE_CHECKING:
-    from hybridgl.segmenter import Segmenter
 
 __all__ = [
     "CLIP_MODELS",
@@ -354,16 +353,6 @@ class ModelSpec:
                 problems.append(str(e))
         if problems:
             raise WeightsError("\n\n".join(problems))
-
-    def build(self) -> Segmenter:
-        """A ready :class:`~hybridgl.segmenter.Segmenter` (threads set, models loaded)."""
-        from hybridgl.models.runtime import configure_threads
-        from hybridgl.segmenter import Segmenter
-
-        self.apply_env()
-        if self.threads is not None:
-            configure_threads(self.threads)
-        return Segmenter.from_spec(self)
 
 
 def _plain(value: Any) -> Any:

@@ -192,7 +192,7 @@ class Prediction:
             covered column and row, as ``supervision.mask_to_xyxy`` computes them),
             ``mask`` ``(1, H, W)`` bool, ``confidence`` ``(1,)``, ``class_id`` ``[0]``
             (referring segmentation has one class; annotators colour by class by
-            default) and ``data`` with ``"expression"`` and ``"proposal_index"``
+            default) and ``data`` with ``"expression"`` and ``"index"`` (the chosen proposal)
             (arrays of one element).
 
         Raises:
@@ -215,7 +215,7 @@ class Prediction:
             class_id=np.array([0]),
             data={
                 "expression": np.array([self.parse.expression]),
-                "proposal_index": np.array([-1 if self.index is None else int(self.index)]),
+                "index": np.array([-1 if self.index is None else int(self.index)]),
             },
         )
 

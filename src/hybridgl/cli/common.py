@@ -526,7 +526,9 @@ def build_segmenter(spec_or_args: Any) -> Segmenter:
 
     spec = spec_or_args if isinstance(spec_or_args, ModelSpec) else spec_from_args(spec_or_args)
     check_runtime(spec)
-    return spec.build()
+    from hybridgl.segmenter import Segmenter
+
+    return Segmenter.from_spec(spec)
 
 
 def add_max_pixels_arg(parser: Any, refused: str = "a failed row") -> None:

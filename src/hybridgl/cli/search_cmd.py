@@ -71,13 +71,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def search_document(idx: Any, hits: list[Any]) -> dict[str, Any]:
-    info = dict(idx.last_search)
+def search_document(idx: Any, hits: Any) -> dict[str, Any]:
+    info = hits.info()
     return {
         "db": idx.db,
         "expression": info.get("expression"),
         "parse": info.get("parse"),
-        "score": "cosine of the phrase's text embedding with the chosen proposal's feature",
+        "similarity": "cosine of the phrase's text embedding with the chosen proposal's feature",
         "commit": info.get("commit"),
         "reranked": info.get("reranked"),
         "timings": info.get("timings"),
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for h in hits:
         box = " ".join(f"{v:.0f}" for v in h.prediction.box)
-        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}  box [{box}]", file=out)
+        print(f"{h.rank:>3}  {h.similarity:.4f}  {h.path}  box [{box}]", file=out)
     if args.json_out:
         text = json.dumps(search_document(idx, hits), indent=2) + "\n"
         if args.json_out == "-":

@@ -66,7 +66,6 @@ RECORD_FIELDS: tuple[str, ...] = (
     "pure_iou",
     "pure_i",
     "pure_u",
-    "guided_index",
     "guided_iou",
     "guided_i",
     "guided_u",
@@ -80,8 +79,10 @@ RECORD_FIELDS: tuple[str, ...] = (
     "image_time_s",
     "error",
     "error_kind",
-    "prediction",
 )
+# A successful record also carries every key of Prediction.to_dict() (the one record
+# shape, flat; without "timings": time_s has the time), among them "index", the chosen
+# proposal, which the guided_* counts are of.
 
 #: Settings a resumed run must share with the run that wrote the folder.
 #: (The model options are checked through the run's ModelSpec: jobs/runfile.py.)
@@ -116,8 +117,9 @@ def select_expressions(
 
 
 def _counts_fields(prefix: str, index: int | None, i: int, u: int) -> dict[str, Any]:
+    out = {} if prefix == "guided" else {f"{prefix}_index": index}  # guided: "index"
     return {
-        f"{prefix}_index": index,
+        **out,
         f"{prefix}_iou": iou_from_counts(i, u),
         f"{prefix}_i": int(i),
         f"{prefix}_u": int(u),
@@ -348,7 +350,7 @@ def evaluate_unit(
             rec.update(_counts_fields("pure", pure_idx, pi, pu))
             rec.update(_counts_fields("guided", pred.index, gi, gu))
             rec.update(_counts_fields("upper", up_idx, up_i, up_u))
-            rec["prediction"] = _prediction_dict(pred)
+            rec.update(_prediction_dict(pred) or {})
         except Exception as err:  # a malformed prediction must not stop the run
             rec = failed_record(
                 r, f"scoring failed: {type(err).__name__}: {err}", "prediction_failed"

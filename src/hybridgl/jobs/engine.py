@@ -12,30 +12,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from hybridgl.jobs.units import Task, UnitWorker, WorkUnit
+from hybridgl.jobs.engine_options import ENGINES, EngineOptions, Sink
+from hybridgl.jobs.units import Task, UnitWorker, WorkUnit, build_from_spec
 from hybridgl.spec import ModelSpec
 
-__all__ = ["ENGINES", "EngineOptions", "Progress", "run_units"]
-
-ENGINES = ("local", "ray")
-
-#: sink(unit, records): write one unit's records (and commit them) in the driver
-Sink = Callable[[WorkUnit, list[dict[str, Any]]], None]
-
-
-@dataclass
-class EngineOptions:
-    """How to run: the engine and, for Ray, where and with how many workers."""
-
-    engine: str = "local"
-    ray_address: str | None = None
-    workers: int | None = None
-    gpus_per_worker: float | None = None
-    threads_per_worker: int | None = None
-    object_store_memory: int | None = None  # only for a local Ray started by the run
+__all__ = ["ENGINES", "EngineOptions", "Progress", "Sink", "run_units"]
 
 
 class Progress:
@@ -98,7 +82,8 @@ def run_units(
         sink: writes a unit's records; called once per unit, in completion order.
         spec: how workers build their segmenter.
         options: engine choice and Ray settings (default: local).
-        factory: local engine only: builds the segmenter (default ``spec.build``).
+        factory: local engine only: builds the segmenter (default
+            ``Segmenter.from_spec(spec)``).
         on_start: called once with engine facts (e.g. Ray's worker count) before work.
 
     Returns:
@@ -126,7 +111,7 @@ def _run_local(
 ) -> dict[str, Any]:
     if factory is None:
         spec.apply_env()
-        factory = spec.build
+        factory = partial(build_from_spec, spec)
     worker = UnitWorker(task, factory)
     facts = {"engine": "local", "workers": 1, "units": len(units)}
     if on_start is not None:

@@ -21,12 +21,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from hybridgl.errors import MissingExtraError, UsageError, WeightsError
-from hybridgl.jobs.engine import EngineOptions, Sink
+from hybridgl.jobs.engine_options import EngineOptions, Sink
 from hybridgl.jobs.records import dumps
-from hybridgl.jobs.units import Task, UnitWorker, WorkUnit
+from hybridgl.jobs.units import Task, UnitWorker, WorkUnit, build_from_spec
 from hybridgl.spec import ModelSpec
 
 __all__ = ["RayUnitWorker", "import_ray", "run_ray"]
@@ -63,7 +64,7 @@ class RayUnitWorker:
 
     def __init__(self, task: Task, spec: ModelSpec) -> None:
         spec.apply_env()
-        self.worker = UnitWorker(task, spec.build)
+        self.worker = UnitWorker(task, partial(build_from_spec, spec))
         try:
             self.worker.ensure_segmenter()
         except WeightsError as e:

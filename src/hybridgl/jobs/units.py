@@ -21,6 +21,7 @@ from hybridgl.images import DEFAULT_MAX_PIXELS
 if TYPE_CHECKING:
     from hybridgl.protocols import SegmenterLike
     from hybridgl.segmenter import ImageState
+    from hybridgl.spec import ModelSpec
 
 __all__ = [
     "Task",
@@ -63,6 +64,13 @@ class Task(Protocol):
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
         """Error records for every row of a unit whose processing raised ``error``."""
         ...
+
+
+def build_from_spec(spec: ModelSpec) -> Any:
+    """The segmenter a worker builds: ``Segmenter.from_spec(spec)``."""
+    from hybridgl.segmenter import Segmenter
+
+    return Segmenter.from_spec(spec)
 
 
 class UnitWorker:

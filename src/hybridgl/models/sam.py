@@ -214,13 +214,3 @@ def load_sam_checkpoint(sam: Any, path: Path) -> Any:
         state = state["model"]
     load_checkpoint_state(sam, state, f"SAM checkpoint {path}", "the architecture")
     return sam
-
-
-def __getattr__(name: str) -> Any:
-    # ``SamProposer`` is now :class:`hybridgl.models.proposals.SamV1Backend` (same
-    # constructor, same ``(masks, boxes)`` call); kept importable from here.
-    if name == "SamProposer":
-        from hybridgl.models.proposals import SamV1Backend
-
-        return SamV1Backend
-    raise AttributeError(name)

@@ -13,7 +13,7 @@ Example:
     >>> idx = Index("photos-index")
     >>> idx.add(["photos/"])
     >>> for hit in idx.search("the dog on the left", top=5):
-    ...     print(hit.score, hit.path, hit.prediction.box)
+    ...     print(hit.similarity, hit.path, hit.prediction.box)
 """
 
 from __future__ import annotations

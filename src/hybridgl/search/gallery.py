@@ -66,13 +66,13 @@ def render_gallery(query: str, hits: Sequence[Any], info: dict[str, Any] | None 
             pic = f'<img alt="hit {h.rank}" src="data:image/jpeg;base64,{data}">'
         box = ", ".join(f"{v:.0f}" for v in pred.box)
         cards.append(
-            f"<figure>{pic}<figcaption><span class='score'>#{h.rank} score {h.score:.4f}</span>"
-            f" (stage 1 {h.stage1_score:.4f})<br>{html.escape(h.path)}<br>"
+            f"<figure>{pic}<figcaption><span class='score'>#{h.rank} similarity {h.similarity:.4f}</span>"
+            f" (stage 1 {h.stage1_similarity:.4f})<br>{html.escape(h.path)}<br>"
             f"proposal {pred.index} of {pred.num_proposals}, box [{box}]</figcaption></figure>"
         )
     body = "\n".join(cards) if cards else "<p>Nothing found.</p>"
     meta = html.escape(
-        f"{len(hits)} hit(s); score = cosine of the phrase with the chosen region"
+        f"{len(hits)} hit(s); similarity = cosine of the phrase with the chosen region"
         + (f"; index {info['db']}" if info.get("db") else "")
     )
     return (

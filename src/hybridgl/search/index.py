@@ -64,26 +64,28 @@ class SearchHit:
         path: the image file (absolute, as indexed).
         image_id: the image's id in the index.
         prediction: the full method's answer on this image (mask, box, candidates).
-        score: cosine similarity between the phrase's text embedding and the chosen
-            proposal's hybrid feature: the ranking score, comparable across images.
-        stage1_score: the best cosine among the image's proposals (stage 1's score).
+        similarity: cosine similarity between the phrase's text embedding and the chosen
+            proposal's hybrid feature: the ranking value, comparable across images (the
+            prediction's own ``score`` is the method's final score within the image).
+        stage1_similarity: the best cosine among the image's proposals (stage 1's).
         rank: 1 for the best hit.
     """
 
     path: str
     image_id: str
     prediction: Prediction
-    score: float
-    stage1_score: float
+    similarity: float
+    stage1_similarity: float
     rank: int = 0
     width: int = 0
     height: int = 0
     candidate_masks: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, mask: bool = True, candidate_masks: bool = False) -> dict[str, Any]:
-        """JSON-ready: rank, path, image id, scores and the prediction
-        (:meth:`Prediction.to_dict`, RLE mask); ``candidate_masks`` adds each candidate's
-        mask as RLE."""
+        """The one record shape: :meth:`Prediction.to_dict` (RLE mask) with the hit's own
+        fields beside it: ``rank``, ``path``, ``image_id``, ``similarity`` and
+        ``stage1_similarity`` (docs/FORMATS.md). ``mask`` False leaves the mask out;
+        ``candidate_masks`` adds each candidate's mask as RLE."""
         pred = self.prediction.to_dict()
         if not mask:
             pred.pop("mask", None)
@@ -96,11 +98,46 @@ class SearchHit:
             "rank": self.rank,
             "path": self.path,
             "image_id": self.image_id,
-            "score": self.score,
-            "stage1_score": self.stage1_score,
-            "width": self.width,
-            "height": self.height,
-            "prediction": pred,
+            "similarity": self.similarity,
+            "stage1_similarity": self.stage1_similarity,
+            **pred,
+        }
+
+
+class SearchResults(list):  # list[SearchHit]
+    """The hits of :meth:`Index.search`, best first, with what the search did.
+
+    Attributes:
+        expression: the phrase; parse: its parse (``Parse.to_dict``); commit: the index
+        version searched; reranked: images that got the full method; timings: seconds
+        per stage (``text``, ``stage1``, ``fetch``, ``stage2``, ``total``).
+    """
+
+    def __init__(
+        self,
+        hits: Iterable[SearchHit] = (),
+        *,
+        expression: str = "",
+        parse: dict[str, Any] | None = None,
+        commit: Any = None,
+        reranked: int = 0,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(hits)
+        self.expression = expression
+        self.parse = parse or {}
+        self.commit = commit
+        self.reranked = reranked
+        self.timings = dict(timings or {})
+
+    def info(self) -> dict[str, Any]:
+        """The search's facts, JSON-ready (without the hits)."""
+        return {
+            "expression": self.expression,
+            "parse": self.parse,
+            "commit": self.commit,
+            "reranked": self.reranked,
+            "timings": self.timings,
         }
 
 
@@ -570,7 +607,6 @@ class Index:
         ModelSpec(sam=None).with_given(self._given)  # a bad option fails here
         self.gem_dtype: str | None = gem_dtype if gem else None
         self._reader: Store | None = None
-        self.last_search: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model
     def _expected_spec(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
@@ -592,7 +628,9 @@ class Index:
         return fpmod.fingerprint_of_spec(spec, int((stored or {}).get("dim", 0)))
 
     def _build_segmenter(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
-        return self._expected_spec(stored, need_sam=need_sam).build()
+        from hybridgl.segmenter import Segmenter
+
+        return Segmenter.from_spec(self._expected_spec(stored, need_sam=need_sam))
 
     def segmenter(self, store: Store | None = None, *, need_sam: bool = False) -> Any:
         """The segmenter, built (and checked against the index's fingerprint) on first use."""
@@ -705,19 +743,20 @@ class Index:
         min_score: float | None = None,
         top_k: int = 3,
         guidance: bool = True,
-    ) -> list[SearchHit]:
+    ) -> SearchResults:
         """Find the images (and the region in each) that ``expression`` describes.
 
         Args:
             expression: English referring expression.
             top: most hits to return.
             rerank: how many images (best by stage 1) get the full method; default ``top``.
-            min_score: drop hits whose score (cosine) is below it.
+            min_score: drop hits whose similarity (cosine) is below it.
             top_k: candidates kept in each hit's prediction.
             guidance: spatial guidance in stage 2 (needs GEM tokens in the index).
 
         Returns:
-            Hits, best first (at most ``min(top, rerank)``).
+            The hits, best first (at most ``min(top, rerank)``), with the search's facts
+            (:class:`SearchResults`).
         """
         import torch
 
@@ -760,8 +799,8 @@ class Index:
                     path=row["path"],
                     image_id=image_id,
                     prediction=pred,
-                    score=float(cos[pred.index]),
-                    stage1_score=float(cos.max()),
+                    similarity=float(cos[pred.index]),
+                    stage1_similarity=float(cos.max()),
                     width=int(row["width"]),
                     height=int(row["height"]),
                     candidate_masks=[state.masks[c.index] for c in pred.candidates],
@@ -769,25 +808,25 @@ class Index:
             )
         t4 = time.perf_counter()
         if min_score is not None:
-            hits = [h for h in hits if h.score >= min_score]
-        hits.sort(key=lambda h: (-h.score, -h.stage1_score, h.path))
+            hits = [h for h in hits if h.similarity >= min_score]
+        hits.sort(key=lambda h: (-h.similarity, -h.stage1_similarity, h.path))
         hits = hits[:top]
         for r, h in enumerate(hits, start=1):
             h.rank = r
-        self.last_search = {
-            "expression": expression,
-            "parse": parse.to_dict(),
-            "commit": snap["seq"],
-            "reranked": len(ids),
-            "timings": {
+        return SearchResults(
+            hits,
+            expression=expression,
+            parse=parse.to_dict(),
+            commit=snap["seq"],
+            reranked=len(ids),
+            timings={
                 "text": t1 - t0,
                 "stage1": t2 - t1,
                 "fetch": t3 - t2,
                 "stage2": t4 - t3,
                 "total": time.perf_counter() - t0,
             },
-        }
-        return hits
+        )
 
     # ------------------------------------------------------------------ writing
     def _open_writer(self, *, need_sam: bool, rebuild: bool) -> Store:

@@ -73,11 +73,11 @@ def include(app: FastAPI) -> None:
         t0 = time.perf_counter()
         expression = body.expression
         if not expression.strip():
-            raise ApiError(422, "invalid_expression", "expression is empty")
+            raise ApiError(422, "empty_expression", "expression is empty")
         if len(expression) > settings.max_expression_chars:
             raise ApiError(
                 422,
-                "invalid_expression",
+                "expression_too_long",
                 f"expression is {len(expression)} characters; the limit is "
                 f"{settings.max_expression_chars}",
             )
@@ -98,7 +98,7 @@ def include(app: FastAPI) -> None:
                     top_k=top_k,
                     guidance=guidance,
                 )
-                info = idx.last_search
+                info = hits.info()
                 out = []
                 for h in hits:
                     d = h.to_dict(candidate_masks=body.candidate_masks)
@@ -108,7 +108,7 @@ def include(app: FastAPI) -> None:
                 return {
                     "expression": expression,
                     "parse": info.get("parse"),
-                    "score": "cosine of the phrase with the chosen region (comparable "
+                    "similarity": "cosine of the phrase with the chosen region (comparable "
                     "across images)",
                     "reranked": info.get("reranked"),
                     "hits": out,

@@ -101,7 +101,7 @@
       const cap = document.createElement("figcaption");
       const score = document.createElement("span");
       score.className = "score";
-      score.textContent = `#${hit.rank} · ${fmt(hit.score)}`;
+      score.textContent = `#${hit.rank} · ${fmt(hit.similarity)}`;
       cap.appendChild(score);
       cap.appendChild(document.createElement("br"));
       cap.appendChild(document.createTextNode(hit.name));
@@ -110,7 +110,7 @@
       els.grid.appendChild(fig);
       bitmapFor(hit)
         .then((bm) => {
-          drawMasked(canvas, bm, hit.prediction.mask, COLORS.answer, THUMB);
+          drawMasked(canvas, bm, hit.mask, COLORS.answer, THUMB);
           fig.dataset.drawn = "true";
         })
         .catch((e) => setError(e.message || String(e)));
@@ -124,8 +124,8 @@
 
   async function drawDetail(hit, which) {
     const bm = await bitmapFor(hit);
-    const cands = hit.prediction.candidates || [];
-    const rle = which === "answer" ? hit.prediction.mask : (cands[which].mask || hit.prediction.mask);
+    const cands = hit.candidates || [];
+    const rle = which === "answer" ? hit.mask : (cands[which].mask || hit.mask);
     drawMasked(els.detailCanvas, bm, rle, which === "answer" ? COLORS.answer : COLORS.candidate, 0);
     els.detailCanvas.dataset.shown = which === "answer" ? "answer" : `candidate-${which}`;
     els.detailCandidates.querySelectorAll("li").forEach((li) => {
@@ -137,17 +137,17 @@
   function openDetail(i) {
     const hit = state.last.hits[i];
     state.detail = hit;
-    els.detailRank.textContent = `#${hit.rank} · score ${fmt(hit.score)}`;
+    els.detailRank.textContent = `#${hit.rank} · score ${fmt(hit.similarity)}`;
     els.detailName.textContent = hit.name;
     els.detailCandidates.textContent = "";
-    (hit.prediction.candidates || []).forEach((c, rank) => {
+    (hit.candidates || []).forEach((c, rank) => {
       const li = document.createElement("li");
       li.tabIndex = 0;
       li.dataset.rank = String(rank);
-      li.dataset.answer = String(c.index === hit.prediction.index);
+      li.dataset.answer = String(c.index === hit.index);
       li.textContent = `proposal ${c.index} · CLIP ${fmt(c.clip_score, 2)}` +
         (c.final_score !== null && c.final_score !== undefined ? ` · final ${fmt(c.final_score, 3)}` : "");
-      li.addEventListener("click", () => drawDetail(hit, c.index === hit.prediction.index ? "answer" : rank));
+      li.addEventListener("click", () => drawDetail(hit, c.index === hit.index ? "answer" : rank));
       els.detailCandidates.appendChild(li);
     });
     show(els.grid, false);
