@@ -463,3 +463,11 @@ def final_scores(r: Tensor, g_T: Tensor, alpha: float) -> Tensor:
     if r.shape != g_T.shape:
         raise ValueError(f"r and g_T differ in shape: {tuple(r.shape)} vs {tuple(g_T.shape)}")
     return (1 - alpha) * r + alpha * g_T.to(device=r.device, dtype=r.dtype)
+
+
+def phrase_embedding(
+    sentence: torch.Tensor, noun_phrase: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """The phrase's text feature ``w E(s) + (1 - w) E(np)`` (METHOD.md section 4): the one
+    place of the formula (the segmenter's scoring and the collection search use it)."""
+    return weight * sentence + (1 - weight) * noun_phrase

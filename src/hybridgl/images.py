@@ -265,3 +265,17 @@ def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             raise ImageError(f"image not found: {path}")
         return _open(path, str(path), max_pixels)
     raise ImageError(f"unsupported image type {type(image).__name__}")
+
+
+#: File suffixes taken as images when a folder is scanned (batch, index).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def is_image_name(path: Path) -> bool:
+    """True for a file name with one of :data:`IMAGE_EXTENSIONS` (any letter case)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def scan_image_folder(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted: the one folder scan."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))

@@ -741,7 +741,7 @@ class Segmenter:
         if use_guidance:
             texts.append(gem_prompt)
         emb = self.encode_texts(texts)
-        f_text = cfg.text_weight * emb[0] + (1 - cfg.text_weight) * emb[1]
+        f_text = guidance.phrase_embedding(emb[0], emb[1], cfg.text_weight)
         c = guidance.clip_logits(st.features, f_text, self.logit_scale)
         p = guidance.softmax(c)
         pure = int(torch.argmax(c).item())
@@ -832,7 +832,9 @@ class Segmenter:
 def _dtype_option(dtype: str | torch.dtype | None) -> str | None:
     """A dtype keyword (a name or a torch dtype) as the spec's name (``fp32``...)."""
     if dtype is None or isinstance(dtype, str):
-        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)  # type: ignore[arg-type]
+        from hybridgl.spec import DTYPE_ALIASES
+
+        return DTYPE_ALIASES.get(dtype, dtype) if dtype is not None else None
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     if dtype not in names:
         raise ValueError(f"unsupported dtype {dtype!r}; use fp32, fp16, bf16 or auto")

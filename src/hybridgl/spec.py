@@ -38,6 +38,20 @@ __all__ = [
 #: The precision names (``auto`` picks per device; :mod:`hybridgl.models.runtime` maps them).
 DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")
 
+#: Other spellings accepted for the precision names (torch's).
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def dtype_option(name: str | None) -> str | None:
+    """A precision name (or alias) as the spec spells it; ValueError for an unknown one."""
+    if name is None:
+        return None
+    value = DTYPE_ALIASES.get(str(name), str(name))
+    if value not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return value
+
+
 #: CLIP models the method runs with (the hybrid features need a ViT; ViT-B-16 is the paper's).
 CLIP_MODELS = ("ViT-B-16",)
 
@@ -126,8 +140,8 @@ class ModelSpec:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 set_(self, name, str(value))
-        if self.dtype in ("float32",):
-            set_(self, "dtype", "fp32")
+        if self.dtype is not None:
+            set_(self, "dtype", DTYPE_ALIASES.get(self.dtype, self.dtype))
         self.validate()
 
     # ------------------------------------------------------------------ checks

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.errors import ExpressionError, InputError, UsageError, error_record_fields
-from hybridgl.images import DEFAULT_MAX_PIXELS
+from hybridgl.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, scan_image_folder
 from hybridgl.jobs.engine import EngineOptions, Progress, run_units
 from hybridgl.jobs.records import RecordWriter, read_records
 from hybridgl.jobs.runfile import check_run_file
 from hybridgl.jobs.units import UnitWorker, WorkUnit, encode_and_predict
 from hybridgl.spec import ModelSpec
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 IMAGE_KEYS = ("image", "image_path", "file_name", "path")
 EXPRESSION_KEYS = ("expression", "sent", "text")
 RESULTS = "results.jsonl"
@@ -165,9 +164,7 @@ def _read_csv(path: Path) -> Iterator[Row | BadRow]:
 
 
 def _read_folder(folder: Path, expressions: list[str]) -> Iterator[Row]:
-    images = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    images = scan_image_folder(folder)
     if not images:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {folder}")
     n = 0

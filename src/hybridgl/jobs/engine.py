@@ -22,6 +22,21 @@ from hybridgl.spec import ModelSpec
 __all__ = ["ENGINES", "EngineOptions", "Progress", "Sink", "run_units"]
 
 
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> Any:
+    """The one progress bar of the bulk jobs (tqdm on stderr): batch, evaluate, index."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
 class Progress:
     """The progress bar of every bulk job: rows (expressions) and images, rate, ETA.
 
@@ -29,20 +44,10 @@ class Progress:
     """
 
     def __init__(self, total_rows: int, total_units: int, desc: str, disable: bool) -> None:
-        from tqdm import tqdm
-
         self.total_units = total_units
         self.units = 0
         self.failed = 0
-        self.bar = tqdm(
-            total=total_rows,
-            desc=desc,
-            unit="expr",
-            file=sys.stderr,
-            disable=disable,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        self.bar = progress_bar(total_rows, desc, "expr", not disable)
         self._postfix()
 
     def _postfix(self) -> None:

@@ -26,25 +26,17 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import ExpressionError, ImageError
+from hybridgl.images import is_image_name, scan_image_folder
 from hybridgl.search import fingerprint as fpmod
 from hybridgl.search.errors import IndexStoreError
 from hybridgl.search.store import FAILURES, IMAGES, PROPOSALS, Store, in_filter, is_remote
+from hybridgl.spec import dtype_option
 from hybridgl.types import Prediction
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "hybridgl-index"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 GEM_DTYPES = ("float16", "float32")
-_DTYPE_NAMES = {
-    None: "float32",
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
 # Stage 1 through the IVF index: partitions probed per query
 NPROBES = 32
 # An index run builds the IVF index itself once the proposals table reaches this size
@@ -176,15 +168,13 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     failures: list[tuple[str, str]] = []
 
     def add_dir(d: Path) -> None:
-        out.extend(
-            sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        )
+        out.extend(scan_image_folder(d))
 
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             add_dir(p)
-        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        elif p.is_file() and is_image_name(p):
             out.append(p)
         elif p.is_file():
             try:
@@ -297,9 +287,10 @@ def _state_class() -> Any:
 
 def text_embedding(seg: Any, parse: Any) -> Any:
     """The method's phrase embedding ``w E(s) + (1 - w) E(np)`` (METHOD.md section 4)."""
+    from hybridgl.guidance import phrase_embedding
+
     emb = seg.encode_texts([parse.sentence, parse.noun_phrase])
-    w = seg.config.text_weight
-    return w * emb[0] + (1 - w) * emb[1]
+    return phrase_embedding(emb[0], emb[1], seg.config.text_weight)
 
 
 # --------------------------------------------------------------------------- rows
@@ -534,17 +525,9 @@ def state_from_rows(image: dict[str, Any], proposals: list[dict[str, Any]]) -> A
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from hybridgl.jobs.engine import progress_bar
 
-    return tqdm(
-        total=total,
-        desc="index",
-        unit="img",
-        file=sys.stderr,
-        disable=not enabled,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    return progress_bar(total, "index", "img", enabled)
 
 
 class Index:
@@ -586,15 +569,13 @@ class Index:
     ) -> None:
         if gem_dtype not in GEM_DTYPES:
             raise ValueError(f"gem_dtype must be one of {GEM_DTYPES}, got {gem_dtype!r}")
-        if dtype not in _DTYPE_NAMES:
-            raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
         self.db = os.fspath(db)
         self._seg = segmenter
         given: dict[str, Any] = {
             "sam": sam,
             "clip": clip,
             "preset": preset,
-            "dtype": _DTYPE_NAMES[dtype] if dtype else None,
+            "dtype": dtype_option(dtype),
             "device": device,
             "weights_dir": None if weights_dir is None else os.fspath(weights_dir),
             "spacy_model": spacy_model,
