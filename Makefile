@@ -1,8 +1,9 @@
 # Two commands for a newcomer (see README, "Quick start"):
 #   make demo   set up .venv (pinned torch + the project) and segment a phrase on the example photo
 #   make test   set up .venv with every extra and run the whole test suite (what CI runs)
-# Other targets: make lint (ruff, format check, mypy), make wheel-check (build the wheel and
-# try it in a fresh virtual environment), make ci (lint, test, wheel-check), make clean.
+# Other targets: make test-fast (the tests not marked slow, about a minute), make lint (ruff,
+# format check, mypy), make wheel-check (build the wheel and try it in a fresh virtual
+# environment), make ci (lint, test, wheel-check), make clean.
 # The environment is set up by scripts/setup.sh, once per change of pyproject.toml.
 
 PYTHON ?= python3
@@ -10,16 +11,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHON VENV
 
-.PHONY: help demo test lint wheel-check ci clean
+.PHONY: help demo test test-fast lint wheel-check ci clean
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,9p' Makefile
 
 demo: $(VENV)/.setup-base
 	scripts/demo.sh
 
 test: $(VENV)/.setup-all
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.setup-all
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.setup-all
 	$(BIN)/ruff check .

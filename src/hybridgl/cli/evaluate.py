@@ -11,16 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_OK,
-    EXIT_PARTIAL,
-    UsageError,
+from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, non_negative_int
+from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,
     check_runtime,
     engine_options,
-    non_negative_int,
     spec_from_args,
 )
 from hybridgl.eval.refer import DATASETS, DataError, check_dataset_split

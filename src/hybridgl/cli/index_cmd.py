@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_CODES_HELP,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    UsageError,
-    add_engine_args,
-    engine_options,
-    eprint,
-)
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
+from hybridgl.cli.options import add_engine_args, engine_options
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\

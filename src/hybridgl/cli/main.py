@@ -7,13 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_CODES_HELP,
-    EXIT_USAGE,
-    PROG,
-    configure_logging,
-    run_guarded,
-)
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_USAGE, PROG, configure_logging, run_guarded
 
 DESCRIPTION = """\
 HybridGL: segment the object an English phrase refers to (zero-shot referring image

@@ -6,12 +6,10 @@ import argparse
 import os
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_USAGE,
-    PROG,
+from hybridgl.cli.common import EXIT_USAGE, PROG, eprint
+from hybridgl.cli.options import (
     add_model_args,
     check_runtime,
-    eprint,
     given_model_options,
     spec_from_options,
 )
@@ -39,7 +37,7 @@ def add_db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """The one model option group (:func:`hybridgl.cli.common.add_model_args`), without
+    """The one model option group (:func:`hybridgl.cli.options.add_model_args`), without
     ``--top-k`` / ``--no-guidance`` (search has its own); each option not given comes from
     the index (a new index: the defaults), and one that conflicts with the index is
     refused naming it."""

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_CODES_HELP,
-    EXIT_OK,
-    UsageError,
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError
+from hybridgl.cli.options import (
     add_max_pixels_arg,
     add_model_args,
     build_segmenter,

@@ -24,12 +24,11 @@ from hybridgl.cli.common import (
     EXIT_USAGE,
     PROG,
     UsageError,
-    add_model_args,
-    build_segmenter,
     eprint,
     non_negative_int,
     positive,
 )
+from hybridgl.cli.options import add_model_args, build_segmenter
 from hybridgl.errors import MissingExtraError
 from hybridgl.server.settings import ServerSettings
 

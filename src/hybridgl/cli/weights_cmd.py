@@ -7,13 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hybridgl.cli.common import (
-    EXIT_CODES_HELP,
-    EXIT_OK,
-    EXIT_WEIGHTS,
-    UsageError,
-    eprint,
-)
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_WEIGHTS, UsageError, eprint
 from hybridgl.errors import WeightsError
 
 DEFAULT_DOWNLOAD = ("sam_vit_h", "clip_vit_b16_openai")
