@@ -411,3 +411,23 @@ def test_index_sam_none(tmp_path, capsys, tiny_segmenter):
     assert rc == 0, err
     assert "indexed 2" in out and "failed 0" in out
     assert Index(db).stats()["proposals"] == 6
+
+
+def test_index_and_search_take_the_one_model_option_group(coco_index, tmp_path, capsys):
+    """Options not given come from the index; one that changes stored features is refused
+    naming it; a scoring-only option applies to the search (issue 16)."""
+    _, images, ann = coco_index
+    db = str(tmp_path / "l2g")
+    args = ["index", str(images), "--db", db, "--proposals-from", str(ann), "--no-progress"]
+    rc, _, err = _run(capsys, *args, "--fusion", "L2G", "--device", "cpu")
+    assert rc == 0, err
+    rc, _, err = _run(capsys, "search", "a dog", "--db", db, "--fusion", "G2L")
+    assert rc == 3 and "fusion: 'L2G' -> 'G2L'" in err
+    rc, _, err = _run(capsys, "search", "a dog", "--db", db, "--method-option", "k1=4")
+    assert rc == 0, err
+    idx = Index(db, device="cpu")
+    assert len(idx.search("a dog")) == 2
+    assert idx._seg.config.fusion == "L2G" and idx._seg.spec.config().fusion == "L2G"
+    # a conflicting option on a further index run is refused before anything is written
+    rc, _, err = _run(capsys, *args, "--fusion", "crop")
+    assert rc == 3 and "fusion: 'L2G' -> 'crop'" in err

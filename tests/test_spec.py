@@ -354,3 +354,11 @@ def test_a_resume_may_change_how_the_models_run(tmp_path):
 
     check_run_file(tmp_path, {"job": "batch"}, ModelSpec(device="cpu", threads=2))
     check_run_file(tmp_path, {"job": "batch"}, ModelSpec(device=None, threads=1, weights_dir="w"))
+
+
+def test_with_given_merges_into_the_overrides_already_there():
+    spec = ModelSpec(overrides={"fusion": "L2G"}, sam_options={"points_per_side": 4})
+    more = spec.with_given({"config.k1": 4, "dtype": "bf16"})
+    assert dict(more.overrides) == {"fusion": "L2G", "k1": 4}
+    assert dict(more.sam_options) == {"points_per_side": 4} and more.dtype == "bf16"
+    assert spec.with_given({}) == spec

@@ -195,10 +195,14 @@ class ModelSpec:
     def with_options(self, **changes: Any) -> ModelSpec:
         """A copy with fields changed; ``overrides`` and ``sam_options`` merge key by key."""
         for key in ("overrides", "sam_options"):
-            if key in changes and changes[key] is not None:
-                merged = dict(getattr(self, key))
-                merged.update(dict(_items(changes[key])))
-                changes[key] = merged
+            if key not in changes:
+                continue
+            if changes[key] is None:  # nothing to merge
+                del changes[key]
+                continue
+            merged = dict(getattr(self, key))
+            merged.update(dict(_items(changes[key])))
+            changes[key] = merged
         return replace(self, **changes)
 
     def with_given(self, options: Mapping[str, Any]) -> ModelSpec:
