@@ -217,6 +217,12 @@ def _header_size(source: Any) -> tuple[int, int] | None:
     return None
 
 
+def _is_medical(path: str | os.PathLike) -> bool:
+    from hybridgl.medical import is_medical_path
+
+    return is_medical_path(path)
+
+
 def _rewound(fp: Any) -> Any:
     fp.seek(0)
     return contextlib.nullcontext(fp)
@@ -234,23 +240,37 @@ def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
     return _pil_to_rgb(upright)
 
 
-def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    image: ImageInput,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    window: Any = None,
+) -> np.ndarray:
     """Return the image as a C-contiguous ``(H, W, 3)`` uint8 RGB array.
 
     Accepts a path, encoded bytes, a PIL image or an array, all by the rules of this
     module's docstring (16-bit as ``v >> 8``, floats in ``[0, 1]``, alpha composited on
     white, gray to RGB, EXIF orientation applied to files and PIL images).
 
+    A path to a single-slice DICOM file (or NIfTI) is read by :mod:`hybridgl.medical`
+    instead (extra ``hybridgl[medical]``): its values (HU for CT) are shown through a
+    display window, never reduced to a high byte.
+
     Args:
         image: the image.
         max_pixels: largest accepted ``height * width``; None accepts any size. Files
             and bytes are checked from their header, before decoding.
+        window: DICOM / NIfTI only: the display window (a CT preset such as
+            ``"abdomen"``, ``(level, width)``, ``"p1-99"``; None: the file's own window,
+            else percentiles; see :mod:`hybridgl.medical.window`).
 
     Raises:
         ImageError: the input cannot be read, is too large (the subclass
             :class:`~hybridgl.errors.ImageTooLargeError`), or has an unsupported shape,
             dtype, mode or value range.
     """
+    if window is not None and not (isinstance(image, (str, os.PathLike)) and _is_medical(image)):
+        raise ImageError("a display window applies to DICOM and NIfTI files only")
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             check_pixels(image.shape[0], image.shape[1], max_pixels, name="image array")
@@ -263,6 +283,10 @@ def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"image not found: {path}")
+        if _is_medical(path):
+            from hybridgl.medical.load import load_medical_image
+
+            return load_medical_image(path, window=window, max_pixels=max_pixels)[0]
         return _open(path, str(path), max_pixels)
     raise ImageError(f"unsupported image type {type(image).__name__}")
 

@@ -40,7 +40,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="image file (JPEG, PNG, ...), or a single-slice DICOM file (hybridgl[medical])",
+    )
     p.add_argument(
         "expressions",
         metavar="EXPRESSION",
@@ -68,9 +72,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="use these N x H x W bool masks (.npy) instead of SAM's proposals",
     )
     add_max_pixels_arg(p, refused="exit 3 (bad input)")
+    add_window_arg(p)
     add_model_args(p)
     p.set_defaults(func=run)
     return p
+
+
+def add_window_arg(p: argparse.ArgumentParser) -> None:
+    """``--window`` for DICOM / NIfTI input (docs/MEDICAL.md, "Windows")."""
+    from hybridgl.medical.window import WINDOW_HELP
+
+    p.add_argument(
+        "--window",
+        default=None,
+        metavar="WINDOW",
+        help=f"DICOM/NIfTI only: {WINDOW_HELP}; recorded in the outputs",
+    )
 
 
 def numbered_path(path: str | Path, index: int, count: int) -> Path:
@@ -137,8 +154,14 @@ def format_document(doc: dict[str, Any]) -> str:
     return body[:-2] + ',\n  "results": ' + results + "\n}\n"
 
 
+def _is_medical(path: str) -> bool:
+    from hybridgl.medical import is_medical_path
+
+    return is_medical_path(path)
+
+
 def run(args: argparse.Namespace) -> int:
-    from hybridgl.errors import ExpressionError
+    from hybridgl.errors import ExpressionError, ImageError
     from hybridgl.fileio import atomic_write_text
     from hybridgl.images import load_image
     from hybridgl.masks import load_proposals_file, save_mask_png
@@ -152,7 +175,19 @@ def run(args: argparse.Namespace) -> int:
         if not expr.strip():
             raise ExpressionError(f"expression {i} is empty")
     max_pixels = args.max_pixels or None  # 0: no limit of ours
-    image = load_image(args.image, max_pixels=max_pixels)
+    medical: dict[str, Any] | None = None
+    if _is_medical(args.image):
+        from hybridgl.medical.load import load_medical_image, window_spec
+
+        try:
+            window_spec(args.window)
+        except ImageError as e:
+            raise UsageError(f"--window: {e}") from None
+        image, medical = load_medical_image(args.image, window=args.window, max_pixels=max_pixels)
+    elif args.window is not None:
+        raise UsageError("--window applies to DICOM and NIfTI input only")
+    else:
+        image = load_image(args.image, max_pixels=max_pixels)
     proposals = (
         load_proposals_file(args.proposals, image.shape[0], image.shape[1])
         if args.proposals
@@ -176,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
             rec["mask_png"] = str(path)
         if args.overlay:
             label = f"{expr} ({pred.score:.2f})" if pred.found else f"{expr} (no mask)"
+            if medical is not None and medical["window"] is not None:
+                label += f" [L {medical['window']['level']:g} W {medical['window']['width']:g}]"
             drawn = overlay(
                 state.image, pred.mask, box=pred.box if pred.found else None, label=label
             )
@@ -193,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             "height": int(state.height),
             "width": int(state.width),
             "num_proposals": int(state.num_proposals),
+            **({"medical": medical} if medical is not None else {}),
             "model": dict(getattr(seg, "model_info", {}) or {}),
             "timings": {
                 "load_models": round(t1 - t0, 4),

@@ -1,0 +1,35 @@
+"""The optional packages of the ``medical`` extra, imported only when needed.
+
+``import hybridgl`` (and ``import hybridgl.medical``) never imports pydicom, nibabel or
+highdicom; the functions that need one call the matching ``require_*`` first, which
+raises an :class:`ImportError` with the one-line install command when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+MEDICAL_INSTALL = 'pip install "hybridgl[medical]"'
+
+
+def _require(module: str, what: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what} needs {module.split('.')[0]}: {MEDICAL_INSTALL}") from None
+
+
+def require_pydicom() -> ModuleType:
+    """``pydicom`` (DICOM files and series)."""
+    return _require("pydicom", "reading DICOM")
+
+
+def require_nibabel() -> ModuleType:
+    """``nibabel`` (NIfTI volumes)."""
+    return _require("nibabel", "reading and writing NIfTI")
+
+
+def require_highdicom() -> ModuleType:
+    """``highdicom`` (DICOM SEG output)."""
+    return _require("highdicom", "writing DICOM SEG")
