@@ -15,6 +15,7 @@ segmentation with SAM proposals, hybrid global-local CLIP features and spatial g
 
 Examples:
   hybridgl segment photo.jpg "the dog on the left" --overlay out.jpg --json out.json
+  hybridgl segment-volume CT_SERIES/ "the liver" --out liver/ --window abdomen --seg liver.dcm
   hybridgl batch rows.jsonl --out results/
   hybridgl weights download
   hybridgl index ~/photos --db photos-index && hybridgl search "the red car" --db photos-index
@@ -53,7 +54,16 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from hybridgl import __version__
-    from hybridgl.cli import batch, evaluate, index_cmd, search_cmd, segment, serve, weights_cmd
+    from hybridgl.cli import (
+        batch,
+        evaluate,
+        index_cmd,
+        search_cmd,
+        segment,
+        segment_volume,
+        serve,
+        weights_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -67,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     # every subcommand, in one place, in the order `hybridgl --help` lists them
     segment.register(subparsers)
+    segment_volume.register(subparsers)
     batch.register(subparsers)
     evaluate.register(subparsers)
     weights_cmd.register(subparsers)

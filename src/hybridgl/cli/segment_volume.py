@@ -1,0 +1,219 @@
+"""``hybridgl segment-volume SCAN EXPRESSION --out DIR``: an object through a CT/MR volume."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    UsageError,
+    add_max_pixels_arg,
+    add_model_args,
+    build_segmenter,
+    eprint,
+    non_negative_int,
+    positive,
+)
+
+DESCRIPTION = """\
+Segment the object EXPRESSION names through a scan, slice by slice (hybridgl[medical]).
+
+SCAN is a DICOM series folder, a DICOM file (multi-frame or single) or a NIfTI volume
+(.nii, .nii.gz). The phrase is grounded on a key slice (the best-scoring of a few
+sampled slices, or --keyslice), then followed to the neighbouring slices until it is
+absent, so its extent along the axis is found. Writes into --out: summary.json (extent,
+volume in mL from the voxel spacing, the window, per-slice records), labels.nii.gz (or
+--nifti) with the scan's affine, and an overlay PNG per visited slice; --seg adds a DICOM
+SEG that references the source series. One progress line per slice goes to stderr.
+
+An annotation assistant, not a diagnostic device: review every result (docs/MEDICAL.md).
+"""
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    from hybridgl.cli.segment import add_window_arg
+    from hybridgl.medical.volume import DEFAULT_MAX_VOXELS
+
+    p = subparsers.add_parser(
+        "segment-volume",
+        help="segment an object through a DICOM series or NIfTI volume",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scan", metavar="SCAN", help="DICOM series folder, DICOM file or .nii/.nii.gz")
+    p.add_argument("expression", metavar="EXPRESSION", help='e.g. "the liver" (quote it)')
+    out = p.add_argument_group("outputs")
+    out.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the summary, labels and overlays"
+    )
+    out.add_argument(
+        "--nifti", metavar="OUT.nii.gz", help="label volume path (default: DIR/labels.nii.gz)"
+    )
+    out.add_argument("--seg", metavar="OUT.dcm", help="also write a DICOM SEG (DICOM input only)")
+    out.add_argument("--no-overlays", action="store_true", help="write no per-slice overlay PNGs")
+    vol = p.add_argument_group("volume")
+    add_window_arg(vol)
+    vol.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=2,
+        help="voxel axis to slice along (default 2: the stored DICOM images)",
+    )
+    vol.add_argument(
+        "--keyslice",
+        type=non_negative_int,
+        default=None,
+        metavar="K",
+        help="ground on this slice (default: the best-scoring sampled slice)",
+    )
+    vol.add_argument(
+        "--sample-slices",
+        type=positive(int),
+        default=8,
+        metavar="N",
+        help="slices scored to choose the key slice (default 8)",
+    )
+    vol.add_argument(
+        "--min-iou",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="overlap with the previous slice that counts as the same object (default 0.2)",
+    )
+    vol.add_argument(
+        "--timepoint",
+        type=non_negative_int,
+        default=None,
+        metavar="T",
+        help="the volume of a 4D NIfTI file",
+    )
+    vol.add_argument(
+        "--max-voxels",
+        type=non_negative_int,
+        default=DEFAULT_MAX_VOXELS,
+        metavar="N",
+        help=f"refuse volumes above N voxels, read from the headers first (default {DEFAULT_MAX_VOXELS:,}; 0: no limit)",
+    )
+    add_max_pixels_arg(p, refused="exit 3 (bad input)")
+    add_model_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    from hybridgl.errors import ImageError
+    from hybridgl.medical.load import window_spec
+
+    if not args.expression.strip():
+        from hybridgl.errors import ExpressionError
+
+        raise ExpressionError("expression is empty")
+    if args.sam == "none":
+        raise UsageError("segment-volume needs a proposal model (--sam none has none)")
+    if args.seg is not None and Path(args.seg).suffix.lower() != ".dcm":
+        raise UsageError(f"--seg must name a .dcm file, got {args.seg!r}")
+    if args.nifti is not None and not str(args.nifti).lower().endswith((".nii", ".nii.gz")):
+        raise UsageError(f"--nifti must end in .nii or .nii.gz, got {args.nifti!r}")
+    if not 0.0 <= args.min_iou <= 1.0:
+        raise UsageError(f"--min-iou must be in [0, 1], got {args.min_iou}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out!r} is not a folder")
+    try:
+        window_spec(args.window)
+    except ImageError as e:
+        raise UsageError(f"--window: {e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridgl.medical.load import read_volume
+    from hybridgl.medical.outputs import write_outputs, write_overlay
+    from hybridgl.medical.propagate import SliceRecord, segment_volume
+
+    _check(args)
+    volume = read_volume(
+        args.scan,
+        timepoint=args.timepoint,
+        max_voxels=args.max_voxels or None,
+        max_pixels=args.max_pixels or None,
+    )
+    if args.seg is not None and volume.kind != "dicom":
+        raise UsageError("--seg needs DICOM input (a DICOM SEG references its source images)")
+    n = volume.num_slices(args.axis)
+    if args.keyslice is not None and args.keyslice >= n:
+        raise UsageError(f"--keyslice {args.keyslice} is outside 0..{n - 1} along axis {args.axis}")
+    window = volume.resolve_window(args.window)  # fails before the models load
+    shown = (
+        f"L {window.level:g} W {window.width:g} ({window.source})"
+        if window
+        else "none (colour data)"
+    )
+    dims = " x ".join(map(str, volume.shape))
+    eprint(
+        f"{volume.source}: {volume.kind} {volume.modality or ''} {dims}, "
+        f"{n} slices along axis {args.axis}, window {shown}"
+    )
+    out = Path(args.out)
+    overlays = out / "overlays"
+    width = len(str(n - 1))
+    written: list[str] = []
+    visited = [0]
+
+    def on_slice(rec: SliceRecord, image: Any, mask: Any) -> None:
+        visited[0] += 1
+        state = f"found area={rec.area}" if rec.found else "absent"
+        eprint(
+            f"slice {rec.index:>{width}} ({visited[0]} visited of {n}): {rec.source} {state} ({rec.seconds:.2f} s)"
+        )
+        if not args.no_overlays:
+            path = overlays / f"slice_{rec.index:0{width}d}.png"
+            write_overlay(path, image, mask, rec, args.expression, window)
+            written.append(str(path))
+
+    t0 = time.perf_counter()
+    seg = build_segmenter(args)
+    t1 = time.perf_counter()
+    result = segment_volume(
+        seg,
+        volume,
+        args.expression,
+        axis=args.axis,
+        keyslice=args.keyslice,
+        window=window,
+        sample_slices=args.sample_slices,
+        min_iou=args.min_iou,
+        on_slice=on_slice,
+        max_pixels=args.max_pixels or None,
+    )
+    nifti = args.nifti if args.nifti is not None else out / "labels.nii.gz"
+    doc = write_outputs(
+        result,
+        volume,
+        json_path=out / "summary.json",
+        nifti=nifti,
+        seg=args.seg,
+        extra={
+            "overlays": sorted(written),
+            "summary": str(out / "summary.json"),
+            "model": dict(getattr(seg, "model_info", {}) or {}),
+            "load_models_s": round(t1 - t0, 4),
+        },
+    )
+    extent = doc["extent"]
+    print(
+        f"{args.expression!r}: "
+        + (
+            f"slices {extent[0]}..{extent[1]} (key {doc['key_slice']}), {doc['voxels']} voxels, "
+            f"{doc['volume_ml']:.2f} mL"
+            if extent
+            else "not found"
+        )
+        + f"; summary {out / 'summary.json'}",
+        flush=True,
+    )
+    return EXIT_OK
