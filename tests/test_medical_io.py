@@ -182,8 +182,9 @@ def test_repeated_positions_and_gaps_refused(tmp_path: Path) -> None:
     files[1].unlink()
     with pytest.raises(ImageError, match="slice spacing varies"):
         read_volume(tmp_path / "gap")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError, match="no DICOM images"):
-        read_volume(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+        read_volume(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------- hostile files
