@@ -215,3 +215,16 @@ def test_cli_segment_volume_and_segment_on_dicom(tmp_path: Path, tiny_env: None,
     )
     rec = json.loads(js.read_text())
     assert rec["medical"]["window"]["source"] == "explicit" and rec["medical"]["modality"] == "CT"
+
+
+def test_cli_without_the_medical_extra_is_a_usage_error(
+    tmp_path: Path, tiny_env: None, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom -> ImportError
+    out = str(tmp_path / "o")
+    assert main(["segment-volume", dicom_file("CT_small.dcm"), "x", "--out", out]) == EXIT_USAGE
+    assert main(["segment", dicom_file("CT_small.dcm"), "x"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count('pip install "hybridgl[medical]"') == 2 and "Traceback" not in err

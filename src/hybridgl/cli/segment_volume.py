@@ -106,6 +106,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def missing_extra(e: ImportError) -> Exception:
+    """A missing ``medical`` extra is a usage error with its one-line install hint."""
+    if 'pip install "hybridgl[' in str(e):
+        return UsageError(str(e))
+    return e
+
+
 def _check(args: argparse.Namespace) -> None:
     from hybridgl.errors import ImageError
     from hybridgl.medical.load import window_spec
@@ -136,12 +143,15 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.medical.propagate import SliceRecord, segment_volume
 
     _check(args)
-    volume = read_volume(
-        args.scan,
-        timepoint=args.timepoint,
-        max_voxels=args.max_voxels or None,
-        max_pixels=args.max_pixels or None,
-    )
+    try:
+        volume = read_volume(
+            args.scan,
+            timepoint=args.timepoint,
+            max_voxels=args.max_voxels or None,
+            max_pixels=args.max_pixels or None,
+        )
+    except ImportError as e:
+        raise missing_extra(e) from None
     if args.seg is not None and volume.kind != "dicom":
         raise UsageError("--seg needs DICOM input (a DICOM SEG references its source images)")
     n = volume.num_slices(args.axis)
