@@ -332,3 +332,42 @@ def test_load_image_reads_dicom_through_a_window(tmp_path: Path) -> None:
         load_image(png, window="abdomen")
     with pytest.raises(ImageError, match="15 slices"):
         load_image(dicom_file("rtdose.dcm"))
+
+
+def _mutations(data: bytes, start: int, count: int, seed: int):
+    import random
+
+    rng = random.Random(seed)
+    for t in range(count):
+        d = bytearray(data)
+        if t % 3 == 0:
+            for _ in range(rng.randint(1, 20)):
+                d[rng.randrange(start, len(d))] = rng.randrange(256)
+        elif t % 3 == 1:
+            d = d[: rng.randrange(start, len(d))]
+        else:  # somewhere in the header
+            i = rng.randrange(start, min(len(d), start + 1400))
+            d[i : i + 4] = bytes(rng.randrange(256) for _ in range(4))
+        yield bytes(d)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_mutated_files_only_ever_give_image_errors(tmp_path: Path) -> None:
+    """Corrupted copies (bytes flipped, cut short, header values garbled) of real files:
+    every failure is an ImageError naming the file, never another exception."""
+    sources = [
+        (dicom_file("CT_small.dcm"), 132),
+        (dicom_file("MR_small_RLE.dcm"), 132),
+        (dicom_file("rtdose.dcm"), 132),
+        (nibabel_data("anatomical.nii"), 0),
+        (nibabel_data("example4d.nii.gz"), 0),
+    ]
+    for n, (src, start) in enumerate(sources):
+        suffix = ".nii.gz" if src.endswith(".gz") else Path(src).suffix
+        for t, data in enumerate(_mutations(Path(src).read_bytes(), start, 30, n)):
+            path = tmp_path / f"m{n}_{t}{suffix}"
+            path.write_bytes(data)
+            try:
+                read_volume(path, timepoint=0 if src.endswith(".gz") else None)
+            except ImageError as e:
+                assert path.name in str(e)

@@ -79,14 +79,19 @@ def read_dicom(
     """
     require_pydicom()
     p = Path(path)
-    if p.is_dir():
-        return _read_series(p, max_voxels, max_pixels)
-    if not p.is_file():
-        raise ImageError(f"DICOM file or folder not found: {p}")
-    header = _header(p)
-    if header is None:
-        raise ImageError(f"cannot read DICOM {p}: no pixel data (not an image)")
-    return _read_file(p, header, max_voxels, max_pixels)
+    try:
+        if p.is_dir():
+            return _read_series(p, max_voxels, max_pixels)
+        if not p.is_file():
+            raise ImageError(f"DICOM file or folder not found: {p}")
+        header = _header(p)
+        if header is None:
+            raise ImageError(f"cannot read DICOM {p}: no pixel data (not an image)")
+        return _read_file(p, header, max_voxels, max_pixels)
+    except (ImageError, ImportError):
+        raise
+    except Exception as e:  # a malformed value pydicom met while parsing: name the input
+        raise ImageError(f"cannot read DICOM {p}: {type(e).__name__}: {_first_line(e)}") from None
 
 
 # ---------------------------------------------------------------------- headers

@@ -62,6 +62,23 @@ def read_nifti(
         ImageError: unreadable, too large, truncated, or not 3D (the message names the file).
         ImportError: nibabel is missing (the ``medical`` extra).
     """
+    require_nibabel()
+    try:
+        return _read_nifti(path, timepoint, max_voxels, max_pixels)
+    except (ImageError, ImportError):
+        raise
+    except Exception as e:  # a malformed header value nibabel met: name the input
+        raise ImageError(
+            f"cannot read NIfTI {path}: {type(e).__name__}: {_first_line(e)}"
+        ) from None
+
+
+def _read_nifti(
+    path: str | os.PathLike,
+    timepoint: int | None,
+    max_voxels: int | None,
+    max_pixels: int | None,
+) -> Volume:
     nib = require_nibabel()
     p = Path(path)
     if not p.is_file():
