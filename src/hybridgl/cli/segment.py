@@ -183,14 +183,7 @@ def run(args: argparse.Namespace) -> int:
             window_spec(args.window)
         except ImageError as e:
             raise UsageError(f"--window: {e}") from None
-        try:
-            image, medical = load_medical_image(
-                args.image, window=args.window, max_pixels=max_pixels
-            )
-        except ImportError as e:
-            from hybridgl.cli.segment_volume import missing_extra
-
-            raise missing_extra(e) from None
+        image, medical = load_medical_image(args.image, window=args.window, max_pixels=max_pixels)
     elif args.window is not None:
         raise UsageError("--window applies to DICOM and NIfTI input only")
     else:

@@ -101,16 +101,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help=f"refuse volumes above N voxels, read from the headers first (default {DEFAULT_MAX_VOXELS:,}; 0: no limit)",
     )
     add_max_pixels_arg(p, refused="exit 3 (bad input)")
-    add_model_args(p)
+    add_model_args(p, predict=False)
     p.set_defaults(func=run)
     return p
-
-
-def missing_extra(e: ImportError) -> Exception:
-    """A missing ``medical`` extra is a usage error with its one-line install hint."""
-    if 'pip install "hybridgl[' in str(e):
-        return UsageError(str(e))
-    return e
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -143,15 +136,12 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.medical.propagate import SliceRecord, segment_volume
 
     _check(args)
-    try:
-        volume = read_volume(
-            args.scan,
-            timepoint=args.timepoint,
-            max_voxels=args.max_voxels or None,
-            max_pixels=args.max_pixels or None,
-        )
-    except ImportError as e:
-        raise missing_extra(e) from None
+    volume = read_volume(
+        args.scan,
+        timepoint=args.timepoint,
+        max_voxels=args.max_voxels or None,
+        max_pixels=args.max_pixels or None,
+    )
     if args.seg is not None and volume.kind != "dicom":
         raise UsageError("--seg needs DICOM input (a DICOM SEG references its source images)")
     n = volume.num_slices(args.axis)

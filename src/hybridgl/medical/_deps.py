@@ -2,7 +2,8 @@
 
 ``import hybridgl`` (and ``import hybridgl.medical``) never imports pydicom, nibabel or
 highdicom; the functions that need one call the matching ``require_*`` first, which
-raises an :class:`ImportError` with the one-line install command when it is missing.
+raises :class:`~hybridgl.errors.MissingExtraError` (an ImportError; CLI exit 2) with the
+one-line install command when it is missing.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-MEDICAL_INSTALL = 'pip install "hybridgl[medical]"'
+from hybridgl.errors import MissingExtraError
 
 
 def _require(module: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{what} needs {module.split('.')[0]}: {MEDICAL_INSTALL}") from None
+        raise MissingExtraError(what, "medical", detail=f"{module} is not installed") from None
 
 
 def require_pydicom() -> ModuleType:
