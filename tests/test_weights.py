@@ -146,7 +146,13 @@ def free_port() -> int:
 
 def test_registry_has_the_official_checkpoints() -> None:
     names = [c.name for c in weights.list_checkpoints() if not c.is_hub]
-    assert names == ["sam_vit_h", "sam_vit_l", "sam_vit_b", "clip_vit_b16_openai"]
+    assert names == [
+        "sam_vit_h",
+        "sam_vit_l",
+        "sam_vit_b",
+        "clip_vit_b16_openai",
+        "clip_vit_l14_openai",
+    ]
     h = weights.get_checkpoint("sam_vit_h")
     assert h.url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
     assert h.filename == "sam_vit_h_4b8939.pth"

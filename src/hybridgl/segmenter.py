@@ -369,7 +369,7 @@ class Segmenter:
             if problems or clip_path is None:
                 raise WeightsError("\n\n".join(problems))
             checkpoints["clip"] = str(clip_path)
-            clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path)
+            clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path, clip)
             proposer = None
             if sam is not None and sam_path is not None:
                 checkpoints["sam"] = str(sam_path)

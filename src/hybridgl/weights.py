@@ -162,6 +162,7 @@ _HF_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json
 
 _SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything"
 _CLIP_VITB16_SHA = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+_CLIP_VITL14_SHA = "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
 
 REGISTRY: dict[str, Checkpoint] = {
     c.name: c
@@ -212,6 +213,23 @@ REGISTRY: dict[str, Checkpoint] = {
             "clip",
             "ViT-B-16",
             "timm/vit_base_patch16_clip_224.openai",
+            "main",
+            ("open_clip_model.safetensors",),
+        ),
+        # OpenAI's ViT-L/14 (a larger CLIP, --clip ViT-L-14), from OpenAI and from the Hub
+        Checkpoint(
+            name="clip_vit_l14_openai",
+            kind="clip",
+            arch="ViT-L-14",
+            url=f"https://openaipublic.azureedge.net/clip/models/{_CLIP_VITL14_SHA}/ViT-L-14.pt",
+            filename="ViT-L-14.pt",
+            sha256=_CLIP_VITL14_SHA,
+        ),
+        _hub(
+            "clip_vit_l14_openai_hf",
+            "clip",
+            "ViT-L-14",
+            "timm/vit_large_patch14_clip_224.openai",
             "main",
             ("open_clip_model.safetensors",),
         ),

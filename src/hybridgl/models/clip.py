@@ -1,5 +1,5 @@
-"""Building and loading the CLIP model (open_clip's ViT-B/16 with quick-GELU), and its
-trimmed text encoder.
+"""Building and loading the CLIP model (open_clip's ViT-B/16 with quick-GELU, the paper's;
+or ViT-L/14), and its trimmed text encoder.
 
 One CLIP serves the hybrid features, the text encoder and GEM.
 """
@@ -26,27 +26,35 @@ log = logging.getLogger(__name__)
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+#: CLIP ViTs the method runs on: name -> (patch size, vision blocks). OpenAI's weights,
+#: quick-GELU. ViT-B-16 is the paper's; the method's block indices (``masking_block``,
+#: ``gem_depth``) are the paper's for its 12 blocks and are used as given for the others.
+CLIP_ARCHS: dict[str, tuple[int, int]] = {"ViT-B-16": (16, 12), "ViT-L-14": (14, 24)}
+
+
 def build_clip(model_name: str = "ViT-B-16", size: str = "full") -> torch.nn.Module:
     """Build an open_clip CLIP with random values.
 
     Args:
-        model_name: only ``ViT-B-16`` (the method's model) is supported.
-        size: ``full`` for the real architecture (12 blocks, width 768, 12 heads, 512-d
-            embedding) or ``tiny``, a test device with the same token grid (224 px,
-            patch 16, 12 blocks) and small widths.
+        model_name: a key of :data:`CLIP_ARCHS` (``ViT-B-16``, the method's; ``ViT-L-14``).
+        size: ``full`` for the real architecture (ViT-B/16: 12 blocks, width 768, 512-d
+            embedding; ViT-L/14: 24 blocks, width 1024, 768-d embedding) or ``tiny``, a
+            test device with the same token grid (224 px, the same patch size and number
+            of blocks) and small widths.
     """
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    if model_name != "ViT-B-16":
-        raise ValueError(f"unsupported CLIP model {model_name!r}: the method uses ViT-B-16")
+    if model_name not in CLIP_ARCHS:
+        raise ValueError(f"unsupported CLIP model {model_name!r}; known: {', '.join(CLIP_ARCHS)}")
+    patch, layers = CLIP_ARCHS[model_name]
     if size == "full":
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
     elif size == "tiny":
         model = CLIP(
             embed_dim=32,
             vision_cfg=CLIPVisionCfg(
-                layers=12, width=64, head_width=32, patch_size=16, image_size=224
+                layers=layers, width=64, head_width=32, patch_size=patch, image_size=224
             ),
             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
             quick_gelu=True,
@@ -109,7 +117,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+def load_clip_checkpoint(
+    model: torch.nn.Module, path: Path, model_name: str = "ViT-B-16"
+) -> torch.nn.Module:
     """Load OpenAI's ``ViT-B-16.pt`` (TorchScript), a plain state dict, or the Hugging Face
     Hub copy (``open_clip_model.safetensors``, or the folder holding it) into ``model``.
 
@@ -127,7 +137,7 @@ def load_clip_checkpoint(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     for name, _ in model.named_buffers():
         if name not in persistent:
             state.pop(name, None)
-    load_checkpoint_state(model, state, f"CLIP checkpoint {path}", "ViT-B-16")
+    load_checkpoint_state(model, state, f"CLIP checkpoint {path}", model_name)
     return model
 
 

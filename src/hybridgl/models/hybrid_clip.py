@@ -57,6 +57,7 @@ def make_views(
     masks: torch.Tensor,
     cfg: MethodConfig,
     need_global: bool = True,
+    patch: int = 16,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Global and local views and patch-grid masks for a chunk of proposals.
 
@@ -66,10 +67,12 @@ def make_views(
         masks: ``(n, H, W)`` bool proposals.
         cfg: method settings (view size, normalisation and aspect fixes).
         need_global: build the global view (the baselines use the local view only).
+        patch: the ViT's patch size (16 for ViT-B/16, 14 for ViT-L/14).
 
     Returns:
         global ``(n, 3, S, S)`` or None, local ``(n, 3, S, S)``, and ``(n, G, G)`` float
-        masks on the 14x14 patch grid (bilinear, no antialias).
+        masks on the ``S / patch`` patch grid (14 x 14 for ViT-B/16 at 224 px; bilinear, no
+        antialias).
     """
     s = cfg.view_size
     m = masks[:, None]  # (n, 1, H, W)
@@ -100,7 +103,7 @@ def make_views(
         mf = _pad_mask_square(mf)
     local_view = _resize(local, s)
 
-    grid = s // 16
+    grid = s // patch
     m_grid = _resize(mf[:, None], grid)[:, 0]
     return global_view, local_view, m_grid
 
@@ -256,6 +259,7 @@ def encode_proposals(
             chunk,
             cfg,
             need_global=need_global,
+            patch=int(visual.conv1.kernel_size[0]),
         )
         out.append(hybrid_features(visual, g, loc, m_grid, cfg).float())
     if not out:
