@@ -215,6 +215,34 @@ def test_cli_segment_volume_and_segment_on_dicom(tmp_path: Path, tiny_env: None,
     )
     rec = json.loads(js.read_text())
     assert rec["medical"]["window"]["source"] == "explicit" and rec["medical"]["modality"] == "CT"
+    # a 4D NIfTI, one time point
+    nii = nibabel_data("functional.nii")
+    out2 = tmp_path / "n"
+    code = main(
+        [
+            "segment-volume",
+            nii,
+            "the bright part",
+            "--out",
+            str(out2),
+            "--timepoint",
+            "0",
+            "--keyslice",
+            "1",
+            "--window",
+            "p1-99",
+            "--no-overlays",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == EXIT_OK
+    doc = json.loads((out2 / "summary.json").read_text())
+    assert doc["axis"] == 2 and doc["key_slice"] == 1 and doc["outputs"]["overlays"] == []
+    assert doc["window"]["source"] == "percentile:1-99" and doc["shape"] == [17, 21, 3]
+    back = nibabel.load(out2 / "labels.nii.gz")
+    np.testing.assert_allclose(back.affine, nibabel.load(nii).affine, atol=1e-5)
+    assert back.shape == (17, 21, 3) and int(np.asarray(back.dataobj).sum()) == doc["voxels"]
 
 
 def test_cli_without_the_medical_extra_is_a_usage_error(

@@ -220,3 +220,24 @@ def test_extent_ends_where_the_object_is_absent(small_segmenter) -> None:
         *[(k, True, "key" if k == 3 else "grounding") for k in range(1, 7)],
         (7, False, "absent"),
     ]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_and_masks_share_one_layout_on_every_axis(axis: int) -> None:
+    from hybridgl.medical.propagate import _put
+
+    data = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    vol = Volume.from_array(data)
+    labels = np.zeros(vol.shape, np.uint8)
+    rng = np.random.default_rng(axis)
+    for index in range(vol.num_slices(axis)):
+        image = vol.slice_values(index, axis)
+        # rows are the higher remaining axis, columns the lower
+        np.testing.assert_array_equal(image, np.take(data, index, axis=axis).T)
+        mask = rng.random(image.shape) > 0.5
+        _put(labels, axis, index, vol.mask_to_plane(mask))
+        # the mask written back reads as the same image-shaped mask
+        back = Volume.from_array(labels.astype(np.float32)).slice_values(index, axis)
+        np.testing.assert_array_equal(back.astype(bool), mask)
+    rgb = vol.slice_rgb(2, axis, vol.resolve_window("0,100"))
+    assert rgb.shape == (*vol.slice_values(2, axis).shape, 3) and rgb.dtype == np.uint8
