@@ -38,7 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hybridgl.cli.common import add_model_args, build_segmenter, positive  # noqa: E402
+from hybridgl.cli.common import positive  # noqa: E402
+from hybridgl.cli.options import add_model_args, build_segmenter  # noqa: E402
 from hybridgl.fileio import atomic_write_json  # noqa: E402
 
 

@@ -11,13 +11,11 @@ from hybridgl.cli.common import (
     EXIT_CODES_HELP,
     EXIT_OK,
     UsageError,
-    add_max_pixels_arg,
-    add_model_args,
-    build_segmenter,
     eprint,
     non_negative_int,
     positive,
 )
+from hybridgl.cli.options import add_max_pixels_arg, add_model_args, build_segmenter
 
 DESCRIPTION = """\
 Segment the object EXPRESSION names through a scan, slice by slice (hybridgl[medical]).
