@@ -42,8 +42,19 @@ from hybridgl.medical.dicom_geometry import (
     stack_geometry,
     thickness,
 )
+from hybridgl.medical.dicom_pixels import (
+    DECODE_ERRORS,
+    check_decoder,
+    dataset_info,
+    decode_error,
+    file_window,
+    first_line,
+    photometric_of,
+    read_full,
+    rescaled,
+    to_rgb8,
+)
 from hybridgl.medical.volume import DEFAULT_MAX_VOXELS, Volume, check_voxels
-from hybridgl.medical.window import Window
 
 __all__ = ["MAX_SERIES_FILES", "is_dicom_file", "read_dicom"]
 
@@ -91,7 +102,7 @@ def read_dicom(
     except (ImageError, ImportError):
         raise
     except Exception as e:  # a malformed value pydicom met while parsing: name the input
-        raise ImageError(f"cannot read DICOM {p}: {type(e).__name__}: {_first_line(e)}") from None
+        raise ImageError(f"cannot read DICOM {p}: {type(e).__name__}: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------------- headers
@@ -105,15 +116,10 @@ def _header(path: Path, *, quiet: bool = False) -> Any | None:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
         if quiet:
             return None
-        raise ImageError(f"cannot read DICOM {path}: {_first_line(e)}") from None
+        raise ImageError(f"cannot read DICOM {path}: {first_line(e)}") from None
     if "Rows" not in ds or "Columns" not in ds:
         return None
     return ds
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _int(ds: Any, keyword: str, default: int | None, path: Path) -> int:
@@ -156,133 +162,6 @@ def _check_size(
         )
 
 
-# ---------------------------------------------------------------------- pixels
-def _check_decoder(ds: Any, path: Path) -> Any:
-    from pydicom.pixels import get_decoder
-
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is None:
-        raise ImageError(f"cannot decode DICOM {path}: the file names no transfer syntax")
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError:
-        raise ImageError(
-            f"cannot decode DICOM {path}: transfer syntax {ts.name} ({ts}) is not supported by pydicom"
-        ) from None
-    if not decoder.is_available:
-        raise ImageError(
-            f"cannot decode DICOM {path}: transfer syntax {ts.name} needs a decoder that is not "
-            f"installed: {'; or '.join(decoder.missing_dependencies)} (pip install it)"
-        )
-    return decoder
-
-
-def _decode_error(e: BaseException, path: Path, decoder: Any) -> ImageError:
-    msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:400]
-    missing = getattr(decoder, "missing_dependencies", None)
-    extra = f" (decoders not installed: {'; '.join(missing)})" if missing else ""
-    return ImageError(f"cannot decode pixel data of DICOM {path}: {msg}{extra}")
-
-
-_DECODE_ERRORS = (
-    ValueError,
-    RuntimeError,
-    NotImplementedError,
-    AttributeError,
-    KeyError,
-    TypeError,
-    OSError,
-    EOFError,
-)
-
-
-def _full(path: Path) -> Any:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageError(f"cannot read DICOM {path}: {_first_line(e)}") from None
-
-
-def _color(ds: Any, frame: np.ndarray, path: Path) -> np.ndarray:
-    """A decoded colour or palette frame -> ``(rows, cols, 3)`` uint8."""
-    from pydicom.pixels import apply_color_lut
-
-    pi = str(ds.get("PhotometricInterpretation", "")).upper()
-    if pi == "PALETTE COLOR":
-        frame = apply_color_lut(frame, ds)
-        bits = 16 if frame.dtype.itemsize > 1 else 8
-    else:
-        bits = int(ds.get("BitsStored", 8) or 8)
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ImageError(f"{path}: photometric interpretation {pi} gave shape {frame.shape}")
-    if frame.dtype == np.uint8 and bits <= 8:
-        return frame
-    top = float((1 << min(bits, 32)) - 1)
-    return np.rint(np.clip(frame.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8)
-
-
-def _rescaled(ds: Any, frame: np.ndarray, per_frame: Any | None, shared: Any | None) -> np.ndarray:
-    """Stored values -> output values (HU for CT) by the modality LUT, as float32."""
-    from pydicom.pixels import apply_modality_lut
-
-    item = None
-    for group in (per_frame, shared):
-        if group is not None and item is None:
-            item = first_item(group, "PixelValueTransformationSequence")
-    if item is not None:
-        slope = float(item.get("RescaleSlope", 1) or 1)
-        intercept = float(item.get("RescaleIntercept", 0) or 0)
-        return (frame.astype(np.float64) * slope + intercept).astype(np.float32)
-    out = apply_modality_lut(frame, ds)
-    scale = ds.get("DoseGridScaling") if str(ds.get("Modality", "")) == "RTDOSE" else None
-    if scale is not None and "RescaleSlope" not in ds:
-        out = out * float(scale)
-    return np.asarray(out, dtype=np.float32)
-
-
-def _photometric(ds: Any, path: Path) -> str:
-    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if pi in ("MONOCHROME1", "MONOCHROME2") and samples == 1:
-        return pi
-    if pi == "PALETTE COLOR" or (samples == 3 and (pi == "RGB" or pi.startswith("YBR"))):
-        return "RGB"
-    raise ImageError(f"{path}: unsupported photometric interpretation {pi} ({samples} samples)")
-
-
-def _number(value: Any) -> float:
-    """A DS/IS value, or the first of a multi-valued one, as a float."""
-    if not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__getitem__"):
-        value = value[0]
-    return float(value)
-
-
-def _file_window(ds: Any, shared: Any | None = None) -> Window | None:
-    src = ds
-    if "WindowCenter" not in ds and shared is not None:
-        src = first_item(shared, "FrameVOILUTSequence")
-    if src is None or "WindowCenter" not in src or "WindowWidth" not in src:
-        return None
-    try:
-        return Window(_number(src.WindowCenter), _number(src.WindowWidth), "dicom")
-    except (TypeError, ValueError, IndexError):
-        return None  # a malformed stored window is ignored (auto falls back to percentiles)
-
-
-def _info(ds: Any, path: Path) -> dict[str, Any]:
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    return {
-        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-        "series_description": str(ds.get("SeriesDescription", "")),
-        "transfer_syntax": ts.name if ts is not None else None,
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
-    }
-
-
 # ---------------------------------------------------------------------- readers
 def _alloc(cols: int, rows: int, n: int, rgb: bool) -> np.ndarray:
     return np.empty((cols, rows, n, 3) if rgb else (cols, rows, n), np.uint8 if rgb else np.float32)
@@ -300,16 +179,16 @@ def _store(
 ) -> None:
     if rgb:
         if frame.ndim == 2:  # palette colour: indices, one sample
-            frame = _color(ds, frame, path)
+            frame = to_rgb8(ds, frame, path)
         elif frame.shape[-1] == 3:
-            frame = _color(ds, frame, path)
+            frame = to_rgb8(ds, frame, path)
         out[:, :, k] = frame.transpose(1, 0, 2)
     else:
         if frame.ndim != 2:
             raise ImageError(
                 f"{path}: decoded frame has shape {frame.shape}, expected one sample per pixel"
             )
-        out[:, :, k] = _rescaled(ds, frame, per_frame, shared).T
+        out[:, :, k] = rescaled(ds, frame, per_frame, shared).T
 
 
 def _read_file(path: Path, header: Any, max_voxels: int | None, max_pixels: int | None) -> Volume:
@@ -317,9 +196,9 @@ def _read_file(path: Path, header: Any, max_voxels: int | None, max_pixels: int 
 
     _check_size(header, path, 1, max_voxels, max_pixels)
     rows, cols, frames, _samples, _bits = _dims(header, path)
-    photometric = _photometric(header, path)
-    decoder = _check_decoder(header, path)
-    ds = _full(path)
+    photometric = photometric_of(header, path)
+    decoder = check_decoder(header, path)
+    ds = read_full(path)
     if "PixelData" not in ds:
         raise ImageError(f"cannot read DICOM {path}: no pixel data (not an image)")
     shared = first_item(ds, "SharedFunctionalGroupsSequence")
@@ -368,8 +247,8 @@ def _read_file(path: Path, header: Any, max_voxels: int | None, max_pixels: int 
             _store(out, slot[f], frame, ds, path, rgb, pf, shared)
     except ImageError:
         raise
-    except _DECODE_ERRORS as e:
-        raise _decode_error(e, path, decoder) from None
+    except DECODE_ERRORS as e:
+        raise decode_error(e, path, decoder) from None
     header_only = _header(path)
     return Volume(
         out,
@@ -378,11 +257,11 @@ def _read_file(path: Path, header: Any, max_voxels: int | None, max_pixels: int 
         kind="dicom",
         modality=str(ds.get("Modality", "")) or None,
         photometric="RGB" if rgb else photometric,
-        file_window=None if rgb else _file_window(ds, shared),
+        file_window=None if rgb else file_window(ds, shared),
         geometry_known=known,
         dicom_headers=[header_only] if header_only is not None else None,
         frame_of_slice=[f + 1 for f in order],
-        info={**_info(ds, path), "frames": frames},
+        info={**dataset_info(ds, path), "frames": frames},
     )
 
 
@@ -419,7 +298,7 @@ def _read_series(folder: Path, max_voxels: int | None, max_pixels: int | None) -
         )
     _check_size(found[0][1], found[0][0], len(found), max_voxels, max_pixels)
     rows, cols, _frames = next(iter(dims))
-    photometric = {_photometric(h, f) for f, h in found}
+    photometric = {photometric_of(h, f) for f, h in found}
     if len(photometric) > 1:
         raise ImageError(f"{what}: mixes photometric interpretations {sorted(photometric)}")
     orients = [orientation(h) for _f, h in found]
@@ -454,15 +333,15 @@ def _read_series(folder: Path, max_voxels: int | None, max_pixels: int | None) -
     out = _alloc(cols, rows, len(found), rgb)
     for k, i in enumerate(order):
         path, header = found[i]
-        decoder = _check_decoder(header, path)
-        ds = _full(path)
+        decoder = check_decoder(header, path)
+        ds = read_full(path)
         try:
             frame = pixel_array(ds)
             _store(out, k, frame, ds, path, rgb)
         except ImageError:
             raise
-        except _DECODE_ERRORS as e:
-            raise _decode_error(e, path, decoder) from None
+        except DECODE_ERRORS as e:
+            raise decode_error(e, path, decoder) from None
         del ds
     ref = found[order[0]][1]
     return Volume(
@@ -472,11 +351,11 @@ def _read_series(folder: Path, max_voxels: int | None, max_pixels: int | None) -
         kind="dicom",
         modality=str(ref.get("Modality", "")) or None,
         photometric="RGB" if rgb else next(iter(photometric)),
-        file_window=None if rgb else _file_window(ref),
+        file_window=None if rgb else file_window(ref),
         geometry_known=known,
         dicom_headers=[found[i][1] for i in order],
         info={
-            **_info(ref, folder),
+            **dataset_info(ref, folder),
             "files": len(found),
             "order": "position" if known else "instance_number",
         },
