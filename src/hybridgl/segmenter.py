@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from hybridgl.models.clip import encode_text_trimmed
 from hybridgl.models.gem import gem_input, gem_patch_tokens
 from hybridgl.models.proposals import ProposalBackend, SamV1Backend
 from hybridgl.state import ImageState, downscale_image, working_size
+from hybridgl.targets import TargetRules, check_mode, load_thresholds
 from hybridgl.types import Parse, Prediction
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class Segmenter:
         self._text_cache_size = 1024
         self.last_image_timings: dict[str, float] = {}
         self.logit_scale = float(self.clip.logit_scale.exp().item())
+        #: Thresholds of ``targets="many"`` / ``"auto"`` when a call passes none.
+        self.target_rules = TargetRules()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -442,7 +445,14 @@ class Segmenter:
         return state
 
     def score(
-        self, state: ImageState, parse: Parse, top_k: int = 3, guidance: bool = True
+        self,
+        state: ImageState,
+        parse: Parse,
+        top_k: int = 3,
+        guidance: bool = True,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Score every proposal of ``state`` against a parsed expression and choose one.
 
@@ -456,17 +466,26 @@ class Segmenter:
             top_k: number of ranked candidates to return (>= 1).
             guidance: apply spatial guidance (sections 5 to 7); False returns the pure
                 CLIP choice.
+            targets: ``"one"`` (the method as published, the default), ``"many"`` (every
+                proposal the phrase selects) or ``"auto"`` (several when the parse names
+                several objects); with ``"many"`` and ``"auto"`` the answer may also be
+                no target (:mod:`hybridgl.targets`).
+            thresholds: the :class:`~hybridgl.targets.TargetRules` of ``"many"`` /
+                ``"auto"``, a path to a thresholds JSON or a dict; None: the segmenter's
+                :attr:`target_rules`.
 
         Returns:
             The :class:`~hybridgl.types.Prediction`; its mask is ``(H, W)`` bool at the
-            input resolution. ``found`` is False when no proposal has a pixel.
+            input resolution (the union of the targets). ``found`` is False when no
+            proposal has a pixel, or when the no-target rules say so.
         """
         self._check_top_k(top_k)
         if not isinstance(state, ImageState):
             raise TypeError(f"state must be an ImageState, got {type(state).__name__}")
         if not isinstance(parse, Parse):
             raise TypeError(f"parse must be a Parse, got {type(parse).__name__}")
-        return self._score(state, parse, top_k, guidance, time.perf_counter())
+        mode, rules = self._target_options(targets, thresholds)
+        return self._score(state, parse, top_k, guidance, time.perf_counter(), mode, rules)
 
     def predict(
         self,
@@ -474,6 +493,9 @@ class Segmenter:
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Segment the object ``expression`` refers to: :meth:`parse`, then :meth:`score`.
 
@@ -484,6 +506,7 @@ class Segmenter:
                 CLIP choice.
             state: the image to answer on; None means the current image (set by
                 :meth:`set_image`). With a state the current image is never touched.
+            targets, thresholds: zero, one or many targets; see :meth:`score`.
 
         Returns:
             The :class:`~hybridgl.types.Prediction`.
@@ -491,12 +514,13 @@ class Segmenter:
         Raises:
             RuntimeError: no ``state`` and no current image.
             ExpressionError: empty expression, or not a string.
-            ValueError: ``top_k < 1``.
+            ValueError: ``top_k < 1``, or an unknown ``targets``.
         """
         self._check_top_k(top_k)
+        mode, rules = self._target_options(targets, thresholds)
         st = self._state_or_current(state)
         t0 = time.perf_counter()
-        return self._score(st, self.parse(expression), top_k, guidance, t0)
+        return self._score(st, self.parse(expression), top_k, guidance, t0, mode, rules)
 
     def predict_many(
         self,
@@ -504,6 +528,9 @@ class Segmenter:
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> list[Prediction]:
         """:meth:`predict` for several expressions on one image.
 
@@ -516,6 +543,7 @@ class Segmenter:
             top_k: see :meth:`predict`.
             guidance: see :meth:`predict`.
             state: see :meth:`predict`.
+            targets, thresholds: see :meth:`score`.
 
         Returns:
             One :class:`~hybridgl.types.Prediction` per expression, in order.
@@ -527,22 +555,39 @@ class Segmenter:
             )
         exprs = list(expressions)
         self._check_top_k(top_k)
+        mode, rules = self._target_options(targets, thresholds)
         st = self._state_or_current(state)
         out = []
         for e in exprs:
             t0 = time.perf_counter()
-            out.append(self._score(st, self.parse(e), top_k, guidance, t0))
+            out.append(self._score(st, self.parse(e), top_k, guidance, t0, mode, rules))
         return out
+
+    def _target_options(
+        self, targets: str, thresholds: TargetRules | str | Path | Mapping[str, Any] | None
+    ) -> tuple[str, TargetRules]:
+        mode = check_mode(targets)
+        if thresholds is None:
+            return mode, self.target_rules
+        return mode, load_thresholds(thresholds)
 
     @torch.no_grad()
     def _score(
-        self, st: ImageState, parse: Parse, top_k: int, use_guidance: bool, t0: float
+        self,
+        st: ImageState,
+        parse: Parse,
+        top_k: int,
+        use_guidance: bool,
+        t0: float,
+        mode: str = "one",
+        rules: TargetRules | None = None,
     ) -> Prediction:
         if not st.has_pixels:
-            return scoring.no_proposal_prediction(st, parse, t0)
-        emb = self.encode_texts(scoring.text_prompts(parse, self.config, use_guidance))
+            return scoring.no_proposal_prediction(st, parse, t0, mode)
+        contrast = rules.contrast_prompts if mode != "one" and rules is not None else ()
+        emb = self.encode_texts(scoring.text_prompts(parse, self.config, use_guidance, contrast))
         return scoring.choose(
-            st, parse, emb, self.config, self.logit_scale, top_k, use_guidance, t0
+            st, parse, emb, self.config, self.logit_scale, top_k, use_guidance, t0, mode, rules
         )
 
 
