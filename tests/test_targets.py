@@ -135,6 +135,8 @@ def test_rules_validation_and_files(tmp_path) -> None:
         ("man in jeans", ()),  # jeans: not the head
         ("the man with both hands up", ()),  # both: modifies hands, not the head
         ("jeans", ()),  # plural-only noun
+        ("the second man from the left", ()),  # an ordinal is not a number of objects
+        ("3 zebras", ("plural_noun:zebras", "numeral:3")),
     ],
 )
 def test_number_cues(text: str, cues: tuple[str, ...]) -> None:
@@ -299,3 +301,49 @@ def test_no_proposal_and_bad_options(tiny_segmenter) -> None:
         seg.predict("the cups", state=empty, targets="all")
     with pytest.raises(ThresholdsError):
         seg.predict("the cups", state=empty, targets="many", thresholds={"floor": "low"})
+
+
+def test_segment_cli_writes_every_target(tmp_path, shared_tiny_segmenters, monkeypatch) -> None:
+    import contextlib
+    import io
+
+    from PIL import Image
+
+    from hybridgl.cli.main import main
+    from hybridgl.masks import rle_to_mask
+
+    monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+    Image.fromarray(_image()).save(tmp_path / "im.png")
+    np.save(tmp_path / "p.npy", _columns())
+    (tmp_path / "open.json").write_text(json.dumps({"rules": OPEN.to_dict()}))
+    (tmp_path / "shut.json").write_text(json.dumps({"floor": 1.5}))
+
+    def run(*extra: str) -> tuple[int, dict, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(
+                ["segment", str(tmp_path / "im.png"), "both cups", "--proposals",
+                 str(tmp_path / "p.npy"), "--device", "cpu", "--json",
+                 str(tmp_path / "r.json"), *extra]
+            )  # fmt: skip
+        return rc, json.loads((tmp_path / "r.json").read_text()), out.getvalue()
+
+    rc, doc, text = run("--targets", "auto", "--thresholds", str(tmp_path / "open.json"),
+                        "--mask", str(tmp_path / "m.png"))  # fmt: skip
+    assert rc == 0
+    [rec] = doc["results"]
+    assert len(rec["targets"]) >= 3 and f"targets={len(rec['targets'])}" in text
+    union = np.zeros((48, 64), bool)
+    for t, png in zip(rec["targets"], rec["target_mask_pngs"], strict=True):
+        with Image.open(png) as im:
+            m = np.asarray(im) > 0
+        np.testing.assert_array_equal(m, rle_to_mask(t["mask"]))
+        union |= m
+    with Image.open(rec["mask_png"]) as im:
+        np.testing.assert_array_equal(np.asarray(im) > 0, union)
+    rc, doc, text = run("--targets", "many", "--thresholds", str(tmp_path / "shut.json"))
+    assert rc == 0 and not doc["results"][0]["found"]
+    assert "not found in this image (below_floor" in text
+    assert run("--targets", "some")[0] == 2
+    (tmp_path / "bad.json").write_text("{")
+    assert run("--targets", "many", "--thresholds", str(tmp_path / "bad.json"))[0] == 3

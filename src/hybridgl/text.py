@@ -275,10 +275,12 @@ def _head_token(doc: Doc, chunks: Sequence[Span], noun_phrase: str) -> Token | N
 
 
 def _is_number(tok: Token) -> bool:
+    """A cardinal above one. spaCy's ``like_num`` also holds for ordinals ("the second
+    man" names one man), so a digit string or other number word must be tagged ``CD``."""
     text = tok.text
     if text in NUMBER_WORDS:
         return True
-    return bool(tok.like_num) and text not in ("one", "1", "0", "zero")
+    return tok.tag_ == "CD" and bool(tok.like_num) and text not in ("one", "1", "0", "zero")
 
 
 def number_cues(doc: Doc, chunks: Sequence[Span], noun_phrase: str) -> tuple[str, ...]:
@@ -288,8 +290,9 @@ def number_cues(doc: Doc, chunks: Sequence[Span], noun_phrase: str) -> tuple[str
 
     - ``plural_noun``: the head noun is tagged ``NNS`` / ``NNPS`` (or has
       ``Number=Plur``) and is not a plural-only noun (:data:`PLURALIA_TANTUM`);
-    - ``numeral``: the head, or one of its dependents, is a number above one
-      (:data:`NUMBER_WORDS` or a digit string, ``nummod``-like);
+    - ``numeral``: the head, or one of its dependents, is a cardinal above one
+      (:data:`NUMBER_WORDS`, or a ``CD``-tagged number such as "3"; ordinals such as
+      "second" do not count);
     - ``quantifier``: the head, or one of its dependents, is in :data:`QUANTIFIER_WORDS`
       ("all", "both", "every", "each", ...).
 
