@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *table(names, stats, "facts", ["np_equals_s", "np_fallback", "no_context"]),
         "",
-        "## Number cues (`targets=\"auto\"`, docs/TARGETS.md)",
+        '## Number cues (`targets="auto"`, docs/TARGETS.md)',
         "",
         "Rules on the key noun phrase's head noun and its dependents: `plural_noun` (tag",
         "NNS/NNPS or Number=Plur, plural-only nouns such as jeans excepted), `numeral` (a",
