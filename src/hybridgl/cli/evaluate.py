@@ -1,4 +1,5 @@
-"""``hybridgl evaluate``: RefCOCO / RefCOCO+ / RefCOCOg (REFER layout) or custom data.
+"""``hybridgl evaluate``: RefCOCO / RefCOCO+ / RefCOCOg (REFER layout), gRefCOCO, PhraseCut
+or custom data.
 
 One split, several (``--dataset refcoco,refcoco+,refcocog --split all``) or the paper's
 whole table (``--suite paper``) in one run, on the local or the Ray engine.
@@ -27,7 +28,13 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {
     "refcoco": ("val", "testA", "testB"),
     "refcoco+": ("val", "testA", "testB"),
     "refcocog": ("val", "test"),
+    "grefcoco": ("val", "testA", "testB"),
+    "phrasecut": ("test",),
 }
+
+#: Datasets whose expressions may name zero or several objects: ``--targets`` defaults to
+#: ``auto`` on them (``one``, the method as published, elsewhere).
+MULTI_TARGET_DATASETS = frozenset({"grefcoco", "phrasecut"})
 
 SUITES: dict[str, tuple[str, str]] = {"paper": ("refcoco,refcoco+,refcocog", "all")}
 
@@ -102,6 +109,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         choices=["sam", "gt"],
         default="sam",
         help="sam: the method's SAM proposals (default); gt: all COCO masks of the image",
+    )
+    s.add_argument(
+        "--targets",
+        choices=["one", "many", "auto"],
+        help="zero, one or many targets per expression (docs/TARGETS.md); default: auto for "
+        "grefcoco and phrasecut, one (the method as published) otherwise",
+    )
+    s.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="thresholds JSON of the target rules (hybridgl calibrate writes one)",
     )
     s.add_argument(
         "--out",
@@ -190,6 +208,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--sam none needs --proposals gt (there is no proposal model)")
     parts = load_data(args)  # before the model: bad data fails fast
     _check_usable(parts)
+    targets = args.targets or (
+        "auto" if any(d.name in MULTI_TARGET_DATASETS for d in parts) else "one"
+    )
+    thresholds = None
+    if args.thresholds:
+        from hybridgl.targets import TargetRules, ThresholdsError
+
+        try:
+            thresholds = TargetRules.load(args.thresholds)
+        except ThresholdsError as e:
+            raise DataError(str(e)) from None
     if len(parts) == 1:
         default_name = f"{parts[0].name}-{parts[0].split}-{args.proposals}"
     else:
@@ -219,6 +248,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             spec=spec,
             engine=options,
             max_pixels=args.max_pixels or None,
+            targets=targets,
+            thresholds=thresholds,
         )
     except PermissionError as e:
         raise DataError(f"cannot write to {out}: {e}") from None

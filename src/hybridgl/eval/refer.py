@@ -42,6 +42,9 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "refcoco": ("unc", ("train", "val", "testA", "testB")),
     "refcoco+": ("unc", ("train", "val", "testA", "testB")),
     "refcocog": ("umd", ("train", "val", "test")),
+    # not REFER layout: load_refer hands them to hybridgl.eval.grefcoco / .phrasecut
+    "grefcoco": ("unc", ("train", "val", "testA", "testB")),
+    "phrasecut": ("-", ("train", "miniv", "val", "test")),
 }
 
 #: Published expression counts of the evaluation splits (METHOD.md).
@@ -450,6 +453,10 @@ def check_dataset_split(dataset: str, split: str) -> str:
 def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     """Read one split of RefCOCO, RefCOCO+ or RefCOCOg in the REFER layout.
 
+    ``grefcoco`` (:func:`hybridgl.eval.grefcoco.load_grefcoco`, ``<root>/grefcoco/``) and
+    ``phrasecut`` (:func:`hybridgl.eval.phrasecut.load_phrasecut`, ``<root>/phrasecut/``)
+    are read in their own published layouts.
+
     Raises:
         DataError: invalid dataset/split, missing data root, refs file or instances.json,
             unreadable files.
@@ -458,6 +465,14 @@ def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
+    if dataset == "grefcoco":
+        from hybridgl.eval.grefcoco import load_grefcoco
+
+        return load_grefcoco(root, split)
+    if dataset == "phrasecut":
+        from hybridgl.eval.phrasecut import load_phrasecut
+
+        return load_phrasecut(root / "phrasecut", split)
     ds_dir = root / dataset
     if not ds_dir.is_dir():
         raise DataError(f"dataset folder not found: {ds_dir} (expected <data-root>/{dataset}/)")

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hybridgl.eval.metrics import THRESHOLDS, metrics_table, summarize_records
+from hybridgl.eval.metrics import THRESHOLDS, gres_from_records, metrics_table, summarize_records
 from hybridgl.eval.refer import EvalData, Expression
 
 # --------------------------------------------------------------------------- report
@@ -67,6 +67,9 @@ def build_report(
         ),
         "sources": dict(data.sources),
     }
+    if data.format == "grefcoco":
+        report["gres"] = gres_from_records(recs)
+        report["published_gres"] = PUBLISHED_GRES.get(data.split, {})
     if extra:
         report.update(extra)
     return report
@@ -92,6 +95,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "mIoU, oIoU and P@t in percent over the done expressions; IoU = 0 when the union "
         "is empty; P@t counts IoU >= t.",
     ]
+    if report.get("gres") is not None:
+        lines += ["", *gres_markdown(report)]
     if report.get("count_warning"):
         lines += ["", f"**Warning:** {report['count_warning']}."]
     if report["errors_by_kind"]:
@@ -245,3 +250,44 @@ def suite_markdown(report: dict[str, Any]) -> str:
     if report["data_problems"]:
         lines += ["", "## Data problems", ""] + [f"- {p}" for p in report["data_problems"][:50]]
     return "\n".join(lines) + "\n"
+
+
+#: Published gRefCOCO figures, all of TRAINED methods (ours is training-free). ReLA val:
+#: the GRES authors' code README (github.com/henghuiding/ReLA, "Models": Swin-B 62.42 cIoU /
+#: 63.60 gIoU, Swin-T 52.26 / 54.44, ResNet-50 39.53 / 38.62). ReLA testA / testB: the GRES
+#: paper's table (Liu, Ding and Jiang, CVPR 2023), not checked against the PDF here.
+PUBLISHED_GRES: dict[str, dict[str, dict[str, float]]] = {
+    "val": {
+        "ReLA Swin-B (trained; ReLA README)": {"cIoU": 62.42, "gIoU": 63.60},
+        "ReLA Swin-T (trained; ReLA README)": {"cIoU": 52.26, "gIoU": 54.44},
+        "ReLA ResNet-50 (trained; ReLA README)": {"cIoU": 39.53, "gIoU": 38.62},
+    },
+    "testA": {"ReLA Swin-B (trained; GRES paper)": {"cIoU": 69.26, "gIoU": 70.03}},
+    "testB": {"ReLA Swin-B (trained; GRES paper)": {"cIoU": 59.88, "gIoU": 61.02}},
+}
+
+
+def gres_markdown(report: dict[str, Any]) -> list[str]:
+    """The GRES metrics of a gRefCOCO report with the published (trained) figures beside."""
+    g = report["gres"]
+    cols = ["gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
+    lines = [
+        "## gRefCOCO metrics (GRES definitions)",
+        "",
+        f"targets: {report.get('targets') or 'one'}; {g['n']} expressions, {g['n_target']} with "
+        f"targets, {g['n_no_target']} without.",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        "| ours (training-free) | " + " | ".join(_fmt(g.get(c)) for c in cols) + " |",
+    ]
+    for name, figs in (report.get("published_gres") or {}).items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(figs.get(c)) for c in cols) + " |")
+    lines += [
+        "",
+        "gIoU: mean per-expression IoU (a no-target expression counts 1 when answered with no "
+        "target, else 0); cIoU: cumulative I / U (a no-target expression answered with a mask "
+        "adds its area to U); N-acc / T-acc: no-target / target expressions answered as such; "
+        "Pr@t over target expressions. Published figures are of trained methods.",
+    ]
+    return lines

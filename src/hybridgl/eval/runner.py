@@ -75,8 +75,18 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
 #: Settings a resumed run must share with the run that wrote the folder.
-#: (The model options are checked through the run's ModelSpec: jobs/runfile.py.)
-RESUME_KEYS = ("format", "dataset", "split", "proposals", "top_k", "guidance")
+#: (The model options are checked through the run's ModelSpec: jobs/runfile.py; targets and
+#: thresholds are None for the default, as in run folders written before they existed.)
+RESUME_KEYS = (
+    "format",
+    "dataset",
+    "split",
+    "proposals",
+    "top_k",
+    "guidance",
+    "targets",
+    "thresholds",
+)
 
 
 # --------------------------------------------------------------------------- run
@@ -158,6 +168,8 @@ def run_evaluation(
     engine: EngineOptions | None = None,
     model_info: dict[str, Any] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    targets: str = "one",
+    thresholds: Any = None,
 ) -> dict[str, Any]:
     """Evaluate (or resume evaluating) one or several splits and write the outputs.
 
@@ -179,6 +191,9 @@ def run_evaluation(
         model_info: the model settings recorded in run.json (default: the spec's, else
             the segmenter's); a resume with other model options is refused naming them.
         max_pixels: images above this many pixels are failed records (``bad_image``).
+        targets, thresholds: zero, one or many targets (:mod:`hybridgl.targets`); RefCOCO
+            evaluation keeps ``"one"`` (the method as published), gRefCOCO and PhraseCut
+            runs use ``"auto"`` or ``"many"``. Recorded in run.json (None: the default).
 
     Returns:
         The report (also written as report.json and report.md).
@@ -214,6 +229,12 @@ def run_evaluation(
         "guidance": bool(guidance),
         "model": dict(model_info),
     }
+    from hybridgl.targets import check_mode, load_thresholds
+
+    check_mode(targets)
+    rules = load_thresholds(thresholds).to_dict() if thresholds is not None else None
+    settings["targets"] = None if targets == "one" else targets
+    settings["thresholds"] = rules
     check_run_file(out, {k: settings[k] for k in RESUME_KEYS}, spec, model_info)
     selection = {"limit": limit, "sample": sample, "seed": seed if sample is not None else None}
     parts = []
@@ -274,6 +295,8 @@ def run_evaluation(
                     top_k=int(top_k),
                     guidance=bool(guidance),
                     max_pixels=max_pixels,
+                    targets=targets,
+                    thresholds=rules,
                 ),
                 sink,
                 spec=(spec or ModelSpec()).with_driver_env(),

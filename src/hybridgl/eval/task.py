@@ -52,6 +52,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "upper_u",
     "score",
     "found",
+    "no_target",
+    "num_targets",
     "time_s",
     "image_time_s",
     "error",
@@ -133,6 +135,14 @@ def failed_record(row: dict[str, Any], error: str, kind: str) -> dict[str, Any]:
     return rec
 
 
+def ann_id_list(ann_id: Any) -> list[Any]:
+    """The annotation ids of an expression: one id, or a list/tuple (gRefCOCO, PhraseCut;
+    empty for no target)."""
+    if isinstance(ann_id, (list, tuple)):
+        return list(ann_id)
+    return [ann_id]
+
+
 def make_units(
     parts: Sequence[tuple[EvalData, Sequence[Expression]]], proposals: str
 ) -> list[WorkUnit]:
@@ -162,7 +172,7 @@ def make_units(
                     },
                 )
             known = {a[0] for a in unit.data["anns"]}
-            for ann_id in [*ann_ids, e.ann_id]:
+            for ann_id in [*ann_ids, *ann_id_list(e.ann_id)]:
                 if ann_id not in known and ann_id in data.annotations:
                     unit.data["anns"].append([ann_id, data.annotations[ann_id]])
                     known.add(ann_id)
@@ -178,10 +188,19 @@ class EvalTask:
     top_k: int = 3
     guidance: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    targets: str = "one"
+    thresholds: dict[str, Any] | None = None  # TargetRules.to_dict() (plain, for Ray)
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         return evaluate_unit(
-            worker, unit, self.proposals, self.top_k, self.guidance, max_pixels=self.max_pixels
+            worker,
+            unit,
+            self.proposals,
+            self.top_k,
+            self.guidance,
+            max_pixels=self.max_pixels,
+            targets=self.targets,
+            thresholds=self.thresholds,
         )
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
@@ -197,6 +216,10 @@ def _prediction_dict(pred: Any) -> dict[str, Any] | None:
     d = dict(to_dict())
     d.pop("timings", None)  # per-run noise; the record's time_s has the time
     return d
+
+
+def _gt_key(ids: list[Any]) -> str:
+    return "\t".join(str(i) for i in ids)
 
 
 def _gt_proposals(unit: WorkUnit, anns: dict[Any, Any], height: int, width: int) -> np.ndarray:
@@ -242,8 +265,18 @@ def evaluate_unit(
     top_k: int = 3,
     guidance: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    targets: str = "one",
+    thresholds: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Records for every expression of one image: one encoding, one ``predict_many``."""
+    """Records for every expression of one image: one encoding, one ``predict_many``.
+
+    An expression's ground truth is the union of its annotations' masks (one for
+    RefCOCO; several or none, "no target", for gRefCOCO and PhraseCut). ``targets`` and
+    ``thresholds`` go to ``predict_many`` (:func:`hybridgl.targets.target_kwargs`).
+    """
+    from hybridgl.targets import target_kwargs
+
+    options = target_kwargs(targets, thresholds)
     t0 = time.perf_counter()
     anns = {a[0]: a[1] for a in unit.data.get("anns") or []}
     rows = unit.rows
@@ -278,23 +311,30 @@ def evaluate_unit(
     gts: dict[Any, tuple[np.ndarray, tuple[int | None, int, int]]] = {}
     todo: list[tuple[int, dict[str, Any]]] = []
     for k, r in enumerate(rows):
-        ann_id = r["ann_id"]
-        if ann_id not in gts:
-            try:
-                gt = lookup_ann_mask(anns, ann_id, h, w)
-            except DataError as err:
-                records[k] = failed_record(r, str(err), "bad_annotation")
-                continue
-            if not gt.any():
-                records[k] = failed_record(
-                    r, f"annotation {ann_id!r} has an empty mask", "bad_annotation"
-                )
-                continue
-            gts[ann_id] = (gt, best_proposal(props, gt))
+        ids = ann_id_list(r["ann_id"])
+        key = _gt_key(ids)
+        if key not in gts:
+            if not ids:  # no target: the empty mask; the best proposal is none at all
+                gts[key] = (np.zeros((h, w), dtype=bool), (None, 0, 0))
+            else:
+                try:
+                    gt = np.zeros((h, w), dtype=bool)
+                    for ann_id in ids:
+                        gt |= lookup_ann_mask(anns, ann_id, h, w)
+                except DataError as err:
+                    records[k] = failed_record(r, str(err), "bad_annotation")
+                    continue
+                if not gt.any():
+                    what = f"annotation {ids[0]!r}" if len(ids) == 1 else f"annotations {ids!r}"
+                    records[k] = failed_record(r, f"{what} has an empty mask", "bad_annotation")
+                    continue
+                gts[key] = (gt, best_proposal(props, gt))
         todo.append((k, r))
 
     t1 = time.perf_counter()
-    preds = predict_on_state(segmenter, state, [r["sentence"] for _, r in todo], top_k, guidance)
+    preds = predict_on_state(
+        segmenter, state, [r["sentence"] for _, r in todo], top_k, guidance, options
+    )
     per_expr = (time.perf_counter() - t1) / max(len(todo), 1)
     for (k, r), pred in zip(todo, preds, strict=True):
         if isinstance(pred, Exception):
@@ -302,7 +342,7 @@ def evaluate_unit(
                 r, f"prediction failed: {type(pred).__name__}: {pred}", "prediction_failed"
             )
             continue
-        gt, (up_idx, up_i, up_u) = gts[r["ann_id"]]
+        gt, (up_idx, up_i, up_u) = gts[_gt_key(ann_id_list(r["ann_id"]))]
         try:
             rec = failed_record(r, "", "")
             rec["error"] = rec["error_kind"] = None
@@ -316,6 +356,8 @@ def evaluate_unit(
                 gt_area=int(np.count_nonzero(gt)),
                 score=float(pred.score),
                 found=bool(pred.found),
+                no_target=not ann_id_list(r["ann_id"]),
+                num_targets=len(getattr(pred, "targets", None) or ([0] if pred.found else [])),
                 time_s=per_expr,
                 image_time_s=image_time,
             )
