@@ -12,6 +12,7 @@ import pickle
 import pytest
 from gres_fixture import COCO, build_grefcoco, build_phrasecut
 
+from hybridgl.eval.datasets import load_dataset
 from hybridgl.eval.grefcoco import check_size, load_grefcoco
 from hybridgl.eval.metrics import gres_from_records, gres_metrics
 from hybridgl.eval.phrasecut import load_phrasecut
@@ -61,7 +62,9 @@ def test_gres_metrics_every_branch() -> None:
 @needs_data
 def test_grefcoco_loader(tmp_path) -> None:
     built = build_grefcoco(tmp_path)
-    val = load_refer(tmp_path, "grefcoco", "val")
+    val = load_dataset(tmp_path, "grefcoco", "val")
+    with pytest.raises(DataError, match="not in the REFER layout"):
+        load_refer(tmp_path, "grefcoco", "val")
     assert val.format == "grefcoco" and not val.problems
     assert [e.sentence for e in val.expressions] == [
         r["sentences"][0]["raw"] for r in built["refs"] if r["split"] == "val"
@@ -115,7 +118,7 @@ def test_grefcoco_loader_defences(tmp_path) -> None:
 @needs_data
 def test_phrasecut_loader(tmp_path) -> None:
     built = build_phrasecut(tmp_path)
-    data = load_refer(tmp_path, "phrasecut", "test")
+    data = load_dataset(tmp_path, "phrasecut", "test")
     assert [e.sentence for e in data.expressions] == [t["phrase"] for t in built["tasks"]]
     first = data.expressions[0]
     assert len(first.ann_id) == len(built["tasks"][0]["Polygons"]) >= 2

@@ -157,7 +157,8 @@ def _pairs(datasets: str, splits: str) -> list[tuple[str, str]]:
 
 def load_data(args: argparse.Namespace) -> list[Any]:
     """The splits the options name, loaded and checked (raises DataError, exit 3)."""
-    from hybridgl.eval.refer import load_generic, load_refer
+    from hybridgl.eval.datasets import load_dataset
+    from hybridgl.eval.refer import load_generic
 
     if args.format == "generic":
         if not args.instances or not args.expressions:
@@ -177,7 +178,7 @@ def load_data(args: argparse.Namespace) -> list[Any]:
         args.dataset, args.split = SUITES[args.suite]
     if not args.data_root or not args.dataset or not args.split:
         raise UsageError("--format refer needs --data-root, --dataset and --split (or --suite)")
-    return [load_refer(args.data_root, ds, sp) for ds, sp in _pairs(args.dataset, args.split)]
+    return [load_dataset(args.data_root, ds, sp) for ds, sp in _pairs(args.dataset, args.split)]
 
 
 def _check_usable(parts: list[Any]) -> None:

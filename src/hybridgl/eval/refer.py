@@ -42,7 +42,7 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "refcoco": ("unc", ("train", "val", "testA", "testB")),
     "refcoco+": ("unc", ("train", "val", "testA", "testB")),
     "refcocog": ("umd", ("train", "val", "test")),
-    # not REFER layout: load_refer hands them to hybridgl.eval.grefcoco / .phrasecut
+    # not REFER layout: hybridgl.eval.datasets.load_dataset reads them
     "grefcoco": ("unc", ("train", "val", "testA", "testB")),
     "phrasecut": ("-", ("train", "miniv", "val", "test")),
 }
@@ -453,9 +453,8 @@ def check_dataset_split(dataset: str, split: str) -> str:
 def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     """Read one split of RefCOCO, RefCOCO+ or RefCOCOg in the REFER layout.
 
-    ``grefcoco`` (:func:`hybridgl.eval.grefcoco.load_grefcoco`, ``<root>/grefcoco/``) and
-    ``phrasecut`` (:func:`hybridgl.eval.phrasecut.load_phrasecut`, ``<root>/phrasecut/``)
-    are read in their own published layouts.
+    ``grefcoco`` and ``phrasecut`` have their own published layouts: read them (or any
+    dataset of :data:`DATASETS`) with :func:`hybridgl.eval.datasets.load_dataset`.
 
     Raises:
         DataError: invalid dataset/split, missing data root, refs file or instances.json,
@@ -465,14 +464,10 @@ def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
-    if dataset == "grefcoco":
-        from hybridgl.eval.grefcoco import load_grefcoco
-
-        return load_grefcoco(root, split)
-    if dataset == "phrasecut":
-        from hybridgl.eval.phrasecut import load_phrasecut
-
-        return load_phrasecut(root / "phrasecut", split)
+    if dataset in ("grefcoco", "phrasecut"):
+        raise DataError(
+            f"{dataset} is not in the REFER layout: read it with hybridgl.eval.load_dataset"
+        )
     ds_dir = root / dataset
     if not ds_dir.is_dir():
         raise DataError(f"dataset folder not found: {ds_dir} (expected <data-root>/{dataset}/)")
