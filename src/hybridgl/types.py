@@ -275,20 +275,12 @@ class Prediction:
 
         Each record is :meth:`to_coco_result`'s shape for that target's mask and score.
         """
-        out = []
-        for t in self.targets:
-            one = Prediction(
-                mask=t.mask,
-                box=t.box,
-                score=t.score,
-                found=True,
-                candidates=[],
-                pure_index=self.pure_index,
-                index=t.index,
-                parse=self.parse,
-            )
-            out.append(one.to_coco_result(image_id, category_id))
-        return out
+        from hybridgl.masks import mask_to_rle
+
+        return [
+            coco_result_entry(mask_to_rle(t.mask), image_id, t.score, category_id)
+            for t in self.targets
+        ]
 
     def to_coco_result(self, image_id: int | str, category_id: int = 1) -> dict[str, Any]:
         """One record of a COCO results file (``COCO.loadRes`` / ``COCOeval`` input).
