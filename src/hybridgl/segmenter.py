@@ -85,6 +85,10 @@ class Segmenter:
     are guarded by the same lock.
     """
 
+    #: Thresholds of ``targets="many"`` / ``"auto"`` when a call passes none (a frozen
+    #: dataclass, so the class default is shared safely; assign one per segmenter to change).
+    target_rules: TargetRules = TargetRules()
+
     def __init__(
         self,
         clip_model: CLIP,
@@ -123,8 +127,6 @@ class Segmenter:
         self._text_cache_size = 1024
         self.last_image_timings: dict[str, float] = {}
         self.logit_scale = float(self.clip.logit_scale.exp().item())
-        #: Thresholds of ``targets="many"`` / ``"auto"`` when a call passes none.
-        self.target_rules = TargetRules()
 
     # ------------------------------------------------------------------ construction
     @classmethod
