@@ -4,8 +4,9 @@
 For every ``*val*.csv`` under ``<data>/refcoco-expressions`` (columns
 ``uid,ref_id,img_id,sent_id,sent,bbox``) and overall, it counts how often each relation
 word and each direction word fires, how often the key noun phrase falls back to the whole
-sentence, how often there is no context noun, and how the relation distribution changes
-with ``fix_right_relation=True``. It writes a Markdown report (default
+sentence, how often there is no context noun, how the relation distribution changes
+with ``fix_right_relation=True``, and how often each number-cue rule of ``targets="auto"``
+(plural head noun, numeral, quantifier; ``hybridgl.text.number_cues``) fires. It writes a Markdown report (default
 ``docs/PARSER_STATS.md``).
 
 Usage::
@@ -73,7 +74,16 @@ def summarise(
         facts["np_equals_s"] += np_is_s
         facts["np_fallback"] += np_is_s and p.sentence not in whole
         facts["no_context"] += not p.context_nouns
+    cues: Counter[str] = Counter()
+    for p in parses:
+        rules = {c.split(":", 1)[0] for c in p.number_cues}
+        for r in rules:
+            cues[r] += 1
+        cues["any"] += bool(rules)
+        cues["none"] += not rules
     return {
+        "cues": cues,
+        "cue_words": Counter(p_c for p in parses for p_c in p.number_cues),
         "relation": Counter(p.relation for p in parses),
         "relation_fixed": Counter(p.relation for p in fixed),
         "direction": Counter(p.direction for p in parses),
@@ -176,6 +186,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "`no_context`: no context noun (the relation then sums over the top-k1 candidates).",
         "",
         *table(names, stats, "facts", ["np_equals_s", "np_fallback", "no_context"]),
+        "",
+        '## Number cues (`targets="auto"`, docs/TARGETS.md)',
+        "",
+        "Rules on the key noun phrase's head noun and its dependents: `plural_noun` (tag",
+        "NNS/NNPS or Number=Plur, plural-only nouns such as jeans excepted), `numeral` (a",
+        "number above one), `quantifier` (all, both, every, each, ...). An expression may fire",
+        "several rules; `any` counts expressions with at least one, which `auto` answers with",
+        "several targets. RefCOCO-family expressions each name one object, so every firing",
+        "here is a phrase that `auto` would over-read (read the counts as its false-plural",
+        "rate on single-object data).",
+        "",
+        *table(names, stats, "cues", ["plural_noun", "numeral", "quantifier", "any", "none"]),
+        "",
+        "Most frequent cue words (overall):",
+        "",
+        "| cue | count |",
+        "|---|---:|",
+        *[f"| {w} | {n} |" for w, n in stats[-1]["cue_words"].most_common(25)],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

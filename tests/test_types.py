@@ -77,6 +77,7 @@ def test_to_dict_values() -> None:
         "context_roots": ["table"],
         "relation": "left",
         "direction": "left",
+        "number_cues": [],
     }
     assert d["timings"] == {"text": 0.25, "predict": 0.5}
     assert "polygons" not in d

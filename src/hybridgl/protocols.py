@@ -26,7 +26,10 @@ class SegmenterLike(Protocol):
     """The public stages of :class:`hybridgl.Segmenter` that the faces call.
 
     ``encode_image`` and ``score`` / ``predict(..., state=...)`` never touch the current
-    image, so threads that pass their own state are independent.
+    image, so threads that pass their own state are independent. ``targets`` and
+    ``thresholds`` (zero, one or many targets, :mod:`hybridgl.targets`) are keyword-only;
+    the faces pass them only when they differ from ``"one"`` / None, so a double without
+    them still serves the default.
     """
 
     @property
@@ -64,7 +67,14 @@ class SegmenterLike(Protocol):
         ...
 
     def score(
-        self, state: ImageState, parse: Parse, top_k: int = 3, guidance: bool = True
+        self,
+        state: ImageState,
+        parse: Parse,
+        top_k: int = 3,
+        guidance: bool = True,
+        *,
+        targets: str = "one",
+        thresholds: Any = None,
     ) -> Prediction:
         """Choose a proposal of ``state`` for a parsed expression."""
         ...
@@ -75,6 +85,9 @@ class SegmenterLike(Protocol):
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: Any = None,
     ) -> Prediction:
         """Parse and score one expression on ``state`` (None: the current image)."""
         ...
@@ -85,6 +98,9 @@ class SegmenterLike(Protocol):
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: Any = None,
     ) -> list[Prediction]:
         """``predict`` for several expressions on one image."""
         ...

@@ -21,28 +21,28 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from hybridgl import guidance
+from hybridgl import scoring
 from hybridgl.config import MethodConfig
-from hybridgl.errors import ExpressionError, WeightsError
+from hybridgl.errors import ExpressionError
 from hybridgl.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from hybridgl.masks import as_proposal_masks, masks_to_boxes_xywh, resize_masks
-from hybridgl.models import hybrid_clip, random_weights_mode
+from hybridgl.models import hybrid_clip
 from hybridgl.models.clip import encode_text_trimmed
 from hybridgl.models.gem import gem_input, gem_patch_tokens
 from hybridgl.models.proposals import ProposalBackend, SamV1Backend
-from hybridgl.models.runtime import pick_device, resolve_dtype
-from hybridgl.types import Candidate, Parse, Prediction
+from hybridgl.state import ImageState, downscale_image, working_size
+from hybridgl.targets import TargetRules, check_mode, load_thresholds
+from hybridgl.types import Parse, Prediction
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP
@@ -51,121 +51,12 @@ if TYPE_CHECKING:
     from hybridgl.spec import ModelSpec
     from hybridgl.text import TextParser
 
+__all__ = ["ImageState", "Segmenter", "Tokenizer", "working_size"]
+
 log = logging.getLogger(__name__)
 
 #: A CLIP tokenizer: texts -> ``(len(texts), 77)`` int64 token ids.
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
-
-
-@dataclass
-class ImageState:
-    """Everything that depends only on the image (cacheable, reusable across expressions).
-
-    Build it with :meth:`Segmenter.encode_image`; treat it as immutable once built (it is
-    shared between threads and caches). Images larger than the working resolution
-    (``MethodConfig.max_side``) keep the input ``image`` but have their proposals and
-    features computed on a downscaled copy: ``masks`` are then at the working resolution
-    ``(h, w)``; :meth:`input_mask` / :meth:`input_masks` bring them back to ``(H, W)``,
-    and ``boxes`` are those of the masks brought back.
-
-    Attributes:
-        image: ``(H, W, 3)`` uint8 RGB at the input resolution.
-        masks: ``(N, h, w)`` bool proposals at the working resolution (``(h, w) == (H, W)``
-            unless the image's long side exceeds ``max_side``).
-        boxes: ``(N, 4)`` float64 XYWH boxes of the proposals at the input resolution
-            (the boxes of :meth:`input_mask`).
-        features: ``(N, E)`` float32 hybrid features (unnormalised).
-        gem_tokens: ``(G*G, E)`` float32 GEM patch tokens, L2-normalised.
-        gem_grid: ``G`` (28 at 448 px).
-        source: ``"sam"`` or ``"given"``.
-        timings: seconds spent in each image stage (``proposals``, ``features``, ``gem``).
-    """
-
-    image: np.ndarray
-    masks: np.ndarray
-    boxes: np.ndarray
-    features: torch.Tensor
-    gem_tokens: torch.Tensor
-    gem_grid: int
-    source: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def height(self) -> int:
-        """H, the input image's height."""
-        return int(self.image.shape[0])
-
-    @property
-    def width(self) -> int:
-        """W, the input image's width."""
-        return int(self.image.shape[1])
-
-    @property
-    def work_size(self) -> tuple[int, int]:
-        """``(h, w)``: the working resolution of ``masks`` (equal to ``(H, W)`` unless capped)."""
-        return int(self.masks.shape[1]), int(self.masks.shape[2])
-
-    @property
-    def num_proposals(self) -> int:
-        return int(self.masks.shape[0])
-
-    @property
-    def has_pixels(self) -> bool:
-        """True when at least one proposal is not empty.
-
-        Cheap: an empty mask has the box ``(0, 0, 0, 0)``, so the masks themselves are only
-        scanned when every box is zero (no proposal, or only empty or one-pixel ones).
-        """
-        if self.num_proposals == 0:
-            return False
-        return bool(np.any(self.boxes != 0)) or bool(self.masks.any())
-
-    def input_mask(self, index: int) -> np.ndarray:
-        """Proposal ``index`` at the input resolution: ``(H, W)`` bool, a new array.
-
-        Upsampled (bilinear, threshold 0.5) when the state has a smaller working resolution.
-        """
-        m = self.masks[index]
-        if self.work_size == (self.height, self.width):
-            return np.array(m, dtype=bool, copy=True)
-        return resize_masks(m[None], self.height, self.width)[0]
-
-    def input_masks(self) -> np.ndarray:
-        """All proposals at the input resolution: ``(N, H, W)`` bool (a copy; memory!)."""
-        if self.work_size == (self.height, self.width):
-            return np.array(self.masks, dtype=bool, copy=True)
-        return resize_masks(self.masks, self.height, self.width)
-
-    def nbytes(self) -> int:
-        """Approximate memory held, for cache accounting."""
-        return int(
-            self.image.nbytes
-            + self.masks.nbytes
-            + self.boxes.nbytes
-            + self.features.numel() * 4
-            + self.gem_tokens.numel() * 4
-        )
-
-
-def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """``(h, w)`` of the working resolution: the long side scaled down to ``max_side``.
-
-    Images whose long side is at most ``max_side`` (or any image when it is None) keep
-    their size; otherwise both sides are scaled by ``max_side / max(H, W)`` and rounded
-    (at least 1 pixel).
-    """
-    long_side = max(height, width)
-    if max_side is None or long_side <= max_side:
-        return height, width
-    scale = max_side / long_side
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _downscale_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 -> ``(height, width, 3)`` uint8 by area averaging."""
-    if image.shape[:2] == (height, width):
-        return image
-    return np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
 
 
 class Segmenter:
@@ -193,6 +84,10 @@ class Segmenter:
     must hold ``with seg.lock:`` around both. The text-embedding cache and the counters
     are guarded by the same lock.
     """
+
+    #: Thresholds of ``targets="many"`` / ``"auto"`` when a call passes none (a frozen
+    #: dataclass, so the class default is shared safely; assign one per segmenter to change).
+    target_rules: TargetRules = TargetRules()
 
     def __init__(
         self,
@@ -308,83 +203,10 @@ class Segmenter:
         workers come here. It first applies what the spec carries for a worker started
         elsewhere (its ``HYBRIDGL_*`` environment) and its torch CPU threads.
         """
-        from hybridgl import weights
-        from hybridgl.models import proposals as props
-        from hybridgl.models.runtime import configure_threads
+        from hybridgl.loading import load_models
 
-        spec.apply_env()
-        if spec.threads is not None:
-            configure_threads(spec.threads)
-        from hybridgl.models.clip import (
-            build_clip,
-            get_tokenizer,
-            load_clip_checkpoint,
-            randomize_clip,
-        )
-        from hybridgl.text import TextParser
-
-        sam, clip, seed = spec.sam, spec.clip, spec.seed
-        cfg = spec.config()
-        dev = pick_device(spec.device)
-        torch_dtype = resolve_dtype(spec.dtype, dev)
-        random_mode = random_weights_mode()
-        backend = props.get_backend_spec(sam) if sam is not None else None
-        if backend is not None and backend.needs_transformers:
-            props.require_transformers()
-
-        checkpoints: dict[str, str] = {}
-        if random_mode:
-            log.warning(
-                "HYBRIDGL_RANDOM_WEIGHTS=%s: building RANDOMLY INITIALISED models. Every output "
-                "is meaningless; use this only for tests and benchmarks.",
-                random_mode,
-            )
-            clip_model = randomize_clip(
-                build_clip(clip, "tiny" if random_mode == "tiny" else "full"), seed
-            )
-            proposer = None
-            if sam is not None:
-                proposer = props.build_backend(
-                    sam, cfg.sam, random_mode=random_mode, seed=seed + 1, device=dev
-                )
-        else:
-            # resolve every file before loading any, and name every missing one at once
-            problems: list[str] = []
-            clip_path = sam_path = None
-            try:
-                clip_path = weights.resolve_clip(
-                    clip, path=spec.clip_checkpoint, weights_dir=spec.weights_dir
-                )
-            except WeightsError as e:
-                problems.append(str(e))
-            if backend is not None:
-                try:
-                    sam_path = weights.resolve(
-                        backend.checkpoint,
-                        path=spec.sam_checkpoint,
-                        weights_dir=spec.weights_dir,
-                    )
-                except WeightsError as e:
-                    problems.append(str(e))
-            if problems or clip_path is None:
-                raise WeightsError("\n\n".join(problems))
-            checkpoints["clip"] = str(clip_path)
-            clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path, clip)
-            proposer = None
-            if sam is not None and sam_path is not None:
-                checkpoints["sam"] = str(sam_path)
-                proposer = props.build_backend(sam, cfg.sam, path=sam_path, device=dev)
-
-        clip_model = clip_model.to(dev).eval()
-        parser = TextParser(spec.spacy_model, fix_right_relation=cfg.fix_right_relation)
-        info = spec.model_info()
-        info["device"] = str(dev)
-        info["dtype"] = str(torch_dtype).replace("torch.", "") if torch_dtype else "float32"
-        info["spacy_model"] = parser.model
-        info["seed"] = seed
-        if checkpoints:
-            info["checkpoints"] = checkpoints
-        seg = cls(clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info)
+        m = load_models(spec)
+        seg = cls(m.clip, m.tokenizer, m.parser, m.proposer, m.config, m.device, m.dtype, m.info)
         seg.spec = spec
         return seg
 
@@ -485,7 +307,7 @@ class Segmenter:
         h, w = img.shape[:2]
         given = as_proposal_masks(proposals, h, w) if proposals is not None else None
         wh, ww = working_size(h, w, self.config.max_side)
-        work = _downscale_image(img, wh, ww)
+        work = downscale_image(img, wh, ww)
         if given is not None:
             masks = given if (wh, ww) == (h, w) else resize_masks(given, wh, ww)
             boxes = masks_to_boxes_xywh(masks)
@@ -625,7 +447,14 @@ class Segmenter:
         return state
 
     def score(
-        self, state: ImageState, parse: Parse, top_k: int = 3, guidance: bool = True
+        self,
+        state: ImageState,
+        parse: Parse,
+        top_k: int = 3,
+        guidance: bool = True,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Score every proposal of ``state`` against a parsed expression and choose one.
 
@@ -639,17 +468,26 @@ class Segmenter:
             top_k: number of ranked candidates to return (>= 1).
             guidance: apply spatial guidance (sections 5 to 7); False returns the pure
                 CLIP choice.
+            targets: ``"one"`` (the method as published, the default), ``"many"`` (every
+                proposal the phrase selects) or ``"auto"`` (several when the parse names
+                several objects); with ``"many"`` and ``"auto"`` the answer may also be
+                no target (:mod:`hybridgl.targets`).
+            thresholds: the :class:`~hybridgl.targets.TargetRules` of ``"many"`` /
+                ``"auto"``, a path to a thresholds JSON or a dict; None: the segmenter's
+                :attr:`target_rules`.
 
         Returns:
             The :class:`~hybridgl.types.Prediction`; its mask is ``(H, W)`` bool at the
-            input resolution. ``found`` is False when no proposal has a pixel.
+            input resolution (the union of the targets). ``found`` is False when no
+            proposal has a pixel, or when the no-target rules say so.
         """
         self._check_top_k(top_k)
         if not isinstance(state, ImageState):
             raise TypeError(f"state must be an ImageState, got {type(state).__name__}")
         if not isinstance(parse, Parse):
             raise TypeError(f"parse must be a Parse, got {type(parse).__name__}")
-        return self._score(state, parse, top_k, guidance, time.perf_counter())
+        mode, rules = self._target_options(targets, thresholds)
+        return self._score(state, parse, top_k, guidance, time.perf_counter(), mode, rules)
 
     def predict(
         self,
@@ -657,6 +495,9 @@ class Segmenter:
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Segment the object ``expression`` refers to: :meth:`parse`, then :meth:`score`.
 
@@ -667,6 +508,7 @@ class Segmenter:
                 CLIP choice.
             state: the image to answer on; None means the current image (set by
                 :meth:`set_image`). With a state the current image is never touched.
+            targets, thresholds: zero, one or many targets; see :meth:`score`.
 
         Returns:
             The :class:`~hybridgl.types.Prediction`.
@@ -674,12 +516,13 @@ class Segmenter:
         Raises:
             RuntimeError: no ``state`` and no current image.
             ExpressionError: empty expression, or not a string.
-            ValueError: ``top_k < 1``.
+            ValueError: ``top_k < 1``, or an unknown ``targets``.
         """
         self._check_top_k(top_k)
+        mode, rules = self._target_options(targets, thresholds)
         st = self._state_or_current(state)
         t0 = time.perf_counter()
-        return self._score(st, self.parse(expression), top_k, guidance, t0)
+        return self._score(st, self.parse(expression), top_k, guidance, t0, mode, rules)
 
     def predict_many(
         self,
@@ -687,6 +530,9 @@ class Segmenter:
         top_k: int = 3,
         guidance: bool = True,
         state: ImageState | None = None,
+        *,
+        targets: str = "one",
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> list[Prediction]:
         """:meth:`predict` for several expressions on one image.
 
@@ -699,6 +545,7 @@ class Segmenter:
             top_k: see :meth:`predict`.
             guidance: see :meth:`predict`.
             state: see :meth:`predict`.
+            targets, thresholds: see :meth:`score`.
 
         Returns:
             One :class:`~hybridgl.types.Prediction` per expression, in order.
@@ -710,122 +557,39 @@ class Segmenter:
             )
         exprs = list(expressions)
         self._check_top_k(top_k)
+        mode, rules = self._target_options(targets, thresholds)
         st = self._state_or_current(state)
         out = []
         for e in exprs:
             t0 = time.perf_counter()
-            out.append(self._score(st, self.parse(e), top_k, guidance, t0))
+            out.append(self._score(st, self.parse(e), top_k, guidance, t0, mode, rules))
         return out
+
+    def _target_options(
+        self, targets: str, thresholds: TargetRules | str | Path | Mapping[str, Any] | None
+    ) -> tuple[str, TargetRules]:
+        mode = check_mode(targets)
+        if thresholds is None:
+            return mode, self.target_rules
+        return mode, load_thresholds(thresholds)
 
     @torch.no_grad()
     def _score(
-        self, st: ImageState, parse: Parse, top_k: int, use_guidance: bool, t0: float
-    ) -> Prediction:
-        cfg = self.config
-        if not st.has_pixels:
-            return Prediction(
-                mask=np.zeros((st.height, st.width), dtype=bool),
-                box=(0.0, 0.0, 0.0, 0.0),
-                score=0.0,
-                found=False,
-                candidates=[],
-                pure_index=None,
-                index=None,
-                parse=parse,
-                num_proposals=st.num_proposals,
-                timings={"predict": time.perf_counter() - t0},
-            )
-        ctx_prompts = [cfg.context_prompt + c for c in parse.context_nouns]
-        gem_prompt = cfg.gem_prompt[0] + parse.noun_phrase + cfg.gem_prompt[1]
-        texts = [parse.sentence, parse.noun_phrase, *ctx_prompts]
-        if use_guidance:
-            texts.append(gem_prompt)
-        emb = self.encode_texts(texts)
-        f_text = guidance.phrase_embedding(emb[0], emb[1], cfg.text_weight)
-        c = guidance.clip_logits(st.features, f_text, self.logit_scale)
-        p = guidance.softmax(c)
-        pure = int(torch.argmax(c).item())
-        t_text = time.perf_counter()
-
-        if not use_guidance:
-            order = torch.argsort(c, descending=True, stable=True)[:top_k].tolist()
-            cands = [
-                Candidate(index=i, clip_score=float(c[i]), probability=float(p[i])) for i in order
-            ]
-            return self._prediction(
-                st, parse, pure, pure, float(p[pure]), cands, {"predict": time.perf_counter() - t0}
-            )
-
-        q = None
-        if ctx_prompts:
-            f_ctx = emb[2 : 2 + len(ctx_prompts)].mean(dim=0)
-            q = guidance.softmax(guidance.clip_logits(st.features, f_ctx, self.logit_scale))
-        boxes = torch.as_tensor(st.boxes, dtype=torch.float32, device=c.device)
-        t_idx, r = guidance.relation_guidance(p, q, boxes, parse.relation, cfg.k1, cfg.k2)
-
-        # spatial position and coherence guidance on the top-k1 masks only, at the
-        # masks' (working) resolution
-        g = st.gem_grid
-        wh, ww = st.work_size
-        cos = (st.gem_tokens @ F.normalize(emb[-1], dim=-1)).view(g, g)
-        heat = guidance.image_heat_map(cos.float().cpu(), cfg.gem_size, wh, ww, cfg.keep_aspect)
-        prior = guidance.direction_prior(parse.direction, wh, ww, vertical=cfg.vertical_priors)
-        beta = guidance.beta_for(parse.relation, cfg.beta_big, cfg.beta_small, cfg.beta_default)
-        t_list = t_idx.tolist()
-        g_t = guidance.coherence_scores(heat, prior, torch.from_numpy(st.masks[t_list]), beta)
-        final = guidance.final_scores(r.cpu().float(), g_t.float(), cfg.alpha)
-        best = int(torch.argmax(final).item())
-        chosen = t_list[best]
-
-        order = torch.argsort(final, descending=True, stable=True).tolist()
-        cands = [
-            Candidate(
-                index=t_list[j],
-                clip_score=float(c[t_list[j]]),
-                probability=float(p[t_list[j]]),
-                relation_score=float(r[j]),
-                coherence_score=float(g_t[j]),
-                final_score=float(final[j]),
-            )
-            for j in order
-        ]
-        if top_k > len(cands):
-            rest = [
-                i
-                for i in torch.argsort(c, descending=True, stable=True).tolist()
-                if i not in t_list
-            ]
-            cands += [
-                Candidate(index=i, clip_score=float(c[i]), probability=float(p[i]))
-                for i in rest[: top_k - len(cands)]
-            ]
-        cands = cands[:top_k]
-        timings = {"text": t_text - t0, "predict": time.perf_counter() - t0}
-        return self._prediction(st, parse, pure, chosen, float(final[best]), cands, timings)
-
-    @staticmethod
-    def _prediction(
+        self,
         st: ImageState,
         parse: Parse,
-        pure: int,
-        chosen: int,
-        score: float,
-        cands: list[Candidate],
-        timings: dict[str, float],
+        top_k: int,
+        use_guidance: bool,
+        t0: float,
+        mode: str = "one",
+        rules: TargetRules | None = None,
     ) -> Prediction:
-        b = st.boxes[chosen]
-        box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
-        return Prediction(
-            mask=st.input_mask(chosen),
-            box=box,
-            score=score,
-            found=True,
-            candidates=cands,
-            pure_index=pure,
-            index=chosen,
-            parse=parse,
-            num_proposals=st.num_proposals,
-            timings=timings,
+        if not st.has_pixels:
+            return scoring.no_proposal_prediction(st, parse, t0, mode)
+        contrast = rules.contrast_prompts if mode != "one" and rules is not None else ()
+        emb = self.encode_texts(scoring.text_prompts(parse, self.config, use_guidance, contrast))
+        return scoring.choose(
+            st, parse, emb, self.config, self.logit_scale, top_k, use_guidance, t0, mode, rules
         )
 
 

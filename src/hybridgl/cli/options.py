@@ -363,11 +363,32 @@ def add_max_pixels_arg(parser: Any, refused: str = "a failed row") -> None:
 
 
 def predict_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``top_k`` and ``guidance`` keyword arguments for ``predict`` / ``predict_many``."""
+    """``top_k``, ``guidance`` and (when given, :func:`add_target_args`) ``targets`` /
+    ``thresholds`` keyword arguments for ``predict`` / ``predict_many``."""
+    from hybridgl.targets import target_kwargs
+
     return {
         "top_k": getattr(args, "top_k", 3),
         "guidance": not getattr(args, "no_guidance", False),
+        **target_kwargs(getattr(args, "targets", None) or "one", getattr(args, "thresholds", None)),
     }
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    """``--targets one|many|auto`` and ``--thresholds FILE`` (docs/TARGETS.md)."""
+    parser.add_argument(
+        "--targets",
+        choices=("one", "many", "auto"),
+        default="one",
+        help="one: the method's single answer (default); many: every object the phrase "
+        "selects, or none; auto: several when the phrase names several (plural, numeral, "
+        "'all', 'both', ...), else at most one",
+    )
+    parser.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="thresholds JSON of the target rules (written by hybridgl calibrate)",
+    )
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

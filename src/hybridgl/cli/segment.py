@@ -15,6 +15,7 @@ from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError
 from hybridgl.cli.options import (
     add_max_pixels_arg,
     add_model_args,
+    add_target_args,
     build_segmenter,
     predict_options,
 )
@@ -51,6 +52,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         nargs="+",
         help='referring expression, e.g. "the man on the left" (quote it)',
     )
+    add_target_args(p)
     out = p.add_argument_group("outputs")
     out.add_argument("--mask", metavar="OUT.png", help="write the mask as an 8-bit PNG (0 / 255)")
     out.add_argument(
@@ -131,7 +133,15 @@ def summary_line(index: int, record: dict[str, Any]) -> str:
     """One human-readable line for one expression's result."""
     expr = json.dumps(record["expression"], ensure_ascii=False)
     if not record["found"]:
-        return f"[{index}] {expr}: no mask (the image has no proposals)"
+        rule = (record.get("evidence") or {}).get("rule")
+        if rule in (None, "no_proposal"):
+            return f"[{index}] {expr}: no mask (the image has no proposals)"
+        ev = record["evidence"]
+        cos = ev.get("cosine")
+        return (
+            f"[{index}] {expr}: not found in this image ({rule}; cosine "
+            f"{'-' if cos is None else f'{cos:.3f}'}, floor {ev.get('floor')})"
+        )
     box = ", ".join(f"{v:g}" for v in record["box"])
     parse = record.get("parse") or {}
     extra = f"np={json.dumps(parse.get('noun_phrase', ''), ensure_ascii=False)}"
@@ -142,6 +152,7 @@ def summary_line(index: int, record: dict[str, Any]) -> str:
     return (
         f"[{index}] {expr}: score={record['score']:.4f} box=[{box}] "
         f"area={record['area']} proposal={record['index']} {extra}"
+        + (f" targets={len(record['targets'])}" if len(record.get("targets") or []) > 1 else "")
     )
 
 
@@ -209,6 +220,13 @@ def run(args: argparse.Namespace) -> int:
         if args.mask:
             path = save_mask_png(pred.mask, numbered_path(args.mask, i, count))
             rec["mask_png"] = str(path)
+            if getattr(args, "targets", "one") != "one":  # one PNG per target, beside the union
+                rec["target_mask_pngs"] = [
+                    str(
+                        save_mask_png(t.mask, path.with_name(f"{path.stem}.target{k}{path.suffix}"))
+                    )
+                    for k, t in enumerate(pred.targets)
+                ]
         if args.overlay:
             label = f"{expr} ({pred.score:.2f})" if pred.found else f"{expr} (no mask)"
             if medical is not None and medical["window"] is not None:

@@ -9,6 +9,7 @@ Not imported by ``import hybridgl``: import it explicitly::
 Metric definitions: :mod:`hybridgl.eval.metrics`; data layout: :mod:`hybridgl.eval.refer`.
 """
 
+from hybridgl.eval.datasets import load_dataset
 from hybridgl.eval.metrics import (
     THRESHOLDS,
     intersection_union,
@@ -39,6 +40,7 @@ __all__ = [
     "build_report",
     "intersection_union",
     "iou_from_counts",
+    "load_dataset",
     "load_generic",
     "load_refer",
     "run_evaluation",

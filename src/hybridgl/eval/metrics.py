@@ -151,3 +151,95 @@ def metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
         title = KIND_TITLES.get(kind, kind)
         lines.append(f"| {title} | {m['n']} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+#: IoU thresholds of the GRES precision (Pr@0.7, Pr@0.8, Pr@0.9).
+GRES_THRESHOLDS: tuple[float, ...] = (0.7, 0.8, 0.9)
+
+
+def gres_metrics(
+    samples: Iterable[tuple[bool, bool, int, int]],
+    thresholds: Iterable[float] = GRES_THRESHOLDS,
+) -> dict[str, Any]:
+    """The metrics of gRefCOCO (GRES, CVPR 2023) from ``(gt_no_target, pred_no_target, I, U)``.
+
+    As the GRES reference evaluation computes them, per expression:
+
+    - no-target expression answered with no target: IoU 1 (counts in gIoU), nothing added
+      to the cumulative I and U; answered with a mask: IoU 0, and the mask's area (its
+      union with the empty ground truth, ``U``) is added to the cumulative U;
+    - target expression: ``IoU = I / U`` (0 when ``U == 0``; ``I`` counts 0 when it was
+      answered with no target), added to gIoU, cumulative I and U, and to Pr@t when
+      ``IoU >= t``.
+
+    ``gIoU`` = mean IoU over all expressions; ``cIoU`` = cumulative I / cumulative U;
+    ``N-acc`` = no-target expressions answered with no target / no-target expressions;
+    ``T-acc`` = target expressions answered with a target / target expressions (the
+    paper's definitions); ``Pr@t`` over target expressions. All in percent; None where the
+    denominator is 0. The released evaluation code divides with a +1 in the denominator and
+    computes its ``T_acc`` as ``TP / (TP + FP + 1)`` (TP: no-target answered no-target, FP:
+    target answered no-target); those two values are given as ``code_N_acc`` and
+    ``code_T_acc`` (fractions, as that code prints them) to compare with its logs.
+
+    Returns:
+        ``{"n", "n_target", "n_no_target", "gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7",
+        ..., "code_N_acc", "code_T_acc"}``.
+    """
+    thresholds = tuple(thresholds)
+    ious: list[float] = []
+    acc_i: list[float] = []
+    acc_u: list[float] = []
+    tp = fn = fp = tn = 0
+    hits = dict.fromkeys(thresholds, 0)
+    for gt_nt, pred_nt, i, u in samples:
+        if gt_nt:
+            if pred_nt:
+                tp += 1
+                ious.append(1.0)
+            else:
+                fn += 1
+                ious.append(0.0)
+                acc_u.append(float(u))
+            continue
+        if pred_nt:
+            fp += 1
+            i = 0
+        else:
+            tn += 1
+        iou = iou_from_counts(i, u)
+        ious.append(iou)
+        acc_i.append(float(i))
+        acc_u.append(float(u))
+        for t in thresholds:
+            if iou >= t:
+                hits[t] += 1
+    n = len(ious)
+    n_target = tn + fp
+    n_nt = tp + fn
+    total_u = math.fsum(acc_u)
+    out: dict[str, Any] = {
+        "n": n,
+        "n_target": n_target,
+        "n_no_target": n_nt,
+        "gIoU": 100.0 * math.fsum(ious) / n if n else None,
+        "cIoU": 100.0 * math.fsum(acc_i) / total_u if total_u > 0 else None,
+        "N-acc": 100.0 * tp / n_nt if n_nt else None,
+        "T-acc": 100.0 * tn / n_target if n_target else None,
+    }
+    for t in thresholds:
+        out[f"Pr@{t:g}"] = 100.0 * hits[t] / n_target if n_target else None
+    out["code_N_acc"] = tp / (tp + fn + 1) if n_nt else 0
+    out["code_T_acc"] = tp / (tp + fp + 1) if n_nt else 0
+    return out
+
+
+def gres_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`gres_metrics` of the successful evaluation records (guided prediction).
+
+    A record answers "no target" when ``found`` is false; ``no_target`` is its ground truth.
+    """
+    ok = [r for r in records if not r.get("error")]
+    return gres_metrics(
+        (bool(r.get("no_target")), not r.get("found"), int(r["guided_i"]), int(r["guided_u"]))
+        for r in ok
+    )

@@ -42,6 +42,9 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "refcoco": ("unc", ("train", "val", "testA", "testB")),
     "refcoco+": ("unc", ("train", "val", "testA", "testB")),
     "refcocog": ("umd", ("train", "val", "test")),
+    # not REFER layout: hybridgl.eval.datasets.load_dataset reads them
+    "grefcoco": ("unc", ("train", "val", "testA", "testB")),
+    "phrasecut": ("-", ("train", "miniv", "val", "test")),
 }
 
 #: Published expression counts of the evaluation splits (METHOD.md).
@@ -450,6 +453,9 @@ def check_dataset_split(dataset: str, split: str) -> str:
 def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     """Read one split of RefCOCO, RefCOCO+ or RefCOCOg in the REFER layout.
 
+    ``grefcoco`` and ``phrasecut`` have their own published layouts: read them (or any
+    dataset of :data:`DATASETS`) with :func:`hybridgl.eval.datasets.load_dataset`.
+
     Raises:
         DataError: invalid dataset/split, missing data root, refs file or instances.json,
             unreadable files.
@@ -458,6 +464,10 @@ def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
+    if dataset in ("grefcoco", "phrasecut"):
+        raise DataError(
+            f"{dataset} is not in the REFER layout: read it with hybridgl.eval.load_dataset"
+        )
     ds_dir = root / dataset
     if not ds_dir.is_dir():
         raise DataError(f"dataset folder not found: {ds_dir} (expected <data-root>/{dataset}/)")

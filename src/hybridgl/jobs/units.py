@@ -139,9 +139,17 @@ def encode_state(
 
 
 def predict_on_state(
-    segmenter: SegmenterLike, state: ImageState, expressions: list[str], top_k: int, guidance: bool
+    segmenter: SegmenterLike,
+    state: ImageState,
+    expressions: list[str],
+    top_k: int,
+    guidance: bool,
+    options: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Answer every expression on an explicit state (``predict_many(..., state=)``).
+
+    ``options``: further keyword arguments (``targets``, ``thresholds``:
+    :func:`hybridgl.targets.target_kwargs`).
 
     A failing ``predict_many`` is retried one expression at a time so that the expression
     at fault gets the error (returned in its place) and the others their predictions.
@@ -150,14 +158,20 @@ def predict_on_state(
         return []
     try:
         return list(
-            segmenter.predict_many(expressions, top_k=top_k, guidance=guidance, state=state)
+            segmenter.predict_many(
+                expressions, top_k=top_k, guidance=guidance, state=state, **(options or {})
+            )
         )
     except Exception:  # noqa: BLE001 - find the expression at fault
         pass
     preds: list[Any] = []
     for text in expressions:
         try:
-            preds.append(segmenter.predict(text, top_k=top_k, guidance=guidance, state=state))
+            preds.append(
+                segmenter.predict(
+                    text, top_k=top_k, guidance=guidance, state=state, **(options or {})
+                )
+            )
         except Exception as e:  # noqa: BLE001
             preds.append(e)
     return preds
