@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ class VideoSource:
         except ImageError as e:
             raise VideoError(f"{self.name}: frame {index}: {e}", index) from None
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self) -> Generator[Frame, None, None]:
         """The selected frames, one at a time (flat memory)."""
         for index, time, payload in self.selection.apply(self._raw()):
             yield Frame(index, time, self._decode(index, payload))
