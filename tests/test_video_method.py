@@ -137,6 +137,7 @@ def test_reground_and_absence_rules_by_hand():
     reseeds = [e for e in tracker.log if e[0] == "reseed"]
     assert reseeds == [("reseed", 6, (1,)), ("reseed", 12, (1,))]
     assert [r.frame for r in out] == list(range(16))
+    assert [r.is_keyframe for r in out] == [True] + [False] * 15
 
 
 def test_presence_threshold_off_and_never_reground():
@@ -215,3 +216,9 @@ def test_resume_restarts_the_tracker_from_recorded_masks():
 
 def test_scripted_tracker_satisfies_the_protocol():
     assert isinstance(ScriptedTracker(), Tracker)
+
+
+def test_keyframe_past_the_end():
+    vs = VideoSegmenter(ScriptedGrounder(), ScriptedTracker(), keyframe=9)
+    with pytest.raises(VideoError, match="past the last selected frame"):
+        list(vs.track(ListSource(frames(3)), ["x"]))

@@ -111,3 +111,31 @@ def test_registry_and_protocol(tracker):
     assert cfg.vision_config.backbone_config.hidden_size == 144 and cfg.num_maskmem == 7
     with pytest.raises(ValueError, match="unknown tracker"):
         get_tracker_spec("nope")
+
+
+@pytest.mark.slow
+def test_reseed_answers_the_same_frame_again(tracker, video):
+    frames, mask = video
+    other = np.zeros((H, W), bool)
+    other[5:20, 5:30] = True
+    tracker.reset()
+    tracker.step(frames[0], {1: mask, 2: other})
+    tracker.step(frames[1])
+    before = tracker.step(frames[2])
+    again = tracker.reseed({2: mask})
+    # object 1 is recomputed from the same memory: the same answer
+    assert np.array_equal(again.masks[1], before.masks[1])
+    assert again.presence[1] == before.presence[1]
+    # object 2 now comes from its seed alone, as on a first frame
+    tracker.reset()
+    fresh = tracker.step(frames[2], {2: mask})
+    assert np.array_equal(again.masks[2], fresh.masks[2])
+    assert again.presence[2] == pytest.approx(fresh.presence[2])
+    # a frame stepped with no object yet can be seeded afterwards (an object found late)
+    tracker.reset()
+    assert tracker.step(frames[2]).masks == {}
+    late = tracker.reseed({2: mask})
+    assert np.array_equal(late.masks[2], fresh.masks[2])
+    with pytest.raises(RuntimeError, match="reseed"):
+        tracker.reset()
+        tracker.reseed({1: mask})

@@ -170,7 +170,7 @@ class HFVideoTracker:
         self.session: Any = None
         self.reverse = False
         self._t = 0
-        self._last: tuple[int, torch.Tensor, int, int] | None = None
+        self._last: tuple[int, np.ndarray, torch.Tensor | None] | None = None
         #: the model's raw low-resolution mask logits of the latest frame (for tests)
         self.last_logits: torch.Tensor | None = None
         self.reset()
@@ -205,11 +205,11 @@ class HFVideoTracker:
         idx = self._t
         self._advance()
         self._add_seeds(idx, h, w, seeds)
-        if self.session.get_obj_num() == 0:
-            self._last = None
+        self._last = (idx, image, None)
+        if self.session.get_obj_num() == 0:  # nothing to track yet (reseed() may start it)
             return TrackStep(seconds=time.perf_counter() - t0)
         pixels = self.pixel_values(image).to(self.device)
-        self._last = (idx, pixels, h, w)
+        self._last = (idx, image, pixels)
         return self._run(idx, pixels, h, w, t0)
 
     @torch.inference_mode()
@@ -218,8 +218,9 @@ class HFVideoTracker:
         still cached) and return that frame's answer anew."""
         t0 = time.perf_counter()
         if self._last is None:
-            raise RuntimeError("reseed() needs a step() with objects before it")
-        idx, pixels, h, w = self._last
+            raise RuntimeError("reseed() needs a step() before it")
+        idx, image, pixels = self._last
+        h, w = image.shape[:2]
         s = self.session
         for k in seeds:
             if k in s._obj_id_to_idx:  # forget this frame's tracked output of the object
@@ -227,6 +228,9 @@ class HFVideoTracker:
                 s.output_dict_per_obj[obj_idx]["non_cond_frame_outputs"].pop(idx, None)
                 s.frames_tracked_per_obj[obj_idx].pop(idx, None)
         self._add_seeds(idx, h, w, seeds)
+        if pixels is None:
+            pixels = self.pixel_values(image).to(self.device)
+            self._last = (idx, image, pixels)
         return self._run(idx, pixels, h, w, t0)
 
     def _add_seeds(self, idx: int, h: int, w: int, seeds: Mapping[int, np.ndarray] | None) -> None:

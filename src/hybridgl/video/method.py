@@ -227,10 +227,12 @@ class VideoSegmenter:
     def _ground_keyframe(
         self, src: VideoSource, key: int, exprs: list[str]
     ) -> tuple[Frame, list[Grounding]]:
+        seen = 0
         for p, frame in enumerate(src.frames()):
             if p == key:
                 return frame, self.grounder.ground(frame.image, exprs)
-        raise VideoError(f"keyframe {key} is past the last selected frame ({p})")
+            seen = p + 1
+        raise VideoError(f"keyframe {key} is past the last selected frame (there are {seen})")
 
     # ------------------------------------------------------------------ passes
     def _backward(
@@ -316,8 +318,10 @@ class VideoSegmenter:
                 results.append(self._grounded(o, g, "keyframe", step))
             else:
                 results.append(self._absent(o, frame, step, g))
-        return FrameResult(frame.index, p, frame.time, frame.height, frame.width, results,
-                           {"frame": time.perf_counter() - t0, "tracker": step.seconds})  # fmt: skip
+        timings = {"frame": time.perf_counter() - t0, "tracker": step.seconds}
+        return FrameResult(
+            frame.index, p, frame.time, frame.height, frame.width, results, timings, True
+        )
 
     def _frame(self, frame: Frame, p: int, key: int, objects: list[_Object]) -> FrameResult:
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@ record shape of the package: COCO RLE mask, box, score, ``found`` -- with the vi
 added: ``frame`` (index in the source), ``time`` (seconds or null), ``object_id``, ``state``
 (``keyframe``, ``tracked``, ``regrounded``, ``absent``), ``present``, ``presence`` (the
 tracker's object score), ``cosine`` (of the method's choice, on grounded frames), ``checked``
-(the frame was re-grounded and the tracked mask kept) and ``reason`` (why absent).
+(the frame was re-grounded and the tracked mask kept), ``reason`` (why absent) and
+``keyframe`` (true on the frame the phrases were first grounded on).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class FrameResult:
     width: int
     objects: list[ObjectResult]
     timings: dict[str, float] = field(default_factory=dict)
+    #: the frame the phrases were first grounded on (its objects are ``keyframe`` or ``absent``)
+    is_keyframe: bool = False
 
     def to_records(self, candidates: bool = False) -> list[dict[str, Any]]:
         """One JSON-ready record per phrase (the module docstring lists the keys)."""
@@ -107,6 +110,7 @@ class FrameResult:
                 cosine=None if o.cosine is None else float(o.cosine),
                 checked=bool(o.checked),
                 reason=o.reason,
+                keyframe=bool(self.is_keyframe),
             )
             out.append(rec)
         return out
