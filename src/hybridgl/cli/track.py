@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,10 @@ from hybridgl.cli.common import (
     add_max_pixels_arg,
     add_model_args,
     build_segmenter,
+    check_runtime,
     non_negative_int,
     positive,
+    spec_from_args,
 )
 
 DESCRIPTION = """\
@@ -104,8 +105,9 @@ def _keyframe(text: str) -> int | str:
     return value
 
 
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs the same run (checked before resuming)."""
+def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """What makes two runs the same run (checked before resuming): the video, the phrases,
+    the tracker, the model spec and the options of the video method."""
     src = args.video
     if not str(src).startswith("camera:"):
         src = str(Path(src).resolve())
@@ -113,8 +115,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "source": src,
         "expressions": list(args.expressions),
         "tracker": args.tracker,
-        "sam": args.sam,
-        "preset": args.preset,
+        "model": {k: v for k, v in spec.to_dict().items() if k not in ("device", "threads")},
         "options": {
             k: getattr(args, k)
             for k in (
@@ -154,10 +155,9 @@ def _resume_point(records: list[dict[str, Any]], n_objects: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from hybridgl.errors import ExpressionError
     from hybridgl.fileio import atomic_write_json
+    from hybridgl.jobs.engine import progress_bar
     from hybridgl.jobs.records import RecordWriter, read_records
     from hybridgl.video.grounding import HybridGLGrounder
     from hybridgl.video.hf_trackers import build_tracker
@@ -199,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} is a file; give a folder")
-    this_run = settings(args)
+    spec = spec_from_args(args)
+    check_runtime(spec)
+    this_run = json.loads(json.dumps(settings(args, spec)))  # as it reads back from run.json
     run_file = out / RUN_FILE
     records_path = out / RECORDS_FILE
     previous: dict[str, Any] = {}
@@ -219,11 +221,8 @@ def run(args: argparse.Namespace) -> int:
         done_frames = set()
 
     if not previous.get("complete"):
-        try:
-            tracker = build_tracker(args.tracker, device=args.device, weights_dir=args.weights_dir)
-        except ImportError as e:
-            raise UsageError(str(e)) from None
-        seg = build_segmenter(args)
+        tracker = build_tracker(args.tracker, device=spec.device, weights_dir=spec.weights_dir)
+        seg = build_segmenter(spec)
         grounder = HybridGLGrounder(
             seg,
             top_k=options.top_k,
@@ -235,9 +234,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_file, {"settings": this_run, "complete": False,
                                      "model": dict(getattr(seg, "model_info", {}))})  # fmt: skip
-        total = source.frame_count()
-        bar = tqdm(total=total, initial=len(done_frames), unit="frame", file=sys.stderr,
-                   disable=args.no_progress, dynamic_ncols=True, desc="track")  # fmt: skip
+        bar = progress_bar(source.frame_count(), "track", "frame", not args.no_progress)
+        bar.update(len(done_frames))
         with RecordWriter(records_path) as writer:
             for result in vs.track(source, args.expressions, resume=resume):
                 if result.frame in done_frames:  # pragma: no cover - the resume rule

@@ -53,17 +53,19 @@ __all__ = [
     "require_av",
 ]
 
-VIDEO_HINT = 'pip install "hybridgl[video]"'
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def require_av() -> Any:
-    """Import PyAV or raise ImportError with the one-line install hint."""
+    """Import PyAV or raise :class:`~hybridgl.errors.MissingExtraError` (an ImportError)
+    with the one-line install hint."""
     try:
         import av
     except ImportError:
-        raise ImportError(f"video files and cameras need PyAV: {VIDEO_HINT}") from None
+        from hybridgl.errors import MissingExtraError
+
+        raise MissingExtraError("video files and cameras (PyAV)", "video") from None
     return av
 
 
