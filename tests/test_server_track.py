@@ -92,3 +92,51 @@ def test_api_key_applies(tiny_segmenter, clip):
             data={"expression": "x"},
         )
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.browser
+def test_video_tab_in_chromium(tiny_segmenter, clip, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from test_browser import CHROMIUM_ARGS, chromium_path
+
+    exe = chromium_path()
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(clip)
+    old = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
+    os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny"
+    try:
+        with (
+            BackgroundServer(create_app(tiny_segmenter, ServerSettings())) as server,
+            sync_api.sync_playwright() as pw,
+        ):
+            browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(240_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(server.url + "/")
+                page.wait_for_selector("#tabs:not([hidden])")
+                assert page.locator("#tab-search").is_hidden()  # no index: no Search tab
+                page.click("#tab-video")
+                page.wait_for_selector("#video-view:not([hidden])")
+                assert page.locator("#segment-view").is_hidden()
+                page.set_input_files("#video-file", str(path))
+                page.fill("#video-phrase", "the thing")
+                page.click("#video-submit")
+                page.wait_for_selector("#video-result:not([hidden])")
+                rows = page.locator("#video-states tbody tr")
+                assert rows.count() == N
+                states = [rows.nth(i).get_attribute("data-state") for i in range(N)]
+                assert set(states) <= {"keyframe", "tracked", "regrounded", "absent"}
+                # the overlay (WebM) is decodable by the browser
+                page.wait_for_function("document.getElementById('video-player').readyState >= 1")
+                assert page.evaluate("document.getElementById('video-player').duration") > 0
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        if old is None:
+            os.environ.pop("HYBRIDGL_RANDOM_WEIGHTS", None)
+        else:
+            os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = old

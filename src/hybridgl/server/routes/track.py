@@ -11,6 +11,7 @@ a time; the answer holds RLE masks only.
 
 from __future__ import annotations
 
+import base64
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +75,10 @@ def include(app: FastAPI) -> None:
         format: Annotated[
             Literal["json", "mp4"], Query(description="json records, or the overlay video")
         ] = "json",
+        overlay: Annotated[
+            Literal["none", "mp4", "webm"],
+            Query(description="with format=json: add the overlay video, base64 (overlay_video)"),
+        ] = "none",
         reground_every: Annotated[int, Query(ge=0, description="0: never")] = 15,
         stride: Annotated[int, Query(ge=1)] = 1,
         max_frames: Annotated[int | None, Query(ge=1, le=MAX_FRAMES)] = None,
@@ -99,8 +104,8 @@ def include(app: FastAPI) -> None:
                 with tempfile.TemporaryDirectory(prefix="hybridgl-track-") as tmp:
                     path = Path(tmp) / f"clip{suffix if suffix in VIDEO_EXTENSIONS else ''}"
                     path.write_bytes(data)
-                    return _run(request, settings, seg, path, exprs, format, reground_every,
-                                stride, max_frames, t_start)  # fmt: skip
+                    return _run(request, settings, seg, path, exprs, format, overlay,
+                                reground_every, stride, max_frames, t_start)  # fmt: skip
 
             response: Response = await service.run_on_model(ticket, work)
             return response
@@ -115,6 +120,7 @@ def _run(
     path: Path,
     exprs: list[str],
     fmt: str,
+    overlay: str,
     reground_every: int,
     stride: int,
     max_frames: int | None,
@@ -155,16 +161,25 @@ def _run(
             records.extend(result.to_records())
     except VideoError as e:
         raise ApiError(415, "invalid_video", str(e).replace(str(path), "the upload")) from None
-    if fmt == "mp4":
-        out = path.with_name("overlay.mp4")
+
+    def overlay_bytes(ext: str) -> bytes:
+        out = path.with_name(f"overlay.{ext}")
         write_overlay(open_source(path, stride=stride, max_frames=limit), records, out)
-        return Response(out.read_bytes(), media_type="video/mp4")
-    body = {
+        return out.read_bytes()
+
+    if fmt == "mp4":
+        return Response(overlay_bytes("mp4"), media_type="video/mp4")
+    body: dict[str, Any] = {
         "frames": frames,
         "expressions": exprs,
         "tracker": tracker.name,
         "fps": src.fps,
         "records": records,
-        "timings": {"total_ms": round((time.perf_counter() - t_start) * 1000.0, 3)},
     }
+    if overlay != "none":
+        body["overlay_video"] = {
+            "media_type": f"video/{overlay}",
+            "base64": base64.b64encode(overlay_bytes(overlay)).decode("ascii"),
+        }
+    body["timings"] = {"total_ms": round((time.perf_counter() - t_start) * 1000.0, 3)}
     return JSONResponse(body)
