@@ -14,7 +14,7 @@ from video_support import coco_clip, write_clip  # noqa: E402
 
 from hybridgl.cli.main import main  # noqa: E402
 
-N = 5
+N = 4
 pytestmark = pytest.mark.slow  # tiny models through the real command: seconds per test
 
 

@@ -110,3 +110,11 @@ def test_to_supervision_has_tracker_ids(video_run):
         assert list(det.tracker_id if len(det) else []) == present
         if len(det):
             assert det.mask.shape == (len(present), *SIZE)
+
+
+def test_segmenter_track_is_the_video_segmenter(video_run, tiny_segmenter):
+    vs, path, results = video_run
+    again = list(tiny_segmenter.track(path, PHRASES, tracker=vs.tracker, reground_every=3))
+    a = [rec for r in results for rec in r.to_records()]
+    b = [rec for r in again for rec in r.to_records()]
+    assert _strip(a) == _strip(b)

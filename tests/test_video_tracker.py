@@ -74,7 +74,7 @@ def test_memory_stays_bounded_with_reseeds_and_two_objects(tracker, video):
     other = np.zeros((H, W), bool)
     other[5:20, 5:30] = True
     sizes = []
-    for i in range(40):
+    for i in range(30):
         seeds = {1: mask} if i % 7 == 0 else {}
         if i == 3 or i % 11 == 0:
             seeds[2] = other

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -716,6 +716,40 @@ class Segmenter:
             t0 = time.perf_counter()
             out.append(self._score(st, self.parse(e), top_k, guidance, t0))
         return out
+
+    def track(
+        self,
+        source: Any,
+        expressions: Sequence[str],
+        *,
+        tracker: Any = "sam2.1_hiera_tiny",
+        **options: Any,
+    ) -> Iterator[Any]:
+        """Follow each expression through a video: per-frame results, in frame order.
+
+        A thin entry to :class:`hybridgl.video.method.VideoSegmenter` (docs/VIDEO.md): this
+        segmenter grounds, ``tracker`` (a name of :data:`hybridgl.video.tracker.TRACKERS`
+        or a ready tracker) follows.
+
+        Args:
+            source: a video file, a frame folder, ``camera:N`` or any iterable of frames.
+            expressions: one phrase per object (object ids 1, 2, ...).
+            tracker: the video tracker.
+            **options: fields of :class:`hybridgl.video.method.TrackOptions`
+                (``reground_every``, ``keyframe``...) and the frame selection of
+                :func:`hybridgl.video.sources.open_source` (``stride``, ``max_frames``,
+                ``start``, ``end``, ``max_pixels``, ``fps``).
+
+        Returns:
+            An iterator of :class:`hybridgl.video.results.FrameResult`.
+        """
+        from hybridgl.video.method import VideoSegmenter
+
+        frames = {"stride", "max_frames", "start", "end", "max_pixels", "fps"}
+        selection = {k: v for k, v in options.items() if k in frames}
+        method = {k: v for k, v in options.items() if k not in frames}
+        video = VideoSegmenter.from_segmenter(self, tracker, **method)
+        return video.track(source, expressions, **selection)
 
     @torch.no_grad()
     def _score(
