@@ -11,12 +11,14 @@ from hybridgl.cli.common import (
     EXIT_CODES_HELP,
     EXIT_OK,
     UsageError,
+    non_negative_int,
+    positive,
+)
+from hybridgl.cli.options import (
     add_max_pixels_arg,
     add_model_args,
     build_segmenter,
     check_runtime,
-    non_negative_int,
-    positive,
     spec_from_args,
 )
 
