@@ -91,21 +91,19 @@ class HybridGLGrounder:
 
     def _state(self, image: np.ndarray, extra: list[np.ndarray]) -> tuple[Any, int]:
         """The frame's state with SAM's proposals, then the ``extra`` masks appended."""
-        from hybridgl.segmenter import ImageState
+        import dataclasses
+
+        import torch
 
         base = self.seg.encode_image(image, max_pixels=self.max_pixels)
         if not extra:
             return base, base.num_proposals
         more = self.seg.encode_image(image, proposals=np.stack(extra), max_pixels=self.max_pixels)
-        import torch
-
-        state = ImageState(
-            image=base.image,
+        state = dataclasses.replace(  # the same ImageState with the extra proposals appended
+            base,
             masks=np.concatenate([base.masks, more.masks]),
             boxes=np.concatenate([base.boxes, more.boxes]),
             features=torch.cat([base.features, more.features.to(base.features.device)]),
-            gem_tokens=base.gem_tokens,
-            gem_grid=base.gem_grid,
             source="sam+tracked",
             timings={k: base.timings.get(k, 0.0) + more.timings.get(k, 0.0) for k in base.timings},
         )
