@@ -119,3 +119,23 @@ def test_cuda_batches_give_the_chunked_features(coco_sample):
             clip.cuda().visual, img, masks, cfg, torch.device("cuda")
         )
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_video_tracker_on_cuda():
+    """The SAM 2.1 video tracker (tiny random weights) on CUDA follows the CPU's answers."""
+    pytest.importorskip("transformers")
+    from hybridgl.video.hf_trackers import build_tracker
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(20)]
+    mask = np.zeros((60, 80), bool)
+    mask[15:40, 20:50] = True
+    cpu = build_tracker("sam2.1_hiera_tiny", random_mode="tiny", seed=3, device="cpu")
+    gpu = build_tracker("sam2.1_hiera_tiny", random_mode="tiny", seed=3, device="cuda")
+    assert all(p.device.type == "cuda" for p in gpu.model.parameters())
+    for i, f in enumerate(frames):
+        a = cpu.step(f, {1: mask} if i == 0 else None)
+        b = gpu.step(f, {1: mask} if i == 0 else None)
+        assert torch.allclose(gpu.last_logits.float().cpu(), cpu.last_logits, rtol=1e-2, atol=5e-2)
+        assert b.presence[1] == pytest.approx(a.presence[1], abs=1e-2)
+    assert gpu.memory_frames() <= gpu.memory_limit

@@ -113,3 +113,16 @@ def error_record_fields(exc: BaseException | str, kind: str | None = None) -> di
     if kind not in ERROR_KINDS:
         raise ValueError(f"unknown error_kind {kind!r}")
     return {"error": message, "error_kind": kind}
+
+
+class VideoError(HybridGLError, ValueError):
+    """A video, frame folder, stream or camera could not be read (CLI exit code 3).
+
+    Attributes:
+        frame: the index of the frame at fault in the source (None when the source could
+            not be opened at all). Frames before it were read and may have been used.
+    """
+
+    def __init__(self, message: str, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -572,6 +572,40 @@ class Segmenter:
         if thresholds is None:
             return mode, self.target_rules
         return mode, load_thresholds(thresholds)
+
+    def track(
+        self,
+        source: Any,
+        expressions: Sequence[str],
+        *,
+        tracker: Any = "sam2.1_hiera_tiny",
+        **options: Any,
+    ) -> Iterator[Any]:
+        """Follow each expression through a video: per-frame results, in frame order.
+
+        A thin entry to :class:`hybridgl.video.method.VideoSegmenter` (docs/VIDEO.md): this
+        segmenter grounds, ``tracker`` (a name of :data:`hybridgl.video.tracker.TRACKERS`
+        or a ready tracker) follows.
+
+        Args:
+            source: a video file, a frame folder, ``camera:N`` or any iterable of frames.
+            expressions: one phrase per object (object ids 1, 2, ...).
+            tracker: the video tracker.
+            **options: fields of :class:`hybridgl.video.method.TrackOptions`
+                (``reground_every``, ``keyframe``...) and the frame selection of
+                :func:`hybridgl.video.sources.open_source` (``stride``, ``max_frames``,
+                ``start``, ``end``, ``max_pixels``, ``fps``).
+
+        Returns:
+            An iterator of :class:`hybridgl.video.results.FrameResult`.
+        """
+        from hybridgl.video.method import VideoSegmenter
+
+        frames = {"stride", "max_frames", "start", "end", "max_pixels", "fps"}
+        selection = {k: v for k, v in options.items() if k in frames}
+        method = {k: v for k, v in options.items() if k not in frames}
+        video = VideoSegmenter.from_segmenter(self, tracker, **method)
+        return video.track(source, expressions, **selection)
 
     @torch.no_grad()
     def _score(

@@ -249,6 +249,10 @@ REGISTRY: dict[str, Checkpoint] = {
                  f"syscv-community/sam-hq-vit-{s}", "main", _HF_MODEL_FILES)
             for s in ("base", "large", "huge")
         ),
+        # EdgeTAM video tracker (hybridgl.video.hf_trackers; the SAM 2.1 trackers use the
+        # sam2.1_hiera_* entries above: one Hub repository serves image and video models)
+        _hub("edgetam", "sam", "edgetam", "yonigozlan/EdgeTAM-hf", "main",
+             ("config.json", "model.safetensors")),
     )
 }  # fmt: skip
 """Registry name -> :class:`Checkpoint` of every official checkpoint."""

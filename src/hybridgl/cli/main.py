@@ -16,6 +16,7 @@ segmentation with SAM proposals, hybrid global-local CLIP features and spatial g
 Examples:
   hybridgl segment photo.jpg "the dog on the left" --overlay out.jpg --json out.json
   hybridgl segment-volume CT_SERIES/ "the liver" --out liver/ --window abdomen --seg liver.dcm
+  hybridgl track clip.mp4 "the dog on the left" --out results/ --overlay tracked.mp4
   hybridgl batch rows.jsonl --out results/
   hybridgl weights download
   hybridgl index ~/photos --db photos-index && hybridgl search "the red car" --db photos-index
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         segment,
         segment_volume,
         serve,
+        track,
         weights_cmd,
     )
 
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     # every subcommand, in one place, in the order `hybridgl --help` lists them
     segment.register(subparsers)
     segment_volume.register(subparsers)
+    track.register(subparsers)
     batch.register(subparsers)
     evaluate.register(subparsers)
     weights_cmd.register(subparsers)

@@ -22,8 +22,9 @@ from hybridgl.spec import ModelSpec
 __all__ = ["ENGINES", "EngineOptions", "Progress", "Sink", "run_units"]
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> Any:
-    """The one progress bar of the bulk jobs (tqdm on stderr): batch, evaluate, index."""
+def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True) -> Any:
+    """The one progress bar of the bulk jobs (tqdm on stderr): batch, evaluate, index, track
+    (``total`` None: unknown, e.g. a camera)."""
     from tqdm import tqdm
 
     return tqdm(

@@ -78,13 +78,14 @@
     ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
   }
 
+  // the tabs: each button shows the view it controls and hides the others
   function selectTab(name) {
-    const search = name === "search";
-    els.tabSearch.setAttribute("aria-selected", String(search));
-    els.tabSegment.setAttribute("aria-selected", String(!search));
-    show(els.searchView, search);
-    show(els.segmentView, !search);
-    if (search) els.phrase.focus();
+    document.querySelectorAll("#tabs .tab").forEach((tab) => {
+      const on = tab.id === `tab-${name}`;
+      tab.setAttribute("aria-selected", String(on));
+      show(document.getElementById(tab.getAttribute("aria-controls")), on);
+    });
+    if (name === "search") els.phrase.focus();
   }
 
   function renderGrid(body) {
@@ -189,7 +190,8 @@
     try {
       const r = await api("/v1/models");
       const body = await r.json();
-      if (body.search) show(els.tabs, true);
+      show(els.tabs, true); // the Video tab is always there
+      show(els.tabSearch, Boolean(body.search));
     } catch (e) {
       /* app.js reports an unreachable server or a missing key */
     }
@@ -197,6 +199,7 @@
 
   els.tabSegment.addEventListener("click", () => selectTab("segment"));
   els.tabSearch.addEventListener("click", () => selectTab("search"));
+  $("tab-video").addEventListener("click", () => selectTab("video"));
   els.detailClose.addEventListener("click", () => { show(els.detail, false); show(els.grid, true); });
   els.form.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -204,6 +207,6 @@
     if (!phrase) { setError("Type a phrase to search for."); return; }
     search(phrase);
   });
-  window.hybridglSearch = { state };
+  window.hybridglSearch = { state, selectTab };
   init();
 })();

@@ -1,0 +1,273 @@
+"""``hybridgl track VIDEO PHRASE [PHRASE ...] --out DIR``: follow phrases through a video."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    UsageError,
+    non_negative_int,
+    positive,
+)
+from hybridgl.cli.options import (
+    add_max_pixels_arg,
+    add_model_args,
+    build_segmenter,
+    check_runtime,
+    spec_from_args,
+)
+
+DESCRIPTION = """\
+Follow the object each PHRASE refers to through VIDEO (a video file, a folder of frames in
+the DAVIS / YouTube-VOS layout, or camera:N).
+
+The HybridGL method grounds every phrase on a keyframe, a video tracker follows it, and the
+method re-grounds every --reground-every frames (re-seeding the tracker when it disagrees and
+wins, reporting the object absent when nothing matches). docs/VIDEO.md has the rules.
+
+DIR receives frames.jsonl (one record per phrase per frame: COCO RLE mask, box, score, state
+keyframe|tracked|regrounded|absent, object id, frame index) and run.json; --davis adds
+DIR/davis/ (indexed PNGs), --vis DIR/results_vis.json (YouTube-VIS), --overlay a video.
+A run that is interrupted continues where it stopped when started again with the same DIR
+(every finished frame is kept; the tracker restarts from the last frame's masks).
+"""
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "frames.jsonl"
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    from hybridgl.video.tracker import DEFAULT_TRACKER, TRACKERS
+
+    p = subparsers.add_parser(
+        "track",
+        help="follow what phrases refer to through a video",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("video", metavar="VIDEO", help="video file, frame folder, or camera:N")
+    p.add_argument("expressions", metavar="PHRASE", nargs="+", help="referring phrase (quote it)")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--out", required=True, metavar="DIR", help="results folder (resumable)")
+    out.add_argument("--overlay", metavar="OUT.mp4", help="write the video with masks drawn")
+    out.add_argument("--davis", action="store_true", help="write DIR/davis/ indexed PNGs")
+    out.add_argument("--vis", action="store_true", help="write DIR/results_vis.json")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m = p.add_argument_group("video method")
+    m.add_argument("--tracker", default=DEFAULT_TRACKER, choices=list(TRACKERS),
+                   metavar="NAME", help=f"video tracker: {', '.join(TRACKERS)} "
+                   f"(default: {DEFAULT_TRACKER})")  # fmt: skip
+    m.add_argument("--reground-every", type=non_negative_int, default=15, metavar="N",
+                   help="run the method again every N frames (0: never; default: 15)")  # fmt: skip
+    m.add_argument("--keyframe", default="0", metavar="N|auto",
+                   help="frame position to ground on first (default: 0), or auto: the best "
+                   "of --keyframe-candidates evenly spaced frames")  # fmt: skip
+    m.add_argument("--keyframe-candidates", type=positive(int), default=5, metavar="K")
+    m.add_argument("--reseed-margin", type=float, default=0.05, metavar="M",
+                   help="re-seed when the method's choice beats the tracked mask by more "
+                   "than M of its score (default: 0.05)")  # fmt: skip
+    m.add_argument("--presence-threshold", type=float, default=0.5, metavar="P",
+                   help="absent when the tracker's presence score is below P (default: "
+                   "0.5; negative: off)")  # fmt: skip
+    m.add_argument(
+        "--min-cosine",
+        type=float,
+        default=None,
+        metavar="C",
+        help="absent when the method's choice has a cosine below C (default: off)",
+    )
+    s = p.add_argument_group("frames")
+    s.add_argument("--stride", type=positive(int), default=1, metavar="S")
+    s.add_argument("--max-frames", type=positive(int), default=None, metavar="N")
+    s.add_argument("--start", type=float, default=None, metavar="SEC")
+    s.add_argument("--end", type=float, default=None, metavar="SEC")
+    s.add_argument("--fps", type=positive(float), default=None, metavar="FPS",
+                   help="frame rate of a frame folder (gives it times)")  # fmt: skip
+    add_max_pixels_arg(s, refused="exit 3 (bad input)")
+    add_model_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _keyframe(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--keyframe must be a frame position or auto, got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"--keyframe must be >= 0, got {value}")
+    return value
+
+
+def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """What makes two runs the same run (checked before resuming): the video, the phrases,
+    the tracker, the model spec and the options of the video method."""
+    src = args.video
+    if not str(src).startswith("camera:"):
+        src = str(Path(src).resolve())
+    return {
+        "source": src,
+        "expressions": list(args.expressions),
+        "tracker": args.tracker,
+        "model": {k: v for k, v in spec.to_dict().items() if k not in ("device", "threads")},
+        "options": {
+            k: getattr(args, k)
+            for k in (
+                "reground_every",
+                "keyframe",
+                "keyframe_candidates",
+                "reseed_margin",
+                "presence_threshold",
+                "min_cosine",
+                "stride",
+                "max_frames",
+                "start",
+                "end",
+                "fps",
+                "no_guidance",
+                "top_k",
+            )  # fmt: skip
+        },
+    }
+
+
+def _resume_point(records: list[dict[str, Any]], n_objects: int) -> Any:
+    """The :class:`ResumePoint` after the last complete frame, or None to start afresh."""
+    from hybridgl.masks import rle_to_mask
+    from hybridgl.video.method import ResumePoint
+    from hybridgl.video.outputs import group_by_frame
+
+    frames = {f: r for f, r in group_by_frame(records).items() if len(r) == n_objects}
+    keys = [f for f, recs in frames.items() if any(r.get("keyframe") for r in recs)]
+    if not frames or not keys:
+        return None
+    last = max(frames)
+    masks = {
+        int(r["object_id"]): rle_to_mask(r["mask"]) if r["present"] else None for r in frames[last]
+    }
+    return ResumePoint(frame=last, keyframe=keys[0], masks=masks)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridgl.errors import ExpressionError
+    from hybridgl.fileio import atomic_write_json
+    from hybridgl.jobs.engine import progress_bar
+    from hybridgl.jobs.records import RecordWriter, read_records
+    from hybridgl.video.grounding import HybridGLGrounder
+    from hybridgl.video.hf_trackers import build_tracker
+    from hybridgl.video.method import TrackOptions, VideoSegmenter
+    from hybridgl.video.outputs import (
+        record_key,
+        write_davis_pngs,
+        write_overlay,
+        write_youtube_vis,
+    )
+    from hybridgl.video.sources import Selection, open_source
+
+    # cheap checks first: bad input fails before the models load
+    for i, expr in enumerate(args.expressions):
+        if not expr.strip():
+            raise ExpressionError(f"phrase {i} is empty")
+    if args.overlay and Path(args.overlay).suffix.lower() not in (".mp4", ".mkv", ".webm",
+                                                                  ".mov", ".avi"):  # fmt: skip
+        raise UsageError(f"--overlay must be a video file (.mp4, ...), got {args.overlay!r}")
+    options = TrackOptions(
+        keyframe=_keyframe(args.keyframe),
+        keyframe_candidates=args.keyframe_candidates,
+        reground_every=args.reground_every,
+        reseed_margin=args.reseed_margin,
+        presence_threshold=None if args.presence_threshold < 0 else args.presence_threshold,
+        min_cosine=args.min_cosine,
+        top_k=args.top_k,
+        guidance=not args.no_guidance,
+    )
+    selection = {"stride": args.stride, "max_frames": args.max_frames, "start": args.start,
+                 "end": args.end, "max_pixels": args.max_pixels or None, "fps": args.fps}  # fmt: skip
+    try:
+        Selection(args.stride, args.max_frames, args.start, args.end)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    source = open_source(args.video, **selection)
+    if args.overlay and not source.reopenable:
+        raise UsageError("--overlay needs a file or folder (a camera cannot be read again)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder")
+    spec = spec_from_args(args)
+    check_runtime(spec)
+    this_run = json.loads(json.dumps(settings(args, spec)))  # as it reads back from run.json
+    run_file = out / RUN_FILE
+    records_path = out / RECORDS_FILE
+    previous: dict[str, Any] = {}
+    if run_file.is_file():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        if previous.get("settings") != this_run:
+            raise UsageError(
+                f"{out} holds another run (other video, phrases or options); "
+                "use another --out folder or delete it"
+            )
+    log = read_records(records_path, record_key)
+    n_obj = len(args.expressions)
+    resume = _resume_point(log.current(), n_obj) if log.current() else None
+    done_frames = {int(r["frame"]) for r in log.current()}
+    if log.current() and resume is None:
+        records_path.unlink()  # nothing usable before the keyframe's record: start afresh
+        done_frames = set()
+
+    if not previous.get("complete"):
+        tracker = build_tracker(args.tracker, device=spec.device, weights_dir=spec.weights_dir)
+        seg = build_segmenter(spec)
+        grounder = HybridGLGrounder(
+            seg,
+            top_k=options.top_k,
+            guidance=options.guidance,
+            min_cosine=options.min_cosine,
+            max_pixels=args.max_pixels or None,
+        )
+        vs = VideoSegmenter(grounder, tracker, options)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_file, {"settings": this_run, "complete": False,
+                                     "model": dict(getattr(seg, "model_info", {}))})  # fmt: skip
+        bar = progress_bar(source.frame_count(), "track", "frame", not args.no_progress)
+        bar.update(len(done_frames))
+        with RecordWriter(records_path) as writer:
+            for result in vs.track(source, args.expressions, resume=resume):
+                if result.frame in done_frames:  # pragma: no cover - the resume rule
+                    continue
+                writer.write_all(result.to_records())
+                writer.commit()
+                bar.update(1)
+        bar.close()
+        atomic_write_json(run_file, {"settings": this_run, "complete": True,
+                                     "model": dict(getattr(seg, "model_info", {}))})  # fmt: skip
+    records = read_records(records_path, record_key).current()
+    if args.davis:
+        write_davis_pngs(records, out / "davis")
+    if args.vis:
+        write_youtube_vis(records, out / "results_vis.json", video_id=Path(args.video).name)
+    if args.overlay:
+        write_overlay(open_source(args.video, **selection), records, args.overlay)
+    _summary(records, n_obj)
+    return EXIT_OK
+
+
+def _summary(records: list[dict[str, Any]], n_obj: int) -> None:
+    from collections import Counter
+
+    frames = len({r["frame"] for r in records})
+    print(f"{frames} frames, {n_obj} phrase(s)")
+    for oid in range(1, n_obj + 1):
+        mine = [r for r in records if r["object_id"] == oid]
+        counts = Counter(r["state"] for r in mine)
+        expr = json.dumps(mine[0]["expression"] if mine else "", ensure_ascii=False)
+        states = " ".join(f"{k}={counts.get(k, 0)}" for k in
+                          ("keyframe", "tracked", "regrounded", "absent"))  # fmt: skip
+        print(f"[{oid}] {expr}: {states}")
