@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import ImageError
-from hybridgl.images import DEFAULT_MAX_PIXELS, check_pixels
+from hybridgl.limits import DEFAULT_MAX_PIXELS, check_pixels
 from hybridgl.medical._deps import require_pydicom
 from hybridgl.medical.dicom_geometry import (
     affine_from,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import ImageError
-from hybridgl.images import DEFAULT_MAX_PIXELS
+from hybridgl.limits import DEFAULT_MAX_PIXELS
 from hybridgl.medical.volume import DEFAULT_MAX_VOXELS, Volume
 from hybridgl.medical.window import Window
 

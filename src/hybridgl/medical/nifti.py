@@ -22,7 +22,7 @@ import numpy as np
 
 from hybridgl.errors import ImageError
 from hybridgl.fileio import atomic_write_bytes
-from hybridgl.images import DEFAULT_MAX_PIXELS, check_pixels
+from hybridgl.limits import DEFAULT_MAX_PIXELS, check_pixels
 from hybridgl.medical._deps import require_nibabel
 from hybridgl.medical.volume import DEFAULT_MAX_VOXELS, Volume, check_voxels
 

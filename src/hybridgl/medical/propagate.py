@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from hybridgl.images import DEFAULT_MAX_PIXELS
+from hybridgl.limits import DEFAULT_MAX_PIXELS
 from hybridgl.medical.volume import Volume, check_axis
 from hybridgl.medical.window import Window
 
