@@ -509,7 +509,7 @@ def test_verify_marker_skips_rehash_until_file_changes(
         calls.append(p)
         return real(p)
 
-    monkeypatch.setattr(weights, "sha256_file", counting)
+    monkeypatch.setattr(weights.integrity, "sha256_file", counting)  # where verify_file looks it up
     assert weights.verify_file(fake, path)
     assert calls == [], "an unchanged, verified file must not be rehashed"
 
