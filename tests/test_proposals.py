@@ -12,6 +12,9 @@ import torch
 
 from hybridgl.config import SamConfig
 from hybridgl.errors import WeightsError
+from hybridgl.models import backends as B
+from hybridgl.models import hf_proposals as H
+from hybridgl.models import proposal_base as PB
 from hybridgl.models import proposals as P
 
 # one backend per transformers model class (the sizes share their class and code path)
@@ -35,7 +38,7 @@ def image(coco_sample) -> np.ndarray:
 
 
 def test_registry_names_and_unknown_backend():
-    assert P.DEFAULT_BACKEND == "vit_h" and list(P.BACKENDS)[:3] == ["vit_h", "vit_l", "vit_b"]
+    assert B.DEFAULT_BACKEND == "vit_h" and list(B.BACKENDS)[:3] == ["vit_h", "vit_l", "vit_b"]
     for name in (
         "sam2.1_hiera_tiny",
         "sam2.1_hiera_small",
@@ -47,9 +50,9 @@ def test_registry_names_and_unknown_backend():
         "sam_hq_vit_l",
         "sam_hq_vit_h",
     ):
-        assert P.get_backend_spec(name).needs_transformers
+        assert B.get_backend_spec(name).needs_transformers
     with pytest.raises(ValueError, match="sam2.1_hiera_tiny"):
-        P.get_backend_spec("vit_x")
+        B.get_backend_spec("vit_x")
 
 
 def test_sam_v1_backend_is_the_generator_unchanged(image):
@@ -91,7 +94,7 @@ def test_min_area_equals_sam_postprocessing():
     masks[3, 5:40, 6:50] = True  # duplicate of 0 after cleaning
     masks[4, 0:3, 0:3] = True  # small everywhere: its largest region is kept
     scores = np.linspace(0.9, 0.8, 5).astype(np.float32)
-    got_m, got_b, got_s = P.remove_small_regions(masks, scores, 20, 0.7)
+    got_m, got_b, got_s = PB.remove_small_regions(masks, scores, 20, 0.7)
 
     t = torch.as_tensor(masks)
     data = MaskData(
@@ -144,7 +147,7 @@ def test_hf_backend_equals_transformers_pipeline(name, image):
     raw_masks, raw_scores = backend.run_pipeline(image)
     np.testing.assert_array_equal(raw_masks, ref_masks)
     np.testing.assert_array_equal(raw_scores, ref_scores)
-    m, b, s = P.remove_small_regions(ref_masks, ref_scores, 800, 0.7)
+    m, b, s = PB.remove_small_regions(ref_masks, ref_scores, 800, 0.7)
     np.testing.assert_array_equal(got.masks, m)
     np.testing.assert_array_equal(got.boxes, b)
     np.testing.assert_array_equal(got.scores, s)
@@ -157,7 +160,7 @@ def test_hf_backend_end_to_end(name, monkeypatch, coco_sample):
     from hybridgl import Segmenter
 
     seg = Segmenter.from_pretrained(sam=name, device="cpu", config=None)
-    assert isinstance(seg.proposer, P.HFMaskGenerationBackend) and seg.proposer.name == name
+    assert isinstance(seg.proposer, H.HFMaskGenerationBackend) and seg.proposer.name == name
     assert seg.proposer.config == seg.config.sam
     img = _small(coco_sample[0])
     state = seg.set_image(img)
@@ -187,13 +190,13 @@ def test_full_size_configs_are_the_published_architectures():
     transformers = pytest.importorskip("transformers")
 
     def count(name: str) -> float:
-        spec = P.get_backend_spec(name)
+        spec = B.get_backend_spec(name)
         with torch.device("meta"):
             model = {
                 "hf_sam2": transformers.Sam2Model,
                 "hf_sam": transformers.SamModel,
                 "hf_sam_hq": transformers.SamHQModel,
-            }[spec.family](P.hf_config(spec))
+            }[spec.family](H.hf_config(spec))
         return sum(p.numel() for p in model.parameters()) / 1e6
 
     # published totals: SAM 2.1 Hiera-T/S/B+/L 38.9/46/80.8/224.4M including about 7.5M of
@@ -209,8 +212,8 @@ def test_full_size_configs_are_the_published_architectures():
         ("slimsam_50", 112 / 4),
     ):
         assert abs(count(name) - published) < 0.01 * published, name
-        spec = P.get_backend_spec(name)  # the published input side and preprocessing
-        config, proc = P.hf_config(spec), P.hf_image_processor(spec)
+        spec = B.get_backend_spec(name)  # the published input side and preprocessing
+        config, proc = H.hf_config(spec), H.hf_image_processor(spec)
         if spec.family == "hf_sam2":
             assert config.vision_config.backbone_config.image_size == [1024, 1024]
             assert config.vision_config.backbone_feature_sizes == [[256, 256], [128, 128], [64, 64]]
@@ -233,13 +236,13 @@ def test_missing_transformers_extra_is_one_line(monkeypatch):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", [n for n in P.BACKENDS if P.BACKENDS[n].needs_transformers])
+@pytest.mark.parametrize("name", [n for n in B.BACKENDS if B.BACKENDS[n].needs_transformers])
 def test_hub_entries_resolve_offline_from_a_weights_dir(name, monkeypatch, tmp_path):
     from hybridgl import weights
 
     monkeypatch.setenv("HYBRIDGL_OFFLINE", "1")
     monkeypatch.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path / "cache"))
-    ck = weights.get_checkpoint(P.get_backend_spec(name).checkpoint)
+    ck = weights.get_checkpoint(B.get_backend_spec(name).checkpoint)
     assert ck.is_hub and ck.hub_repo and ck.revision and ck.kind == "sam"
     assert weights.sam_checkpoint_name(name) == ck.name
     wdir = tmp_path / "w"

@@ -83,7 +83,8 @@ def backend_compute(backend: Any, image: Any) -> dict[str, float]:
     """
     import torch
 
-    from hybridgl.models.proposals import HFMaskGenerationBackend, SamV1Backend
+    from hybridgl.models.hf_proposals import HFMaskGenerationBackend
+    from hybridgl.models.proposals import SamV1Backend
 
     cfg = backend.config
     dev = backend.device
@@ -128,7 +129,7 @@ def backend_compute(backend: Any, image: Any) -> dict[str, float]:
         inputs = proc(images=crops, return_tensors="pt")
         with torch.no_grad(), enc_ctx:
             emb = model.get_image_embeddings(inputs["pixel_values"].to(dev))
-        from hybridgl.models.proposals import _float32
+        from hybridgl.models.proposal_base import _float32
 
         emb = _float32(emb)
         sync()
@@ -272,7 +273,9 @@ def measure_gdino_sam(spec: dict[str, Any]) -> dict[str, Any]:
     import transformers as tf
     from PIL import Image
 
-    from hybridgl.models import proposals as P
+    from hybridgl.models import backends as B
+    from hybridgl.models import hf_proposals as H
+    from hybridgl.models import proposal_base as PB
 
     device = spec.get("device", "cpu")
     pick = pick_image()
@@ -283,11 +286,11 @@ def measure_gdino_sam(spec: dict[str, Any]) -> dict[str, Any]:
     det_proc = tf.GroundingDinoImageProcessor()
     sam_name = spec["sam"]
     if sam_name == "vit_h":
-        sam_spec = P.BackendSpec("vit_h", "hf_sam", "-", "vit_h")
+        sam_spec = B.BackendSpec("vit_h", "hf_sam", "-", "vit_h")
     else:
-        sam_spec = P.get_backend_spec(sam_name)
-    sam = P.random_hf_model(sam_spec, "full", seed=1).to(device)
-    sam_proc = P.hf_image_processor(sam_spec)
+        sam_spec = B.get_backend_spec(sam_name)
+    sam = H.random_hf_model(sam_spec, "full", seed=1).to(device)
+    sam_proc = H.hf_image_processor(sam_spec)
     res: dict[str, Any] = {"load_seconds": time.perf_counter() - t}
     ids = _ids(det.config.text_config.vocab_size)
 
@@ -346,7 +349,7 @@ def measure_gdino_sam(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     with torch.no_grad(), _autocast(device, spec["dtype"]):
         emb = sam.get_image_embeddings(inputs["pixel_values"].to(device))
-    emb = P._float32(emb)
+    emb = PB._float32(emb)
     sync()
     res["sam_encoder"] = time.perf_counter() - t1
     t2 = time.perf_counter()

@@ -56,6 +56,7 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     """
     from hybridgl import weights
     from hybridgl.models import proposals as props
+    from hybridgl.models.backends import get_backend_spec, require_transformers
     from hybridgl.models.runtime import configure_threads
 
     spec.apply_env()
@@ -74,9 +75,9 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     dev = pick_device(spec.device)
     torch_dtype = resolve_dtype(spec.dtype, dev)
     random_mode = random_weights_mode()
-    backend = props.get_backend_spec(sam) if sam is not None else None
+    backend = get_backend_spec(sam) if sam is not None else None
     if backend is not None and backend.needs_transformers:
-        props.require_transformers()
+        require_transformers()
 
     checkpoints: dict[str, str] = {}
     if random_mode:

@@ -148,7 +148,7 @@ class Segmenter:
         """Load SAM, CLIP and spaCy and return a ready segmenter.
 
         Args:
-            sam: proposal backend (:data:`hybridgl.models.proposals.BACKENDS`): ``vit_h``
+            sam: proposal backend (:data:`hybridgl.models.backends.BACKENDS`): ``vit_h``
                 (default, as in the paper), ``vit_l``, ``vit_b``, or a ``transformers``
                 backend (``sam2.1_hiera_tiny``, ``slimsam_50``, ``sam_hq_vit_b``...,
                 extra ``hybridgl[transformers]``); None builds none (only

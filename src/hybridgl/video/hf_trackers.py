@@ -55,7 +55,7 @@ _TINY_SIDE = 256  # the tiny test size: 256 px input, 16 x 16 memory
 
 
 def _transformers() -> Any:
-    from hybridgl.models.proposals import require_transformers
+    from hybridgl.models.backends import require_transformers
 
     return require_transformers()
 
@@ -64,7 +64,7 @@ def video_config(spec: TrackerSpec, size: str = "full") -> Any:
     """The ``transformers`` configuration of a tracker, built in code (no download).
 
     SAM 2.1: the image encoder of the proposal backend of the same size
-    (:func:`hybridgl.models.proposals.hf_config`) and the video defaults of
+    (:func:`hybridgl.models.hf_proposals.hf_config`) and the video defaults of
     ``Sam2VideoConfig`` (the published ones). ``tiny``: the tiny Hiera at 256 px, with
     the memory path at width 128 (64-channel memories, as published: the model fixes it).
     """
@@ -73,7 +73,8 @@ def video_config(spec: TrackerSpec, size: str = "full") -> Any:
         if size == "tiny":
             raise ValueError("edgetam has no tiny test size; use a sam2.1 tracker for tests")
         return t.EdgeTamVideoConfig()
-    from hybridgl.models.proposals import get_backend_spec, hf_config
+    from hybridgl.models.backends import get_backend_spec
+    from hybridgl.models.hf_proposals import hf_config
 
     image = hf_config(get_backend_spec(spec.checkpoint), "tiny" if size == "tiny" else "full")
     if size != "tiny":
