@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,23 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_image_folder(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted: the one folder scan."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))
+def scan_image_folder(
+    folder: Path, on_error: Callable[[Path, OSError], None] | None = None
+) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted: the one folder scan.
+
+    A subfolder that cannot be read (permissions) is passed to ``on_error`` with the
+    error (an index run records it as a failure), or skipped when it is None.
+    """
+
+    def unreadable(e: OSError) -> None:
+        if on_error is not None:
+            on_error(Path(e.filename if e.filename is not None else folder), e)
+
+    found = []
+    for root, _dirs, names in os.walk(folder, onerror=unreadable):
+        for name in names:
+            p = Path(root) / name
+            if is_image_name(p) and p.is_file():
+                found.append(p)
+    return sorted(found)

@@ -78,6 +78,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hybridgl.names import show
+
     code = missing_extra(args)
     if code is not None:
         return code
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"indexed {report.indexed}, skipped {report.skipped} unchanged, pruned {report.pruned}, "
             f"failed {len(report.failed)}, {report.proposals} proposals, "
-            f"time {report.seconds:.1f} s ({args.db})",
+            f"time {report.seconds:.1f} s ({show(args.db)})",
             flush=True,
         )
     optimized = None

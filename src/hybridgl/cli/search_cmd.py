@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     from hybridgl.errors import ExpressionError
     from hybridgl.fileio import atomic_write_text
+    from hybridgl.names import show
 
     if not args.expression.strip():
         raise ExpressionError("the phrase is empty")
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for h in hits:
         box = " ".join(f"{v:.0f}" for v in h.prediction.box)
-        print(f"{h.rank:>3}  {h.similarity:.4f}  {h.path}  box [{box}]", file=out)
+        # the path escaped (newlines, terminal escapes, non-UTF-8 bytes); --json has it exact
+        print(f"{h.rank:>3}  {h.similarity:.4f}  {show(h.path)}  box [{box}]", file=out)
     if args.json_out:
         text = json.dumps(search_document(idx, hits), indent=2) + "\n"
         if args.json_out == "-":

@@ -164,12 +164,16 @@ def _read_csv(path: Path) -> Iterator[Row | BadRow]:
 
 
 def _read_folder(folder: Path, expressions: list[str]) -> Iterator[Row]:
+    from hybridgl.names import safe_text
+
     images = scan_image_folder(folder)
     if not images:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {folder}")
     n = 0
     for img in images:
-        rel = img.relative_to(folder).as_posix()
+        # a name that is not UTF-8 is kept as text with its bytes escaped (\xNN), so the
+        # records stay valid JSON; the file itself is read by its real path
+        rel = safe_text(img.relative_to(folder).as_posix())
         for expr in expressions:
             n += 1
             yield Row(id=default_id(rel, expr), line=n, image=rel, expression=expr, image_path=img)

@@ -27,6 +27,7 @@ import numpy as np
 
 from hybridgl.errors import ExpressionError, ImageError
 from hybridgl.images import is_image_name, scan_image_folder
+from hybridgl.names import is_text, safe_text, show
 from hybridgl.search import fingerprint as fpmod
 from hybridgl.search.errors import IndexStoreError
 from hybridgl.search.store import FAILURES, IMAGES, PROPOSALS, Store, in_filter, is_remote
@@ -159,7 +160,8 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
     A list file is any non-image file: one path a line (relative to the list file's
     folder; blank lines and lines starting with ``#`` are skipped). Listed paths that do
-    not exist come back as failures ``(path, error)``; a missing PATH argument raises.
+    not exist, and folders that cannot be read (permissions), come back as failures
+    ``(path, error)``; a missing PATH argument raises.
 
     Returns:
         ``(images, failures)``: absolute paths in order, without duplicates.
@@ -168,7 +170,10 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     failures: list[tuple[str, str]] = []
 
     def add_dir(d: Path) -> None:
-        out.extend(scan_image_folder(d))
+        def unreadable(path: Path, error: OSError) -> None:
+            failures.append((safe_text(path), f"cannot read folder: {error.strerror or error}"))
+
+        out.extend(scan_image_folder(d, on_error=unreadable))
 
     for raw in paths:
         p = Path(raw)
@@ -933,9 +938,10 @@ class Index:
         wanted_gem = self.gem_dtype or "none"
 
         def fail(path: str, error: str) -> None:
+            path, error = safe_text(path), safe_text(error)  # the failures table is UTF-8
             failures.append((path, error))
             report.failed.append((path, error))
-            bar.write(f"hybridgl: failed {path}: {error}", file=sys.stderr)
+            bar.write(show(f"hybridgl: failed {path}: {error}"), file=sys.stderr)
             if on_failure is not None:
                 on_failure(path, error)
 
@@ -988,6 +994,14 @@ class Index:
                     f"failed {len(report.failed)}",
                     refresh=False,
                 )
+                if not is_text(path):
+                    fail(
+                        path,
+                        "the file name is not valid UTF-8 (its undecodable bytes are shown as "
+                        "\\xNN); the index stores names as text: rename the file (e.g. with convmv)",
+                    )
+                    bar.update(1)
+                    continue
                 try:
                     data = f.read_bytes()
                     stat = f.stat()
