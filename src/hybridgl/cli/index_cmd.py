@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    eprint,
+)
 from hybridgl.cli.options import add_engine_args, engine_options
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
@@ -43,6 +50,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="use the masks of this COCO instances JSON (matched by file name) instead of SAM",
     )
     p.add_argument("--prune", action="store_true", help="remove entries whose file is gone")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the index for what a crashed run can leave (writes past the last "
+        "commit, duplicated or missing rows); exit 3 when it finds a problem",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what --check finds without re-encoding: roll back uncommitted writes, "
+        "drop duplicate rows; images that cannot be made whole are removed (the next "
+        "index run encodes them again)",
+    )
     p.add_argument(
         "--rebuild",
         action="store_true",
@@ -83,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     code = missing_extra(args)
     if code is not None:
         return code
+    if args.check or args.repair:
+        if args.paths or args.prune or args.optimize or args.rebuild:
+            raise UsageError("--check / --repair run alone (no PATH, --prune, --optimize)")
+        return _check(args)
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
     if args.sam == "none" and not args.proposals_from and (args.paths or args.rebuild):
@@ -122,3 +146,37 @@ def run(args: argparse.Namespace) -> int:
         doc = {"db": args.db, "report": report.to_dict() if report else None, "optimize": optimized}
         atomic_write_json(args.json_out, doc)
     return EXIT_PARTIAL if report is not None and report.failed else EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``--check`` / ``--repair``: one line per problem and per fix; exit 3 if any remain."""
+    from hybridgl.names import show
+    from hybridgl.search.index import Index
+
+    report = Index(args.db).verify(repair=args.repair)
+    for problem in report["problems"]:
+        print(f"problem: {show(problem)}", flush=True)
+    remaining = report["problems"]
+    if "repair" in report:
+        done = report["repair"]
+        for name, (committed, latest) in done["rolled_back"].items():
+            print(f"rolled back {name}: version {latest} -> committed {committed}")
+        print(
+            f"repaired: {len(done['fixed'])} image(s) de-duplicated, {len(done['removed'])} "
+            f"removed (re-encoded by the next index run), {done['orphans_deleted']} "
+            "orphaned image id(s) of proposals deleted",
+            flush=True,
+        )
+        remaining = report["problems_after_repair"]
+    if args.json_out:
+        from hybridgl.fileio import atomic_write_json
+
+        atomic_write_json(args.json_out, {"db": args.db, "check": report})
+    if remaining:
+        eprint(
+            f"hybridgl: error: index {show(args.db)} has {len(remaining)} problem(s)"
+            + ("" if args.repair else "; fix them with --repair (or rebuild with --rebuild)")
+        )
+        return EXIT_INPUT
+    print(f"index {show(args.db)} is consistent", flush=True)
+    return EXIT_OK

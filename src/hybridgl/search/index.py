@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -945,8 +946,10 @@ class Index:
             if on_failure is not None:
                 on_failure(path, error)
 
+        batch = uuid.uuid4().hex  # names the pending batch: a retried commit publishes it once
+
         def flush() -> None:
-            nonlocal last_commit
+            nonlocal last_commit, batch
             if delete_ids or image_rows or failures or done_paths:
                 store.commit(
                     delete_ids=delete_ids,
@@ -954,7 +957,9 @@ class Index:
                     proposals=_proposals_table(prop_parts, store.dim) if prop_parts else None,
                     failures=_failures_table(failures) if failures else None,
                     clear_failures=done_paths,
+                    batch=batch,
                 )
+            batch = uuid.uuid4().hex
             delete_ids.clear()
             image_rows.clear()
             prop_parts.clear()
@@ -1135,6 +1140,28 @@ class Index:
                 store.commit(delete_ids=ids)
         self.close()
         return len(ids)
+
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check the index for what a crash can leave (``hybridgl index --check``) and,
+        with ``repair``, fix it without re-encoding (:mod:`hybridgl.search.check`).
+
+        Holds the writer lock (a running index run makes it an ``IndexBusyError``).
+
+        Returns:
+            ``{"ok", "problems", "uncommitted"}``, plus ``"repair"`` (what was done) and
+            ``"ok_after_repair"`` / ``"problems_after_repair"`` when it repaired.
+        """
+        from hybridgl.search.check import check_index, repair_index
+
+        self.close()
+        with Store(self.db, writer=True, recover=False) as store:
+            report = check_index(store)
+            if repair and not report["ok"]:
+                report["repair"] = repair_index(store)
+                after = check_index(store)
+                report["ok_after_repair"] = after["ok"]
+                report["problems_after_repair"] = after["problems"]
+        return report
 
     def optimize(self, *, ann: bool | None = None) -> dict[str, Any]:
         """Compact the tables and build the IVF index (``ann=None``: when big enough).
