@@ -74,6 +74,21 @@ class SearchHit:
     width: int = 0
     height: int = 0
     candidate_masks: list[np.ndarray] = field(default_factory=list, repr=False)
+    # what the file held when indexed: checked before the file is read back (files.py)
+    sha256: str = field(default="", repr=False)
+    size: int | None = field(default=None, repr=False)
+    roots: list[str] | None = field(default=None, repr=False)
+
+    def read_file(self) -> bytes:
+        """The image file's bytes, checked against what was indexed.
+
+        Raises:
+            IndexedFileGone: missing, or outside the indexed folders (a symbolic link).
+            IndexedFileChanged: other bytes than indexed.
+        """
+        from hybridgl.search.files import read_indexed_file
+
+        return read_indexed_file(self.path, sha256=self.sha256, size=self.size, roots=self.roots)
 
     def to_dict(self, *, mask: bool = True, candidate_masks: bool = False) -> dict[str, Any]:
         """The one record shape: :meth:`Prediction.to_dict` (RLE mask) with the hit's own
@@ -676,19 +691,25 @@ class Index:
 
     def image_path(self, image_id: str) -> str | None:
         """The indexed file of ``image_id`` (None when the index has no such image)."""
+        row = self.image_record(image_id)
+        return row["path"] if row else None
+
+    def image_record(self, image_id: str) -> dict[str, Any] | None:
+        """``{"path", "sha256", "size", "roots"}`` of ``image_id`` (None: no such image):
+        what :func:`hybridgl.search.files.read_indexed_file` checks before reading it."""
         from hybridgl.search.store import sql_str
 
+        store = self._store()
         rows = (
-            self._store()
-            .snapshot()[IMAGES]
+            store.snapshot()[IMAGES]
             .search()
             .where(f"image_id = {sql_str(image_id)}")
-            .select(["path"])
+            .select(["path", "sha256", "size"])
             .limit(1)
             .to_arrow()
             .to_pylist()
         )
-        return rows[0]["path"] if rows else None
+        return {**rows[0], "roots": store.roots} if rows else None
 
     def _store(self) -> Store:
         if self._reader is None:
@@ -791,6 +812,9 @@ class Index:
                     width=int(row["width"]),
                     height=int(row["height"]),
                     candidate_masks=[state.masks[c.index] for c in pred.candidates],
+                    sha256=str(row["sha256"]),
+                    size=None if row.get("size") is None else int(row["size"]),
+                    roots=store.roots,
                 )
             )
         t4 = time.perf_counter()
@@ -876,6 +900,10 @@ class Index:
         report = AddReport()
         store = self._open_writer(need_sam=coco is None, rebuild=rebuild)
         try:
+            from hybridgl.search.files import roots_of
+
+            # the folders whose files the index may serve back (search/files.py)
+            store.add_roots(roots_of(paths, (f for f in files if is_text(str(f)))))
             self._add(
                 store,
                 files,

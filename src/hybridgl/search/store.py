@@ -483,6 +483,23 @@ class Store:
         _step("meta")
         return seq
 
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Record folders whose files this index may serve back (``meta["roots"]``)."""
+        from hybridgl.search.files import minimal_roots
+
+        meta = self._read_meta()
+        old = list(meta.get("roots") or [])
+        merged = minimal_roots([*old, *roots])
+        if merged != sorted(old):
+            meta["roots"] = merged
+            self._write_meta(meta)
+
+    @property
+    def roots(self) -> list[str] | None:
+        """The indexed folders (None for an index written before they were recorded)."""
+        roots = self.meta.get("roots")
+        return list(roots) if roots else None
+
     def set_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         meta = self._read_meta()
         meta["fingerprint"] = fingerprint
