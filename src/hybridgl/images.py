@@ -157,6 +157,20 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         )
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"image is empty: shape {arr.shape}")
+    if (
+        np.issubdtype(arr.dtype, np.integer)
+        and arr.dtype not in (np.uint8, np.uint16)
+        and arr.size
+        and 0 <= int(np.min(arr))
+        and int(np.max(arr)) <= 255
+    ):
+        # e.g. np.array(pil_image, dtype=int) or a sum of uint8 arrays: as 16-bit it would
+        # come out black, as 8-bit it might be a dark 16-bit picture: refuse, never guess
+        raise ImageError(
+            f"image array of dtype {arr.dtype} has values in [0, 255], which is ambiguous: "
+            "convert it to uint8 for 8-bit pixels (arr.astype(np.uint8)) or to uint16 for "
+            "16-bit pixels"
+        )
     arr = to_uint8(arr, what=f"image array of dtype {arr.dtype}")
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))

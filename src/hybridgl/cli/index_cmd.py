@@ -51,6 +51,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--prune", action="store_true", help="remove entries whose file is gone")
     p.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="PATH_OR_ID",
+        help="remove an image (file path or image id) or every image under a folder from "
+        "the index (repeat for several; '.' and '' are refused)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --remove: list what would be removed and change nothing",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="check the index for what a crashed run can leave (writes past the last "
@@ -104,9 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     if args.check or args.repair:
-        if args.paths or args.prune or args.optimize or args.rebuild:
+        if args.paths or args.prune or args.optimize or args.rebuild or args.remove:
             raise UsageError("--check / --repair run alone (no PATH, --prune, --optimize)")
         return _check(args)
+    if args.dry_run and not args.remove:
+        raise UsageError("--dry-run goes with --remove")
+    if args.remove:
+        if args.paths or args.prune or args.optimize or args.rebuild:
+            raise UsageError("--remove runs alone (no PATH, --prune, --optimize, --rebuild)")
+        return _remove(args)
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
     if args.sam == "none" and not args.proposals_from and (args.paths or args.rebuild):
@@ -179,4 +198,21 @@ def _check(args: argparse.Namespace) -> int:
         )
         return EXIT_INPUT
     print(f"index {show(args.db)} is consistent", flush=True)
+    return EXIT_OK
+
+
+def _remove(args: argparse.Namespace) -> int:
+    """``--remove``: one line per image removed (or that would be, with ``--dry-run``)."""
+    from hybridgl.names import show
+    from hybridgl.search.index import Index
+
+    idx = Index(args.db)
+    try:
+        n = idx.remove(args.remove, dry_run=args.dry_run)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    verb = "would remove" if args.dry_run else "removed"
+    for image_id, path in idx.last_removed:
+        print(f"{verb} {image_id}  {show(path)}")
+    print(f"{verb} {n} image(s) from {show(args.db)}", flush=True)
     return EXIT_OK

@@ -609,6 +609,7 @@ class Index:
         ModelSpec(sam=None).with_given(self._given)  # a bad option fails here
         self.gem_dtype: str | None = gem_dtype if gem else None
         self._reader: Store | None = None
+        self.last_removed: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ model
     def _expected_spec(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
@@ -774,13 +775,17 @@ class Index:
             raise ExpressionError("expression is empty")
         if top < 1:
             raise ValueError("top must be >= 1")
+        if top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if min_score is not None and not np.isfinite(min_score):
+            raise ValueError(f"min_score must be a finite number, got {min_score!r}")
         m = int(rerank) if rerank is not None else int(top)
         if m < 1:
             raise ValueError("rerank must be >= 1")
         t0 = time.perf_counter()
         store = self._store()
+        snap = store.snapshot()  # a damaged index fails here, before any model loads
         seg = self.segmenter(store, need_sam=False)
-        snap = store.snapshot()
         parse = seg.parse(expression)
         with torch.no_grad():
             f_text = text_embedding(seg, parse).float().cpu()
@@ -1135,15 +1140,40 @@ class Index:
                 flush()  # keep the finished images: the next run resumes after them
         flush()
 
-    def remove(self, items: Iterable[str | os.PathLike] | str | os.PathLike) -> int:
+    def remove(
+        self, items: Iterable[str | os.PathLike] | str | os.PathLike, *, dry_run: bool = False
+    ) -> int:
         """Remove images by path (files or folders, as indexed) or by image id.
 
+        An empty item, ``.``, ``..`` or a filesystem root is refused (it would name every
+        image under the current folder, or all of them): name the folder itself.
+
+        Args:
+            dry_run: change nothing; :attr:`last_removed` lists what would go.
+
         Returns:
-            How many images were removed.
+            How many images were removed (or would be, with ``dry_run``); their
+            ``(image_id, path)`` are in :attr:`last_removed`.
+
+        Raises:
+            ValueError: an empty, ``.``/``..`` or root item.
         """
         if isinstance(items, (str, os.PathLike)):
             items = [items]
         wanted = [os.fspath(i) for i in items]
+        prefixes = []
+        for w in wanted:
+            text = w.strip()
+            norm = os.path.normpath(text) if text else ""
+            if not text or norm == "." or all(part == ".." for part in Path(norm).parts):
+                raise ValueError(
+                    f"refusing to remove {w!r}: it would remove every image under the current "
+                    "folder (or above it); give the folder or file by name"
+                )
+            a = str(Path(text).absolute())
+            if Path(a).parent == Path(a):
+                raise ValueError(f"refusing to remove {w!r}: a filesystem root")
+            prefixes.append((text, a, a.rstrip("/") + "/"))
         with Store(self.db, writer=True) as store:
             rows = (
                 store.snapshot()[IMAGES]
@@ -1153,21 +1183,19 @@ class Index:
                 .to_arrow()
                 .to_pylist()
             )
-            ids = []
-            for r in rows:
-                for w in wanted:
-                    a = str(Path(w).absolute())
-                    if (
-                        r["image_id"] == w
-                        or r["path"] == a
-                        or r["path"].startswith(a.rstrip("/") + "/")
-                    ):
-                        ids.append(r["image_id"])
-                        break
-            if ids:
-                store.commit(delete_ids=ids)
+            found = [
+                (r["image_id"], r["path"])
+                for r in rows
+                if any(
+                    r["image_id"] == text or r["path"] == a or r["path"].startswith(folder)
+                    for text, a, folder in prefixes
+                )
+            ]
+            if found and not dry_run:
+                store.commit(delete_ids=[i for i, _ in found])
         self.close()
-        return len(ids)
+        self.last_removed = found
+        return len(found)
 
     def verify(self, *, repair: bool = False) -> dict[str, Any]:
         """Check the index for what a crash can leave (``hybridgl index --check``) and,

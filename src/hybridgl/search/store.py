@@ -239,7 +239,7 @@ class Store:
                         f"build one with `hybridgl index PATH --db {self.uri}`"
                     )
                 if fingerprint is None:
-                    raise ValueError("creating an index needs the model fingerprint")
+                    raise IndexStoreError("creating an index needs the model fingerprint")
                 self._create_tables(fingerprint() if callable(fingerprint) else fingerprint)
                 self.created = True
             self.meta = self._read_meta()
@@ -252,6 +252,12 @@ class Store:
                 self._take_lease()
             if writer and recover and not self.created:
                 self.rollback()
+        except IndexStoreError:
+            self.close()
+            raise
+        except Exception as e:  # the storage engine's own errors: a damaged index
+            self.close()
+            raise self.corrupt(e) from None
         except BaseException:
             self.close()
             raise
@@ -288,12 +294,27 @@ class Store:
             schema=_meta_schema(),
         )
 
+    def corrupt(self, error: BaseException) -> IndexStoreError:
+        """The one-line error for an index the storage engine cannot read."""
+        what = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        return IndexStoreError(
+            f"index {self.uri} is damaged or was changed by hand ({what}); check it with "
+            f"`hybridgl index --db {self.uri} --check`, or rebuild it with --rebuild"
+        )
+
     def _read_meta(self) -> dict[str, Any]:
-        tbl = self.db.open_table(META).to_arrow().to_pylist()
         try:
-            return {r["key"]: json.loads(r["value"]) for r in tbl}
-        except (TypeError, ValueError) as e:
-            raise IndexStoreError(f"{self.uri}: unreadable index metadata ({e})") from None
+            tbl = self.db.open_table(META).to_arrow().to_pylist()
+            meta = {r["key"]: json.loads(r["value"]) for r in tbl}
+            commit = meta["commit"]
+            for name in DATA_TABLES:
+                int(commit[name])
+            meta["fingerprint"]["dim"]
+        except IndexStoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - missing keys, bad JSON, engine errors
+            raise self.corrupt(e) from None
+        return meta
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self.db.open_table(META).add(self._meta_table(meta), mode="overwrite")
@@ -361,8 +382,11 @@ class Store:
         commit = self.meta["commit"]
         out: dict[str, Any] = {}
         for name in (IMAGES, PROPOSALS, FAILURES):
-            tbl = self.db.open_table(name)
-            tbl.checkout(int(commit[name]))
+            try:
+                tbl = self.db.open_table(name)
+                tbl.checkout(int(commit[name]))
+            except Exception as e:  # noqa: BLE001 - a missing table or version
+                raise self.corrupt(e) from None
             out[name] = tbl
         out["seq"] = int(commit.get("seq", 0))
         return out

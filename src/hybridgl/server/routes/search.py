@@ -8,6 +8,7 @@ stage 1 over every stored proposal, stage 2 (the full method) on the best images
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import re
 import time
@@ -81,6 +82,8 @@ def include(app: FastAPI) -> None:
                 f"expression is {len(expression)} characters; the limit is "
                 f"{settings.max_expression_chars}",
             )
+        if body.min_score is not None and not math.isfinite(body.min_score):
+            raise ApiError(422, "invalid_parameter", "min_score must be a finite number")
         top_k = body.top_k or settings.top_k
         if top_k > settings.max_top_k:
             raise ApiError(422, "invalid_parameter", f"top_k must be <= {settings.max_top_k}")
