@@ -184,3 +184,34 @@ def test_a_damaged_index_is_exit_3_naming_it_and_the_way_out(small_index, tmp_pa
     assert rc == 3 and len(err) == 1, err
     assert str(db) in err[0] and "--check" in err[0] and "--rebuild" in err[0]
     assert "internal error" not in err[0]
+
+
+# ------------------------------------------------------------------ Ray address
+
+
+def test_a_ray_address_where_nothing_listens_fails_fast_in_one_line() -> None:
+    import socket
+    import time
+
+    from hybridgl.cli.common import InputError, exit_code_for
+    from hybridgl.jobs.engine import EngineOptions
+    from hybridgl.jobs.ray_engine import _connect
+
+    with socket.socket() as s:  # a free port on 127.0.0.1, closed again
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class NoRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kw):
+            raise AssertionError("ray.init must not be reached")
+
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=f"127.0.0.1:{port}.*cannot reach") as e:
+        _connect(NoRay, EngineOptions(engine="ray", ray_address=f"127.0.0.1:{port}"))
+    assert time.perf_counter() - t0 < 5 and exit_code_for(e.value) == 3
+    assert "\n" not in str(e.value)
