@@ -205,3 +205,19 @@ def test_pillow_cannot_decode_a_file_as_another_format(monkeypatch: pytest.Monke
     monkeypatch.setattr(Image, "open", spy)
     load_image(VALID["png"])
     assert formats == [["PNG"]]
+
+
+def test_a_jpeg_whose_data_cannot_fill_its_frame_is_refused() -> None:
+    """A 16 x 16 JPEG whose frame header claims 9000 x 9000 decodes (libjpeg fills the
+    missing blocks with gray) into a silently wrong picture: refused from its headers."""
+    with pytest.raises(ImageError, match="cannot fill the 9000 x 9000"):
+        load_image(hi.jpeg_claiming(9000, 9000), max_pixels=None)
+
+
+def test_the_jpeg_data_bound_accepts_the_most_compact_real_files() -> None:
+    """Flat pictures with optimised Huffman tables come closest to the bound (2 bits a
+    block): they are read."""
+    for mode, size in (("L", (1200, 900)), ("RGB", (640, 480))):
+        flat = Image.new(mode, size, 128 if mode == "L" else (128, 128, 128))
+        data = _save(flat, "JPEG", quality=1, optimize=True)
+        assert load_image(data).shape[:2] == (size[1], size[0])

@@ -64,12 +64,16 @@ class HeaderInfo:
         format: the Pillow plugin that may decode the file (``"JPEG"``, ``"PNG"``, ...).
         width, height: the size Pillow will report (the canvas, or the first frame).
         frames: ``(width, height)`` of every frame found, the canvas included.
+        defect: why the file cannot be decoded faithfully although its sizes are known
+            (a JPEG whose data cannot fill its frame); callers refuse it after the size
+            check, so that an oversized file is reported as too large first.
     """
 
     format: str
     width: int
     height: int
     frames: tuple[tuple[int, int], ...]
+    defect: str | None = None
 
     @property
     def largest(self) -> tuple[int, int]:
@@ -121,8 +125,13 @@ def _png(b: _Buf, at: int = 0) -> tuple[int, int]:
     return _positive(w, h, "the PNG")
 
 
-def _jpeg(b: _Buf) -> tuple[int, int]:
+def _jpeg(b: _Buf) -> tuple[int, int, str | None]:
+    """The frame size; for a baseline (Huffman, sequential) JPEG also a check that the
+    file holds enough coded data to fill that frame (:func:`_jpeg_data_suffices`)."""
     i = 2
+    size: tuple[int, int] | None = None
+    sampling: list[tuple[int, int]] = []
+    sequential = False
     while True:
         if b.take(i, 1) != b"\xff":
             raise _Corrupt(f"no JPEG marker at byte {i}")
@@ -133,14 +142,59 @@ def _jpeg(b: _Buf) -> tuple[int, int]:
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
             i += 2
             continue
-        if marker in (0xD9, 0xDA):
+        if marker == 0xD9 or (marker == 0xDA and size is None):
             raise _Corrupt("the JPEG has no frame header before its image data")
-        if marker in _JPEG_SOF:
+        if marker == 0xDA:
+            assert size is not None
+            defect = None
+            if sequential:
+                try:
+                    _jpeg_data_suffices(b, i + 2 + b.one(">H", i + 2), size, sampling)
+                except _Corrupt as e:
+                    defect = str(e)
+            return size[0], size[1], defect
+        if marker in _JPEG_SOF and size is None:
             h, w = b.unpack(">HH", i + 5)
             if h == 0:
                 raise _Corrupt("the JPEG's height is 0 (a DNL marker), which is not supported")
-            return _positive(w, h, "the JPEG")
+            size = _positive(w, h, "the JPEG")
+            sequential = marker in (0xC0, 0xC1)
+            for c in range(b.one(">B", i + 9)):
+                hv = b.one(">B", i + 11 + 3 * c)
+                sampling.append((hv >> 4, hv & 0x0F))
         i += 2 + b.one(">H", i + 2)
+
+
+def _jpeg_data_suffices(
+    b: _Buf, start: int, size: tuple[int, int], sampling: list[tuple[int, int]]
+) -> None:
+    """Refuse a baseline JPEG whose coded data cannot fill the frame its header claims.
+
+    Every 8 x 8 block of every component costs at least 2 bits (a DC code and an
+    end-of-block code, each at least 1 bit long in any Huffman table), so the bytes
+    between the first scan header and the end marker must be at least a quarter of the
+    blocks. A file with fewer was cut short or had its frame header enlarged: libjpeg
+    would fill the missing blocks with gray and the picture would silently be wrong.
+    """
+    w, h = size
+    if not sampling or any(hh < 1 or vv < 1 for hh, vv in sampling):
+        raise _Corrupt("the JPEG's frame header has invalid sampling factors")
+    hmax = max(hh for hh, _ in sampling)
+    vmax = max(vv for _, vv in sampling)
+
+    def ceil(a: int, d: int) -> int:
+        return -(-a // d)
+
+    blocks = sum(ceil(ceil(w * hh, hmax), 8) * ceil(ceil(h * vv, vmax), 8) for hh, vv in sampling)
+    end = bytes(b.data[-2:]) == b"\xff\xd9"
+    coded = b.n - start - (2 if end else 0)
+    need = blocks // 4
+    if coded < need:
+        raise _Corrupt(
+            f"the JPEG's coded data ({max(coded, 0):,} bytes) cannot fill the {w} x {h} its "
+            f"frame header claims (at least {need:,} bytes): the file was cut short or its "
+            "header altered"
+        )
 
 
 def _gif(b: _Buf) -> tuple[tuple[int, int], list[tuple[int, int]]]:
@@ -381,8 +435,8 @@ def _identify(b: _Buf) -> HeaderInfo:
         w, h = _png(b)
         return HeaderInfo("PNG", w, h, ((w, h),))
     if head[:3] == b"\xff\xd8\xff":
-        w, h = _jpeg(b)
-        return HeaderInfo("JPEG", w, h, ((w, h),))
+        w, h, defect = _jpeg(b)
+        return HeaderInfo("JPEG", w, h, ((w, h),), defect)
     if head[:6] in (b"GIF87a", b"GIF89a"):
         (w, h), frames = _gif(b)
         return HeaderInfo("GIF", w, h, tuple(frames))

@@ -193,6 +193,8 @@ def _open(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
     check_pixels(info.height, info.width, max_pixels, name=f"image {name}")
     width, height = info.largest
     check_pixels(height, width, max_pixels, name=f"a frame of image {name}")
+    if info.defect:
+        raise ImageError(f"cannot read image {name}: {info.defect}")
     try:
         with warnings.catch_warnings():
             # the size was checked against max_pixels above, before decoding

@@ -129,6 +129,8 @@ def inspect_upload(data: bytes, settings: ServerSettings) -> Upload:
     for width, height in ((info.width, info.height), info.largest):
         if width * height > limit:
             raise too_large(width, height, limit)
+    if info.defect:
+        raise ApiError(415, "invalid_image", f"the upload is not a readable image: {info.defect}")
     return Upload(data, hashlib.sha256(data).hexdigest(), info.width, info.height)
 
 
