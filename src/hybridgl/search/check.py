@@ -64,12 +64,9 @@ def _problems(store: Store) -> tuple[list[str], set[str], set[str]]:
                 f"image {image_id} ({r['path']}) has {len(have)} proposals rows for "
                 f"{want} proposals"
             )
-        itemsize = _GEM_ITEMSIZE.get(r.get("gem_dtype") or "none")
-        if itemsize and r.get("gem") is not None:
-            grid = int(r["gem_grid"] or 0)
-            if len(r["gem"]) != grid * grid * dim * itemsize:
-                broken.add(image_id)
-                messages.append(f"image {image_id} ({r['path']}) has a GEM blob of the wrong size")
+        if not _gem_ok(r, dim):
+            broken.add(image_id)
+            messages.append(f"image {image_id} ({r['path']}) has a GEM blob of the wrong size")
     return messages, broken, orphans
 
 
