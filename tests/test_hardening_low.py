@@ -193,7 +193,8 @@ def test_a_ray_address_where_nothing_listens_fails_fast_in_one_line() -> None:
     import socket
     import time
 
-    from hybridgl.cli.common import InputError, exit_code_for
+    from hybridgl.cli.common import exit_code_for
+    from hybridgl.errors import InputError
     from hybridgl.jobs.engine import EngineOptions
     from hybridgl.jobs.ray_engine import _connect
 

@@ -519,7 +519,9 @@ def test_hostile_uploads_are_checked_from_headers_under_the_in_flight_bound(
             time.sleep(0.3)
             h = c.get("/health").json()
             # the icons wait, unread, behind the two images being decoded
-            assert h["inspections"] == {"active": 0, "peak": 1, "total": 2, "max": 2}, h
+            insp = h["inspections"]
+            assert (insp["active"], insp["total"], insp["max"]) == (0, 2, 2), h
+            assert insp["peak"] in (1, 2), h  # the two real uploads may overlap
         finally:
             gated.gate.set()
             for t in threads:

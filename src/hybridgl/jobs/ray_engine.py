@@ -130,7 +130,7 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
     """
     import socket
 
-    from hybridgl.cli.common import InputError
+    from hybridgl.errors import InputError
 
     target = address.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")
