@@ -235,7 +235,7 @@ def test_ray_index_task_records_a_bomb(messy: Path) -> None:
 
 
 def test_evaluate_records_a_bomb_as_a_bad_image(messy: Path) -> None:
-    from hybridgl.eval.runner import _ImageFailure, _load
+    from hybridgl.eval.task import _ImageFailure, _load
 
     unit = WorkUnit(key="1", rows=[], data={"image_path": str(messy / "bomb.webp")})
     with pytest.raises(_ImageFailure) as e:
