@@ -454,3 +454,85 @@ def test_serve_options_come_from_the_settings_dataclass(monkeypatch):
     # the default pixel limit is the memory budget's, equal to the library's default
     assert ServerSettings().pixel_limit == DEFAULT_MAX_PIXELS
     assert ServerSettings(images_in_flight=4).pixel_limit == DEFAULT_MAX_PIXELS // 2
+
+
+# ------------------------------------------------------------------ hostile uploads at once
+
+
+def test_hostile_uploads_are_checked_from_headers_under_the_in_flight_bound(
+    tiny_segmenter, monkeypatch
+):
+    """Six concurrent icons whose 16 x 16 directory entry holds a 3000 x 3000 PNG (Pillow
+    decodes that frame inside ``Image.open``): header checks wait for a free image thread
+    like decoding does, no icon reaches Pillow, and each is a 413 from its header."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    from PIL import IcoImagePlugin
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+    import hostile_images
+
+    opened = []
+    real_open = IcoImagePlugin.IcoImageFile._open
+
+    def spy(self):
+        opened.append(1)
+        return real_open(self)
+
+    monkeypatch.setattr(IcoImagePlugin.IcoImageFile, "_open", spy)
+    icon = hostile_images.ico_with_png(hostile_images.blank_png(3000, 3000))
+    gated = GatedSegmenter(tiny_segmenter, default_proposals=halves)
+    # 2 images in flight; 64 MB for decoded images: a limit of about 2.8 MP
+    settings = ServerSettings(images_in_flight=2, max_queue=16, image_memory_bytes=64 << 20)
+    assert 48 * 64 < settings.pixel_limit < 3000 * 3000
+    answers: dict[str, httpx.Response] = {}
+
+    def send(name: str, data: bytes) -> None:
+        with httpx.Client(base_url=srv.url, timeout=120.0) as own:
+            answers[name] = own.post(
+                "/v1/segment",
+                files={"image": (name, data, "application/octet-stream")},
+                data={"expression": "the left half"},
+            )
+
+    with (
+        BackgroundServer(create_app(gated, settings)) as srv,
+        httpx.Client(base_url=srv.url, timeout=120.0) as c,
+    ):
+        jobs = [(f"ok{i}.png", small_png(300 + i)) for i in range(2)]
+        jobs += [(f"icon{i}.ico", icon) for i in range(6)]
+        threads = []
+        try:
+            for name, data in jobs:
+                threads.append(threading.Thread(target=send, args=(name, data), daemon=True))
+                threads[-1].start()
+                if name == "ok1.png":  # both image threads busy before the icons come
+                    deadline = time.monotonic() + 60
+                    while c.get("/health").json()["images"]["active"] < 2:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+            deadline = time.monotonic() + 60
+            while (h := c.get("/health").json())["queue"]["pending"] < len(jobs):
+                assert time.monotonic() < deadline, h
+                time.sleep(0.05)
+            time.sleep(0.3)
+            h = c.get("/health").json()
+            # the icons wait, unread, behind the two images being decoded
+            insp = h["inspections"]
+            assert (insp["active"], insp["total"], insp["max"]) == (0, 2, 2), h
+            assert insp["peak"] in (1, 2), h  # the two real uploads may overlap
+        finally:
+            gated.gate.set()
+            for t in threads:
+                t.join(120)
+        for name, r in answers.items():
+            if name.startswith("icon"):
+                err = assert_error(r, 413, "image_too_large")
+                assert "3000x3000" in err["message"]
+            else:
+                assert r.status_code == 200, r.text
+        assert opened == []  # Pillow never opened an icon
+        h = c.get("/health").json()
+        assert h["inspections"]["total"] == len(jobs) and h["inspections"]["peak"] <= 2
+        assert h["images"]["total"] == 2  # only the two real images were decoded

@@ -3,11 +3,14 @@
 One set of rules for every kind of input (a file, its bytes, a PIL image, an array):
 
 * **Size**: at most ``max_pixels`` pixels (:data:`DEFAULT_MAX_PIXELS` unless told
-  otherwise). For files and bytes the size is read from the header, before any pixel is
-  decoded, so a 39 KB PNG that claims 18000 x 18000 pixels is refused at once and with
-  flat memory. Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is never changed; its
-  decompression-bomb error (over twice that limit, about 179 MP by default) is reported
-  as an :class:`~hybridgl.errors.ImageError` too, and its warning never reaches the user.
+  otherwise). For files and bytes the canvas and *every frame* are read from the format's
+  own headers (:mod:`hybridgl.imageheader`) before Pillow sees the file, so a 39 KB PNG
+  that claims 18000 x 18000 pixels, or an icon whose 16 x 16 entry holds a huge PNG, is
+  refused at once and with flat memory; formats whose size cannot be read that way are
+  refused. Pillow then opens the file with that format's plugin only. Pillow's
+  process-wide ``Image.MAX_IMAGE_PIXELS`` is never changed; its decompression-bomb error
+  (over twice that limit, about 179 MP by default) is reported as an
+  :class:`~hybridgl.errors.ImageTooLargeError` too, and its warning never reaches the user.
 * **Orientation**: the EXIF orientation of files and PIL images is applied.
 * **8 bits**: uint8 data is used as is. **16-bit** data (``I;16`` images, uint16 arrays)
   keeps its high byte, ``v >> 8``: it is what Pillow itself does when it reads a 16-bit
@@ -25,17 +28,18 @@ One set of rules for every kind of input (a file, its bytes, a PIL image, an arr
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from hybridgl.errors import ImageError, ImageTooLargeError
+from hybridgl.imageheader import read_header
 from hybridgl.limits import DEFAULT_MAX_PIXELS, check_pixels
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -124,6 +128,20 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         )
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"image is empty: shape {arr.shape}")
+    if (
+        np.issubdtype(arr.dtype, np.integer)
+        and arr.dtype not in (np.uint8, np.uint16)
+        and arr.size
+        and 0 <= int(np.min(arr))
+        and int(np.max(arr)) <= 255
+    ):
+        # e.g. np.array(pil_image, dtype=int) or a sum of uint8 arrays: as 16-bit it would
+        # come out black, as 8-bit it might be a dark 16-bit picture: refuse, never guess
+        raise ImageError(
+            f"image array of dtype {arr.dtype} has values in [0, 255], which is ambiguous: "
+            "convert it to uint8 for 8-bit pixels (arr.astype(np.uint8)) or to uint16 for "
+            "16-bit pixels"
+        )
     arr = to_uint8(arr, what=f"image array of dtype {arr.dtype}")
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
@@ -135,57 +153,41 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _open(source: Any, name: str, max_pixels: int | None) -> np.ndarray:
+    """Bound every frame from the format's own headers, then let only that format's
+    plugin open and decode the file (:mod:`hybridgl.imageheader`)."""
+    try:
+        info = read_header(source)
+    except ImageError as e:
+        raise ImageError(f"cannot read image {name}: {e}") from None
+    except OSError as e:
+        raise ImageError(f"cannot read image {name}: {e.strerror or e}") from None
+    check_pixels(info.height, info.width, max_pixels, name=f"image {name}")
+    width, height = info.largest
+    check_pixels(height, width, max_pixels, name=f"a frame of image {name}")
+    if info.defect:
+        raise ImageError(f"cannot read image {name}: {info.defect}")
     try:
         with warnings.catch_warnings():
-            # the size is checked against max_pixels below, before decoding
+            # the size was checked against max_pixels above, before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img = Image.open(source, formats=[info.format])
     except Image.DecompressionBombError:
-        # over twice Pillow's own limit: Pillow will not open it, so read the size from
-        # the header with the format plugin and refuse it by OUR limit, like any other
-        size = _header_size(source)
-        if size is None:  # pragma: no cover - Pillow found a size, so a plugin can too
-            raise ImageTooLargeError(
-                f"image {name} is too large: above twice Pillow's limit of "
-                f"{Image.MAX_IMAGE_PIXELS:,} pixels, so above the limit of "
-                f"{max_pixels or 0:,} (max_pixels; the CLI's --max-pixels)",
-                limit=max_pixels,
-            ) from None
-        width, height = size
-        check_pixels(height, width, max_pixels, name=f"image {name}")
+        # over twice Pillow's own limit (only reached with max_pixels=None or above it)
         raise ImageTooLargeError(
             f"image {name} is too large: {width} x {height} = {width * height:,} pixels, "
             f"more than Pillow can open (twice PIL.Image.MAX_IMAGE_PIXELS)",
             height=height,
             width=width,
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageError(f"cannot read image {name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a hostile file: any decoder error is bad input
+        raise ImageError(f"cannot read image {name}: {_message(e, source, name)}") from None
     with img:
+        if img.size[0] * img.size[1] > width * height:  # pragma: no cover - defence
+            raise ImageError(
+                f"cannot read image {name}: Pillow reads a size of {img.size[0]} x "
+                f"{img.size[1]}, larger than its headers say ({width} x {height})"
+            )
         return _decode(img, f"image {name}", max_pixels)
-
-
-def _header_size(source: Any) -> tuple[int, int] | None:
-    """``(width, height)`` from the header, by the format plugins, without Pillow's bomb check.
-
-    Only called after Pillow refused the image as a decompression bomb, to report its size
-    against our limit; nothing is decoded.
-    """
-    Image.init()
-    with open(source, "rb") if isinstance(source, (str, os.PathLike)) else _rewound(source) as fp:
-        prefix = fp.read(16)
-        for fmt in Image.ID:
-            factory, accept = Image.OPEN[fmt]
-            found = accept(prefix) if accept else True
-            if not found or isinstance(found, str):  # a str: a warning, not a match
-                continue
-            try:
-                fp.seek(0)
-                with factory(fp, "") as im:
-                    return int(im.size[0]), int(im.size[1])
-            except (SyntaxError, IndexError, TypeError, ValueError, OSError):
-                continue
-    return None
 
 
 def _is_medical(path: str | os.PathLike) -> bool:
@@ -194,9 +196,12 @@ def _is_medical(path: str | os.PathLike) -> bool:
     return is_medical_path(path)
 
 
-def _rewound(fp: Any) -> Any:
-    fp.seek(0)
-    return contextlib.nullcontext(fp)
+def _message(error: BaseException, source: Any, name: str) -> str:
+    """A decoder's message, with the repr of an in-memory file replaced by its name."""
+    text = str(error).strip() or type(error).__name__
+    if source is not None and not isinstance(source, (str, os.PathLike)):
+        text = text.replace(repr(source), name)
+    return text
 
 
 def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
@@ -204,10 +209,16 @@ def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
     width, height = img.size
     check_pixels(height, width, max_pixels, name=name)
     try:
-        img.load()
-        upright = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot read {name}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:  # a frame larger than the size Pillow read
+        raise ImageTooLargeError(f"{name} is too large: {e}", limit=max_pixels) from None
+    except Exception as e:  # noqa: BLE001 - a hostile file: any decoder error is bad input
+        raise ImageError(
+            f"cannot read {name}: {_message(e, getattr(img, 'fp', None), name)}"
+        ) from None
     return _pil_to_rgb(upright)
 
 
@@ -271,6 +282,23 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def scan_image_folder(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted: the one folder scan."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))
+def scan_image_folder(
+    folder: Path, on_error: Callable[[Path, OSError], None] | None = None
+) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted: the one folder scan.
+
+    A subfolder that cannot be read (permissions) is passed to ``on_error`` with the
+    error (an index run records it as a failure), or skipped when it is None.
+    """
+
+    def unreadable(e: OSError) -> None:
+        if on_error is not None:
+            on_error(Path(e.filename if e.filename is not None else folder), e)
+
+    found = []
+    for root, _dirs, names in os.walk(folder, onerror=unreadable):
+        for name in names:
+            p = Path(root) / name
+            if is_image_name(p) and p.is_file():
+                found.append(p)
+    return sorted(found)

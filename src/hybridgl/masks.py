@@ -71,39 +71,89 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(arr.shape[0]), int(arr.shape[1])], "counts": counts}
 
 
+def _checked_counts(counts: list[Any]) -> list[int]:
+    """Uncompressed RLE counts: non-negative integers below 2**32 (pycocotools' uint)."""
+    for c in counts:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < 1 << 32:
+            raise ValueError(f"RLE counts must be integers in [0, 2**32), got {c!r}")
+    return [int(c) for c in counts]
+
+
+def _compressed_counts(counts: str | bytes) -> list[int]:
+    """The counts of a compressed COCO RLE string (pycocotools' ``rleFrString``, read
+    here so that they can be checked before decoding)."""
+    data = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    out: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("compressed RLE counts end in the middle of a number")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE counts hold an invalid character {data[p]!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if k > 7:
+                raise ValueError("compressed RLE counts hold a number over 32 bits")
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if not 0 <= x < 1 << 32:
+            raise ValueError(f"compressed RLE counts hold an invalid count {x}")
+        out.append(x)
+    return out
+
+
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Decode COCO RLE (compressed ``str``/``bytes`` counts or an uncompressed list).
 
     Returns:
         ``(H, W)`` bool mask.
 
+    Every count is checked before pycocotools sees it (its decoder writes as many pixels
+    as the counts say, whatever the size): non-negative integers summing to ``H * W``.
+
     Raises:
-        ValueError: the dict is not a valid RLE.
+        ValueError: the dict is not a valid RLE (wrong types, a bad compressed string,
+            counts that do not sum to ``H * W``).
     """
     from pycocotools import mask as mask_utils
 
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("RLE must be a dict with 'size' and 'counts'")
     size = rle["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        raise ValueError(f"RLE size must be [H, W], got {size!r}")
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+    ):
+        raise ValueError(f"RLE size must be [H, W] integers, got {size!r}")
     h, w = int(size[0]), int(size[1])
-    if h < 0 or w < 0:
-        raise ValueError(f"RLE size must be non-negative, got {size!r}")
+    if h < 0 or w < 0 or h > 1 << 31 or w > 1 << 31:
+        raise ValueError(f"RLE size must be non-negative 32-bit integers, got {size!r}")
     counts = rle["counts"]
+    if isinstance(counts, list):
+        values = _checked_counts(counts)
+    elif isinstance(counts, (str, bytes)):
+        values = _compressed_counts(counts)
+    else:
+        raise ValueError(f"RLE counts must be a str, bytes or list, got {type(counts).__name__}")
+    if sum(values) != h * w:
+        raise ValueError(f"RLE counts sum to {sum(values)}, not H * W = {h * w}")
     if h == 0 or w == 0:
         return np.zeros((h, w), dtype=bool)
     if isinstance(counts, list):
-        if sum(int(c) for c in counts) != h * w:
-            raise ValueError("uncompressed RLE counts do not sum to H * W")
-        coded = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    elif isinstance(counts, (str, bytes)):
+        coded = mask_utils.frPyObjects({"size": [h, w], "counts": values}, h, w)
+    else:
         coded = {
             "size": [h, w],
             "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
         }
-    else:
-        raise ValueError(f"RLE counts must be a str, bytes or list, got {type(counts).__name__}")
     try:
         out = mask_utils.decode(coded)
     except Exception as e:  # pycocotools raises bare exceptions on garbage

@@ -102,7 +102,9 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = str(exc.args[0])
-    return text or type(exc).__name__
+    from hybridgl.names import show
+
+    return show(text) or type(exc).__name__  # file names may hold newlines or non-UTF-8
 
 
 def exit_code_for(exc: BaseException) -> int:

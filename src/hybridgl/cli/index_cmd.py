@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL, UsageError, eprint
+from hybridgl.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    eprint,
+)
 from hybridgl.cli.options import add_engine_args, engine_options
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
@@ -44,6 +51,32 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--prune", action="store_true", help="remove entries whose file is gone")
     p.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="PATH_OR_ID",
+        help="remove an image (file path or image id) or every image under a folder from "
+        "the index (repeat for several; '.' and '' are refused)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --remove: list what would be removed and change nothing",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the index for what a crashed run can leave (writes past the last "
+        "commit, duplicated or missing rows); exit 3 when it finds a problem",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what --check finds without re-encoding: roll back uncommitted writes, "
+        "drop duplicate rows; images that cannot be made whole are removed (the next "
+        "index run encodes them again)",
+    )
+    p.add_argument(
         "--rebuild",
         action="store_true",
         help="empty the index and re-encode everything (needed to change models or options)",
@@ -78,9 +111,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hybridgl.names import show
+
     code = missing_extra(args)
     if code is not None:
         return code
+    if args.check or args.repair:
+        if args.paths or args.prune or args.optimize or args.rebuild or args.remove:
+            raise UsageError("--check / --repair run alone (no PATH, --prune, --optimize)")
+        return _check(args)
+    if args.dry_run and not args.remove:
+        raise UsageError("--dry-run goes with --remove")
+    if args.remove:
+        if args.paths or args.prune or args.optimize or args.rebuild:
+            raise UsageError("--remove runs alone (no PATH, --prune, --optimize, --rebuild)")
+        return _remove(args)
     if not args.paths and not (args.prune or args.optimize or args.rebuild):
         raise UsageError("give at least one PATH to index (or --prune / --optimize)")
     if args.sam == "none" and not args.proposals_from and (args.paths or args.rebuild):
@@ -103,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"indexed {report.indexed}, skipped {report.skipped} unchanged, pruned {report.pruned}, "
             f"failed {len(report.failed)}, {report.proposals} proposals, "
-            f"time {report.seconds:.1f} s ({args.db})",
+            f"time {report.seconds:.1f} s ({show(args.db)})",
             flush=True,
         )
     optimized = None
@@ -120,3 +165,54 @@ def run(args: argparse.Namespace) -> int:
         doc = {"db": args.db, "report": report.to_dict() if report else None, "optimize": optimized}
         atomic_write_json(args.json_out, doc)
     return EXIT_PARTIAL if report is not None and report.failed else EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``--check`` / ``--repair``: one line per problem and per fix; exit 3 if any remain."""
+    from hybridgl.names import show
+    from hybridgl.search.index import Index
+
+    report = Index(args.db).verify(repair=args.repair)
+    for problem in report["problems"]:
+        print(f"problem: {show(problem)}", flush=True)
+    remaining = report["problems"]
+    if "repair" in report:
+        done = report["repair"]
+        for name, (committed, latest) in done["rolled_back"].items():
+            print(f"rolled back {name}: version {latest} -> committed {committed}")
+        print(
+            f"repaired: {len(done['fixed'])} image(s) de-duplicated, {len(done['removed'])} "
+            f"removed (re-encoded by the next index run), {done['orphans_deleted']} "
+            "orphaned image id(s) of proposals deleted",
+            flush=True,
+        )
+        remaining = report["problems_after_repair"]
+    if args.json_out:
+        from hybridgl.fileio import atomic_write_json
+
+        atomic_write_json(args.json_out, {"db": args.db, "check": report})
+    if remaining:
+        eprint(
+            f"hybridgl: error: index {show(args.db)} has {len(remaining)} problem(s)"
+            + ("" if args.repair else "; fix them with --repair (or rebuild with --rebuild)")
+        )
+        return EXIT_INPUT
+    print(f"index {show(args.db)} is consistent", flush=True)
+    return EXIT_OK
+
+
+def _remove(args: argparse.Namespace) -> int:
+    """``--remove``: one line per image removed (or that would be, with ``--dry-run``)."""
+    from hybridgl.names import show
+    from hybridgl.search.index import Index
+
+    idx = Index(args.db)
+    try:
+        n = idx.remove(args.remove, dry_run=args.dry_run)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    verb = "would remove" if args.dry_run else "removed"
+    for image_id, path in idx.last_removed:
+        print(f"{verb} {image_id}  {show(path)}")
+    print(f"{verb} {n} image(s) from {show(args.db)}", flush=True)
+    return EXIT_OK

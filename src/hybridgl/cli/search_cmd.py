@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError, non_negative_int, positive
+from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError, positive
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
@@ -28,9 +29,12 @@ Examples:
 
 def _float(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # nan would silently drop every hit
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,7 +67,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--html", dest="html_out", metavar="OUT.html", help="write a gallery page")
     p.add_argument(
-        "--top-k", type=non_negative_int, default=3, metavar="K", help="candidates kept per hit (3)"
+        "--top-k", type=positive(int), default=3, metavar="K", help="candidates kept per hit (3)"
     )
     p.add_argument("--no-guidance", action="store_true", help="stage 2 without spatial guidance")
     add_model_options(p)
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     from hybridgl.errors import ExpressionError
     from hybridgl.fileio import atomic_write_text
+    from hybridgl.names import show
 
     if not args.expression.strip():
         raise ExpressionError("the phrase is empty")
@@ -115,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for h in hits:
         box = " ".join(f"{v:.0f}" for v in h.prediction.box)
-        print(f"{h.rank:>3}  {h.similarity:.4f}  {h.path}  box [{box}]", file=out)
+        # the path escaped (newlines, terminal escapes, non-UTF-8 bytes); --json has it exact
+        print(f"{h.rank:>3}  {h.similarity:.4f}  {show(h.path)}  box [{box}]", file=out)
     if args.json_out:
         text = json.dumps(search_document(idx, hits), indent=2) + "\n"
         if args.json_out == "-":

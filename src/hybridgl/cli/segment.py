@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.fileio import atomic_write_text
     from hybridgl.images import load_image
     from hybridgl.masks import load_proposals_file, save_mask_png
+    from hybridgl.names import safe_text
     from hybridgl.viz import overlay, save_image
 
     # Cheap checks first, so that bad input fails before the models load.
@@ -219,10 +220,10 @@ def run(args: argparse.Namespace) -> int:
         rec = {"id": i, **pred.to_dict(polygons=True)}
         if args.mask:
             path = save_mask_png(pred.mask, numbered_path(args.mask, i, count))
-            rec["mask_png"] = str(path)
+            rec["mask_png"] = safe_text(path)
             if getattr(args, "targets", "one") != "one":  # one PNG per target, beside the union
                 rec["target_mask_pngs"] = [
-                    str(
+                    safe_text(
                         save_mask_png(t.mask, path.with_name(f"{path.stem}.target{k}{path.suffix}"))
                     )
                     for k, t in enumerate(pred.targets)
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                 state.image, pred.mask, box=pred.box if pred.found else None, label=label
             )
             path = save_image(drawn, numbered_path(args.overlay, i, count))
-            rec["overlay"] = str(path)
+            rec["overlay"] = safe_text(path)
         records.append(rec)
 
     summary_stream = sys.stderr if args.json_out == "-" else sys.stdout
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json_out:
         doc = {
-            "image": str(args.image),
+            "image": safe_text(args.image),
             "height": int(state.height),
             "width": int(state.width),
             "num_proposals": int(state.num_proposals),

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -140,8 +141,23 @@ def _read_jsonl(path: Path) -> Iterator[Row | BadRow]:
             yield _make_row(record, n, base, where)
 
 
+#: Longest CSV field of a row (the csv module's own default limit): a longer one fails
+#: its row only, not the whole file.
+MAX_CSV_FIELD = 128 * 1024
+
+
 def _read_csv(path: Path) -> Iterator[Row | BadRow]:
     base = path.parent
+    # the csv module refuses the whole file at its first field over its process-wide
+    # limit; lift it while reading (memory is bounded by the file) and judge per row
+    limit = csv.field_size_limit(sys.maxsize)
+    try:
+        yield from _csv_rows(path, base)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(path: Path, base: Path) -> Iterator[Row | BadRow]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -155,6 +171,15 @@ def _read_csv(path: Path) -> Iterator[Row | BadRow]:
         reader.fieldnames = header
         for record in reader:
             n = reader.line_num
+            long = [k for k, v in record.items() if isinstance(v, str) and len(v) > MAX_CSV_FIELD]
+            if long:
+                yield BadRow(
+                    id=f"line:{n}",
+                    line=n,
+                    error=f"{path.name} line {n}: field {long[0]!r} is longer than "
+                    f"{MAX_CSV_FIELD // 1024} KB",
+                )
+                continue
             clean = {
                 k: (v.strip() if isinstance(v, str) and k != "expression" else v)
                 for k, v in record.items()
@@ -164,12 +189,16 @@ def _read_csv(path: Path) -> Iterator[Row | BadRow]:
 
 
 def _read_folder(folder: Path, expressions: list[str]) -> Iterator[Row]:
+    from hybridgl.names import safe_text
+
     images = scan_image_folder(folder)
     if not images:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {folder}")
     n = 0
     for img in images:
-        rel = img.relative_to(folder).as_posix()
+        # a name that is not UTF-8 is kept as text with its bytes escaped (\xNN), so the
+        # records stay valid JSON; the file itself is read by its real path
+        rel = safe_text(img.relative_to(folder).as_posix())
         for expr in expressions:
             n += 1
             yield Row(id=default_id(rel, expr), line=n, image=rel, expression=expr, image_path=img)

@@ -64,7 +64,9 @@ class Progress:
         self._postfix()
 
     def message(self, text: str) -> None:
-        self.bar.write(text, file=sys.stderr)
+        from hybridgl.names import show
+
+        self.bar.write(show(text), file=sys.stderr)  # one line, whatever a name holds
 
     def close(self) -> None:
         self.bar.close()

@@ -115,6 +115,39 @@ def _check_weights_on_nodes(ray: Any, spec: ModelSpec) -> None:
         raise WeightsError("\n\n".join(problems))
 
 
+#: Seconds to wait for a TCP connection to ``--ray-address`` before giving up.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, in one line, when nothing listens at a ``host:port`` Ray address
+    (``ray.init`` itself would wait without bound). ``auto`` and addresses without a port
+    are left to Ray.
+
+    Raises:
+        InputError: the host does not resolve or refuses / does not answer within
+            ``timeout`` seconds (CLI exit 3).
+    """
+    import socket
+
+    from hybridgl.errors import InputError
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise InputError(
+            f"--ray-address {address}: cannot reach a Ray cluster there ({reason} within "
+            f"{timeout:g} s); start it (`ray start --head`) or fix the address"
+        ) from None
+
+
 def _connect(ray: Any, opts: EngineOptions) -> bool:
     """Join the cluster (``--ray-address``, ``$RAY_ADDRESS``) or start a local one.
 
@@ -129,6 +162,7 @@ def _connect(ray: Any, opts: EngineOptions) -> bool:
         "logging_level": logging.WARNING,
     }
     if address:
+        check_reachable(address)
         ray.init(address=address, **kwargs)
         return True
     if opts.object_store_memory:

@@ -10,16 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from hybridgl.search.files import IndexedFileChanged, IndexedFileGone
+
 THUMB_SIDE = 360
 
 
 def thumbnail_jpeg(
-    path: str, mask: np.ndarray, box: Sequence[float], side: int = THUMB_SIDE
+    image_file: str | bytes, mask: np.ndarray, box: Sequence[float], side: int = THUMB_SIDE
 ) -> bytes | None:
     """The image with its mask and box drawn, scaled to at most ``side`` px, as JPEG.
 
-    Returns None when the image cannot be read any more (moved or deleted since indexing)
-    or its size no longer matches the mask.
+    Returns None when the image cannot be read or its size no longer matches the mask.
     """
     from PIL import Image
 
@@ -28,7 +29,7 @@ def thumbnail_jpeg(
     from hybridgl.viz import overlay
 
     try:
-        image = load_image(path)
+        image = load_image(image_file)
     except ImageError:
         return None
     if image.shape[:2] != mask.shape:
@@ -58,9 +59,16 @@ def render_gallery(query: str, hits: Sequence[Any], info: dict[str, Any] | None 
     cards = []
     for h in hits:
         pred = h.prediction
-        jpeg = thumbnail_jpeg(h.path, pred.mask, pred.box)
+        jpeg, why = None, "image not readable"
+        try:
+            # only the bytes that were indexed: not a file swapped in since (files.py)
+            jpeg = thumbnail_jpeg(h.read_file(), pred.mask, pred.box)
+        except IndexedFileChanged:
+            why = "image changed since it was indexed"
+        except IndexedFileGone:
+            why = "image gone (or now outside the indexed folders)"
         if jpeg is None:
-            pic = '<div class="missing">image not readable</div>'
+            pic = f'<div class="missing">{why}</div>'
         else:
             data = base64.b64encode(jpeg).decode("ascii")
             pic = f'<img alt="hit {h.rank}" src="data:image/jpeg;base64,{data}">'

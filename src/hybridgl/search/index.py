@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from hybridgl.errors import ExpressionError, ImageError
 from hybridgl.images import is_image_name, scan_image_folder
+from hybridgl.names import is_text, safe_text, show
 from hybridgl.search import fingerprint as fpmod
 from hybridgl.search.errors import IndexStoreError
 from hybridgl.search.store import FAILURES, IMAGES, PROPOSALS, Store, in_filter, is_remote
@@ -72,6 +74,21 @@ class SearchHit:
     width: int = 0
     height: int = 0
     candidate_masks: list[np.ndarray] = field(default_factory=list, repr=False)
+    # what the file held when indexed: checked before the file is read back (files.py)
+    sha256: str = field(default="", repr=False)
+    size: int | None = field(default=None, repr=False)
+    roots: list[str] | None = field(default=None, repr=False)
+
+    def read_file(self) -> bytes:
+        """The image file's bytes, checked against what was indexed.
+
+        Raises:
+            IndexedFileGone: missing, or outside the indexed folders (a symbolic link).
+            IndexedFileChanged: other bytes than indexed.
+        """
+        from hybridgl.search.files import read_indexed_file
+
+        return read_indexed_file(self.path, sha256=self.sha256, size=self.size, roots=self.roots)
 
     def to_dict(self, *, mask: bool = True, candidate_masks: bool = False) -> dict[str, Any]:
         """The one record shape: :meth:`Prediction.to_dict` (RLE mask) with the hit's own
@@ -159,7 +176,8 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
     A list file is any non-image file: one path a line (relative to the list file's
     folder; blank lines and lines starting with ``#`` are skipped). Listed paths that do
-    not exist come back as failures ``(path, error)``; a missing PATH argument raises.
+    not exist, and folders that cannot be read (permissions), come back as failures
+    ``(path, error)``; a missing PATH argument raises.
 
     Returns:
         ``(images, failures)``: absolute paths in order, without duplicates.
@@ -168,7 +186,10 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     failures: list[tuple[str, str]] = []
 
     def add_dir(d: Path) -> None:
-        out.extend(scan_image_folder(d))
+        def unreadable(path: Path, error: OSError) -> None:
+            failures.append((safe_text(path), f"cannot read folder: {error.strerror or error}"))
+
+        out.extend(scan_image_folder(d, on_error=unreadable))
 
     for raw in paths:
         p = Path(raw)
@@ -588,6 +609,7 @@ class Index:
         ModelSpec(sam=None).with_given(self._given)  # a bad option fails here
         self.gem_dtype: str | None = gem_dtype if gem else None
         self._reader: Store | None = None
+        self.last_removed: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ model
     def _expected_spec(self, stored: dict[str, Any] | None, *, need_sam: bool) -> Any:
@@ -670,19 +692,25 @@ class Index:
 
     def image_path(self, image_id: str) -> str | None:
         """The indexed file of ``image_id`` (None when the index has no such image)."""
+        row = self.image_record(image_id)
+        return row["path"] if row else None
+
+    def image_record(self, image_id: str) -> dict[str, Any] | None:
+        """``{"path", "sha256", "size", "roots"}`` of ``image_id`` (None: no such image):
+        what :func:`hybridgl.search.files.read_indexed_file` checks before reading it."""
         from hybridgl.search.store import sql_str
 
+        store = self._store()
         rows = (
-            self._store()
-            .snapshot()[IMAGES]
+            store.snapshot()[IMAGES]
             .search()
             .where(f"image_id = {sql_str(image_id)}")
-            .select(["path"])
+            .select(["path", "sha256", "size"])
             .limit(1)
             .to_arrow()
             .to_pylist()
         )
-        return rows[0]["path"] if rows else None
+        return {**rows[0], "roots": store.roots} if rows else None
 
     def _store(self) -> Store:
         if self._reader is None:
@@ -747,13 +775,17 @@ class Index:
             raise ExpressionError("expression is empty")
         if top < 1:
             raise ValueError("top must be >= 1")
+        if top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if min_score is not None and not np.isfinite(min_score):
+            raise ValueError(f"min_score must be a finite number, got {min_score!r}")
         m = int(rerank) if rerank is not None else int(top)
         if m < 1:
             raise ValueError("rerank must be >= 1")
         t0 = time.perf_counter()
         store = self._store()
+        snap = store.snapshot()  # a damaged index fails here, before any model loads
         seg = self.segmenter(store, need_sam=False)
-        snap = store.snapshot()
         parse = seg.parse(expression)
         with torch.no_grad():
             f_text = text_embedding(seg, parse).float().cpu()
@@ -785,6 +817,9 @@ class Index:
                     width=int(row["width"]),
                     height=int(row["height"]),
                     candidate_masks=[state.masks[c.index] for c in pred.candidates],
+                    sha256=str(row["sha256"]),
+                    size=None if row.get("size") is None else int(row["size"]),
+                    roots=store.roots,
                 )
             )
         t4 = time.perf_counter()
@@ -870,6 +905,10 @@ class Index:
         report = AddReport()
         store = self._open_writer(need_sam=coco is None, rebuild=rebuild)
         try:
+            from hybridgl.search.files import roots_of
+
+            # the folders whose files the index may serve back (search/files.py)
+            store.add_roots(roots_of(paths, (f for f in files if is_text(str(f)))))
             self._add(
                 store,
                 files,
@@ -933,14 +972,17 @@ class Index:
         wanted_gem = self.gem_dtype or "none"
 
         def fail(path: str, error: str) -> None:
+            path, error = safe_text(path), safe_text(error)  # the failures table is UTF-8
             failures.append((path, error))
             report.failed.append((path, error))
-            bar.write(f"hybridgl: failed {path}: {error}", file=sys.stderr)
+            bar.write(show(f"hybridgl: failed {path}: {error}"), file=sys.stderr)
             if on_failure is not None:
                 on_failure(path, error)
 
+        batch = uuid.uuid4().hex  # names the pending batch: a retried commit publishes it once
+
         def flush() -> None:
-            nonlocal last_commit
+            nonlocal last_commit, batch
             if delete_ids or image_rows or failures or done_paths:
                 store.commit(
                     delete_ids=delete_ids,
@@ -948,7 +990,9 @@ class Index:
                     proposals=_proposals_table(prop_parts, store.dim) if prop_parts else None,
                     failures=_failures_table(failures) if failures else None,
                     clear_failures=done_paths,
+                    batch=batch,
                 )
+            batch = uuid.uuid4().hex
             delete_ids.clear()
             image_rows.clear()
             prop_parts.clear()
@@ -988,6 +1032,14 @@ class Index:
                     f"failed {len(report.failed)}",
                     refresh=False,
                 )
+                if not is_text(path):
+                    fail(
+                        path,
+                        "the file name is not valid UTF-8 (its undecodable bytes are shown as "
+                        "\\xNN); the index stores names as text: rename the file (e.g. with convmv)",
+                    )
+                    bar.update(1)
+                    continue
                 try:
                     data = f.read_bytes()
                     stat = f.stat()
@@ -1088,15 +1140,40 @@ class Index:
                 flush()  # keep the finished images: the next run resumes after them
         flush()
 
-    def remove(self, items: Iterable[str | os.PathLike] | str | os.PathLike) -> int:
+    def remove(
+        self, items: Iterable[str | os.PathLike] | str | os.PathLike, *, dry_run: bool = False
+    ) -> int:
         """Remove images by path (files or folders, as indexed) or by image id.
 
+        An empty item, ``.``, ``..`` or a filesystem root is refused (it would name every
+        image under the current folder, or all of them): name the folder itself.
+
+        Args:
+            dry_run: change nothing; :attr:`last_removed` lists what would go.
+
         Returns:
-            How many images were removed.
+            How many images were removed (or would be, with ``dry_run``); their
+            ``(image_id, path)`` are in :attr:`last_removed`.
+
+        Raises:
+            ValueError: an empty, ``.``/``..`` or root item.
         """
         if isinstance(items, (str, os.PathLike)):
             items = [items]
         wanted = [os.fspath(i) for i in items]
+        prefixes = []
+        for w in wanted:
+            text = w.strip()
+            norm = os.path.normpath(text) if text else ""
+            if not text or norm == "." or all(part == ".." for part in Path(norm).parts):
+                raise ValueError(
+                    f"refusing to remove {w!r}: it would remove every image under the current "
+                    "folder (or above it); give the folder or file by name"
+                )
+            a = str(Path(text).absolute())
+            if Path(a).parent == Path(a):
+                raise ValueError(f"refusing to remove {w!r}: a filesystem root")
+            prefixes.append((text, a, a.rstrip("/") + "/"))
         with Store(self.db, writer=True) as store:
             rows = (
                 store.snapshot()[IMAGES]
@@ -1106,21 +1183,41 @@ class Index:
                 .to_arrow()
                 .to_pylist()
             )
-            ids = []
-            for r in rows:
-                for w in wanted:
-                    a = str(Path(w).absolute())
-                    if (
-                        r["image_id"] == w
-                        or r["path"] == a
-                        or r["path"].startswith(a.rstrip("/") + "/")
-                    ):
-                        ids.append(r["image_id"])
-                        break
-            if ids:
-                store.commit(delete_ids=ids)
+            found = [
+                (r["image_id"], r["path"])
+                for r in rows
+                if any(
+                    r["image_id"] == text or r["path"] == a or r["path"].startswith(folder)
+                    for text, a, folder in prefixes
+                )
+            ]
+            if found and not dry_run:
+                store.commit(delete_ids=[i for i, _ in found])
         self.close()
-        return len(ids)
+        self.last_removed = found
+        return len(found)
+
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check the index for what a crash can leave (``hybridgl index --check``) and,
+        with ``repair``, fix it without re-encoding (:mod:`hybridgl.search.check`).
+
+        Holds the writer lock (a running index run makes it an ``IndexBusyError``).
+
+        Returns:
+            ``{"ok", "problems", "uncommitted"}``, plus ``"repair"`` (what was done) and
+            ``"ok_after_repair"`` / ``"problems_after_repair"`` when it repaired.
+        """
+        from hybridgl.search.check import check_index, repair_index
+
+        self.close()
+        with Store(self.db, writer=True, recover=False) as store:
+            report = check_index(store)
+            if repair and not report["ok"]:
+                report["repair"] = repair_index(store)
+                after = check_index(store)
+                report["ok_after_repair"] = after["ok"]
+                report["problems_after_repair"] = after["problems"]
+        return report
 
     def optimize(self, *, ann: bool | None = None) -> dict[str, Any]:
         """Compact the tables and build the IVF index (``ann=None``: when big enough).

@@ -13,7 +13,10 @@ Tables (schemas in :func:`images_schema` and :func:`proposals_schema`):
 Consistency: every write to ``images``/``proposals``/``failures`` creates a new Lance
 version; a batch becomes visible only when ``meta``'s ``commit`` row names those versions.
 Readers check out exactly the committed versions, so a search during an index run sees the
-state after some whole batch, never half of one. Two writers: on a local folder an
+state after some whole batch, never half of one. A writer that stops inside a commit (a
+kill, a crash, Ctrl-C) leaves table versions past the committed ones; the next writer
+rolls them back before it writes anything (:meth:`Store.rollback`), and a commit retried in
+the same process rolls back its own partial writes first, so a batch is published once. Two writers: on a local folder an
 exclusive ``flock`` on ``<db>/.hybridgl-index.lock`` refuses a second index run; on an
 object store (no file locks) a lease row in ``meta`` does, best-effort (see docs/SEARCH.md).
 """
@@ -40,6 +43,18 @@ LOCK_NAME = ".hybridgl-index.lock"
 LEASE_SECONDS = 600.0  # an object-store writer lease older than this is stale
 
 _DELETE_CHUNK = 400
+DATA_TABLES = (IMAGES, PROPOSALS, FAILURES)
+
+#: Fault injection for the tests: called with the name of each step of a commit, after
+#: the step (``"delete"``, ``"clear_failures"``, ``"add_proposals"``, ``"add_images"``,
+#: ``"add_failures"``, ``"meta"``). A hook that raises stops the writer right there, as a
+#: kill would.
+commit_hook: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if commit_hook is not None:
+        commit_hook(name)
 
 
 def is_remote(uri: str) -> bool:
@@ -165,7 +180,10 @@ class Store:
         uri: a folder path or an object-store URI.
         create: create the database (folder and tables) when it does not exist yet;
             needs ``fingerprint`` (which also gives the feature dimension).
-        writer: hold the writer lock (flock or lease) until :meth:`close`.
+        writer: hold the writer lock (flock or lease) until :meth:`close`, and roll back
+            the writes of a writer that stopped inside a commit (:meth:`rollback`).
+        recover: with ``writer``, whether to roll back at once (False for a check that
+            wants to see them).
         fingerprint: the model fingerprint stored at creation, or a function returning it
             (called only when the index is created, after the lock is held).
 
@@ -183,6 +201,7 @@ class Store:
         create: bool = False,
         writer: bool = False,
         fingerprint: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        recover: bool = True,
     ) -> None:
         self.uri = os.fspath(uri)
         self.remote = is_remote(self.uri)
@@ -220,7 +239,7 @@ class Store:
                         f"build one with `hybridgl index PATH --db {self.uri}`"
                     )
                 if fingerprint is None:
-                    raise ValueError("creating an index needs the model fingerprint")
+                    raise IndexStoreError("creating an index needs the model fingerprint")
                 self._create_tables(fingerprint() if callable(fingerprint) else fingerprint)
                 self.created = True
             self.meta = self._read_meta()
@@ -231,6 +250,14 @@ class Store:
                 )
             if writer and self.remote:
                 self._take_lease()
+            if writer and recover and not self.created:
+                self.rollback()
+        except IndexStoreError:
+            self.close()
+            raise
+        except Exception as e:  # the storage engine's own errors: a damaged index
+            self.close()
+            raise self.corrupt(e) from None
         except BaseException:
             self.close()
             raise
@@ -267,12 +294,27 @@ class Store:
             schema=_meta_schema(),
         )
 
+    def corrupt(self, error: BaseException) -> IndexStoreError:
+        """The one-line error for an index the storage engine cannot read."""
+        what = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        return IndexStoreError(
+            f"index {self.uri} is damaged or was changed by hand ({what}); check it with "
+            f"`hybridgl index --db {self.uri} --check`, or rebuild it with --rebuild"
+        )
+
     def _read_meta(self) -> dict[str, Any]:
-        tbl = self.db.open_table(META).to_arrow().to_pylist()
         try:
-            return {r["key"]: json.loads(r["value"]) for r in tbl}
-        except (TypeError, ValueError) as e:
-            raise IndexStoreError(f"{self.uri}: unreadable index metadata ({e})") from None
+            tbl = self.db.open_table(META).to_arrow().to_pylist()
+            meta = {r["key"]: json.loads(r["value"]) for r in tbl}
+            commit = meta["commit"]
+            for name in DATA_TABLES:
+                int(commit[name])
+            meta["fingerprint"]["dim"]
+        except IndexStoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - missing keys, bad JSON, engine errors
+            raise self.corrupt(e) from None
+        return meta
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self.db.open_table(META).add(self._meta_table(meta), mode="overwrite")
@@ -340,8 +382,11 @@ class Store:
         commit = self.meta["commit"]
         out: dict[str, Any] = {}
         for name in (IMAGES, PROPOSALS, FAILURES):
-            tbl = self.db.open_table(name)
-            tbl.checkout(int(commit[name]))
+            try:
+                tbl = self.db.open_table(name)
+                tbl.checkout(int(commit[name]))
+            except Exception as e:  # noqa: BLE001 - a missing table or version
+                raise self.corrupt(e) from None
             out[name] = tbl
         out["seq"] = int(commit.get("seq", 0))
         return out
@@ -349,6 +394,44 @@ class Store:
     def latest(self, name: str) -> Any:
         """A writable handle on the latest version of a table (writers only)."""
         return self.db.open_table(name)
+
+    def uncommitted(self) -> dict[str, tuple[int, int]]:
+        """Data tables whose latest version is past the committed one (the writes of a
+        writer that stopped inside a commit): ``{table: (committed, latest)}``."""
+        commit = self._read_meta()["commit"]
+        out = {}
+        for name in DATA_TABLES:
+            latest = int(self.db.open_table(name).version)
+            if latest != int(commit[name]):
+                out[name] = (int(commit[name]), latest)
+        return out
+
+    def rollback(self) -> dict[str, tuple[int, int]]:
+        """Bring every data table back to its committed version (writers only).
+
+        Lance keeps every version, so the committed state is restored as a new latest
+        version with the committed content, which ``meta`` then names (readers see no
+        change). Returns what :meth:`uncommitted` found.
+        """
+        stale = self.uncommitted()
+        if not stale:
+            return stale
+        meta = self._read_meta()
+        commit = dict(meta["commit"])
+        for name, (committed, _latest) in stale.items():
+            tbl = self.db.open_table(name)
+            try:
+                tbl.checkout(committed)
+                tbl.restore()
+            except Exception as e:  # noqa: BLE001 - the storage engine's own error types
+                raise IndexStoreError(
+                    f"{self.uri}: cannot roll table {name} back to its committed version "
+                    f"{committed} ({type(e).__name__}); rebuild the index with --rebuild"
+                ) from None
+            commit[name] = int(self.db.open_table(name).version)
+        meta["commit"] = commit
+        self._write_meta(meta)
+        return stale
 
     # ------------------------------------------------------------------ writing
     def commit(
@@ -359,30 +442,49 @@ class Store:
         proposals: Any | None = None,
         failures: Any | None = None,
         clear_failures: Iterable[str] = (),
+        batch: str | None = None,
     ) -> int:
         """Apply one batch and publish it with one ``meta`` commit; returns its sequence.
 
         ``delete_ids``: image ids whose images/proposals rows are removed first (re-encoded
         or pruned images); ``images``/``proposals``/``failures``: Arrow tables to append;
         ``clear_failures``: paths whose failure rows are removed.
+
+        Idempotent: a batch whose commit was interrupted (Ctrl-C) can be committed again;
+        the partial writes of the first attempt are rolled back first (:meth:`rollback`),
+        and a ``batch`` id that the last commit already published makes it a no-op (the
+        interruption came after the commit record was written). A commit with no rows
+        publishes the tables as they are (an index build).
         """
-        imgs, props, fails = (self.latest(n) for n in (IMAGES, PROPOSALS, FAILURES))
+        if batch is not None:
+            last = self._read_meta()["commit"]
+            if last.get("batch") == batch:
+                return int(last.get("seq", 0))
         ids = list(dict.fromkeys(delete_ids))
+        clear = list(dict.fromkeys(clear_failures))
+        if failures is not None and failures.num_rows:
+            clear = list(dict.fromkeys([*clear, *failures.column("path").to_pylist()]))
+        adds = [t for t in (images, proposals, failures) if t is not None and t.num_rows]
+        if ids or clear or adds:
+            self.rollback()
+        imgs, props, fails = (self.latest(n) for n in (IMAGES, PROPOSALS, FAILURES))
         for i in range(0, len(ids), _DELETE_CHUNK):
             where = in_filter("image_id", ids[i : i + _DELETE_CHUNK])
             props.delete(where)
             imgs.delete(where)
-        clear = list(dict.fromkeys(clear_failures))
-        if failures is not None and failures.num_rows:
-            clear = list(dict.fromkeys([*clear, *failures.column("path").to_pylist()]))
+        _step("delete")
         for i in range(0, len(clear), _DELETE_CHUNK):
             fails.delete(in_filter("path", clear[i : i + _DELETE_CHUNK]))
+        _step("clear_failures")
         if proposals is not None and proposals.num_rows:
             props.add(proposals)
+        _step("add_proposals")
         if images is not None and images.num_rows:
             imgs.add(images)
+        _step("add_images")
         if failures is not None and failures.num_rows:
             fails.add(failures)
+        _step("add_failures")
         meta = self._read_meta()
         if self._lease_id is not None:
             lease = meta.get("writer") or {}
@@ -399,8 +501,28 @@ class Store:
             FAILURES: fails.version,
             "seq": seq,
         }
+        if batch is not None:
+            meta["commit"]["batch"] = batch
         self._write_meta(meta)
+        _step("meta")
         return seq
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Record folders whose files this index may serve back (``meta["roots"]``)."""
+        from hybridgl.search.files import minimal_roots
+
+        meta = self._read_meta()
+        old = list(meta.get("roots") or [])
+        merged = minimal_roots([*old, *roots])
+        if merged != sorted(old):
+            meta["roots"] = merged
+            self._write_meta(meta)
+
+    @property
+    def roots(self) -> list[str] | None:
+        """The indexed folders (None for an index written before they were recorded)."""
+        roots = self.meta.get("roots")
+        return list(roots) if roots else None
 
     def set_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         meta = self._read_meta()

@@ -17,6 +17,7 @@ ERROR_CODES: dict[str, int] = {
     "not_found": 404,
     "search_disabled": 404,
     "method_not_allowed": 405,
+    "image_changed": 410,
     "request_timeout": 408,
     "payload_too_large": 413,
     "image_too_large": 413,

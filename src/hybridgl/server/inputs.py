@@ -7,7 +7,6 @@ docs/SERVER.md lists, never a bare exception.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,14 +97,21 @@ def too_large(width: int, height: int, limit: int) -> ApiError:
 
 
 def inspect_upload(data: bytes, settings: ServerSettings) -> Upload:
-    """Check an upload from its bytes and header only (nothing is decoded).
+    """Check an upload from its bytes and headers only (nothing is decoded).
+
+    Every frame of the file is bounded from its format's own headers
+    (:func:`hybridgl.imageheader.read_header`); formats whose size cannot be read that
+    way are refused. The service runs this on an image thread, under the same
+    ``images_in_flight`` bound as decoding (:meth:`ModelService.inspect`).
 
     Raises:
-        ApiError: 415 ``invalid_image`` (empty, not an image), 413 ``payload_too_large``
-            (file over ``max_upload_bytes``) or 413 ``image_too_large`` (more pixels than
-            the limit, whatever the format).
+        ApiError: 415 ``invalid_image`` (empty, not an image in an accepted format,
+            corrupt header), 413 ``payload_too_large`` (file over ``max_upload_bytes``)
+            or 413 ``image_too_large`` (the canvas or any frame has more pixels than the
+            limit).
     """
-    from PIL import Image, UnidentifiedImageError
+    from hybridgl.errors import ImageError
+    from hybridgl.imageheader import read_header
 
     if not data:
         raise ApiError(415, "invalid_image", "the image file is empty")
@@ -117,26 +123,15 @@ def inspect_upload(data: bytes, settings: ServerSettings) -> Upload:
         )
     limit = settings.pixel_limit
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError:
-        # Pillow refuses to even open images over twice its own bomb limit
-        # (Image.MAX_IMAGE_PIXELS): far over any pixel limit the server allows
-        raise ApiError(
-            413,
-            "image_too_large",
-            f"image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; "
-            f"the limit is {limit} pixels",
-        ) from None
-    except UnidentifiedImageError:
-        raise ApiError(
-            415, "invalid_image", "the upload is not an image in a readable format (JPEG, PNG, ...)"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ApiError(415, "invalid_image", f"not a readable image: {e}") from None
-    if width * height > limit:
-        raise too_large(width, height, limit)
-    return Upload(data, hashlib.sha256(data).hexdigest(), int(width), int(height))
+        info = read_header(data)
+    except ImageError as e:
+        raise ApiError(415, "invalid_image", f"the upload is not a readable image: {e}") from None
+    for width, height in ((info.width, info.height), info.largest):
+        if width * height > limit:
+            raise too_large(width, height, limit)
+    if info.defect:
+        raise ApiError(415, "invalid_image", f"the upload is not a readable image: {info.defect}")
+    return Upload(data, hashlib.sha256(data).hexdigest(), info.width, info.height)
 
 
 def decode_upload(upload: Upload, settings: ServerSettings) -> np.ndarray:

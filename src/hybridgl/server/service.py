@@ -10,7 +10,8 @@ Bounds, in the order a request meets them:
    into memory only after admission, so uploads held in memory are bounded by
    ``max_queue x max_upload_bytes``. A ticket is returned when the request is answered
    *and* every job it started has finished (a timed-out job still counts).
-2. **Images in flight**: decoding an upload and encoding it (SAM proposals, hybrid
+2. **Images in flight**: checking an upload's headers (:meth:`ModelService.inspect`)
+   runs on the image pool too, so it is bounded like decoding. Decoding an upload and encoding it (SAM proposals, hybrid
    features, GEM tokens) run as one job on a pool of ``images_in_flight`` threads, so at
    most that many decoded images exist outside the cache; further uploads wait, still
    encoded. Requests for the same image (and proposals) wait for the first one and then
@@ -40,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 from hybridgl.server.cache import LRUCache
 from hybridgl.server.errors import ApiError
-from hybridgl.server.inputs import ProposalsBuilder, Upload, decode_upload, too_large
+from hybridgl.server.inputs import (
+    ProposalsBuilder,
+    Upload,
+    decode_upload,
+    inspect_upload,
+    too_large,
+)
 from hybridgl.server.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -131,6 +138,7 @@ class ModelService:
         )
         self.images = _Gauge()  # decoded images outside the cache (decode -> encoded)
         self.answers = _Gauge()  # requests holding dense predictions (predict -> answer)
+        self.inspections = _Gauge()  # uploads whose headers are being checked
         self.started_at = time.time()
         self._model: concurrent.futures.ThreadPoolExecutor | None = None
         self._image_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -221,6 +229,19 @@ class ModelService:
             self._pending -= 1
 
     # the work -------------------------------------------------------------------------
+    async def inspect(self, ticket: Ticket, data: bytes) -> Upload:
+        """Check an upload's headers (:func:`~hybridgl.server.inputs.inspect_upload`) on
+        an image thread: under the same ``images_in_flight`` bound as decoding, within
+        the request deadline."""
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+        def job() -> Upload:
+            with self.inspections.running():
+                return inspect_upload(data, self.settings)
+
+        upload: Upload = await self._wait(self._submit(self._image_pool, job), ticket, deadline)
+        return upload
+
     async def segment(
         self,
         ticket: Ticket,
@@ -417,6 +438,7 @@ class ModelService:
             "queue": {"pending": self.pending, "max": self.settings.max_queue},
             "images": {**self.images.info(), "max": self.settings.images_in_flight},
             "answers": {**self.answers.info(), "max": self.settings.images_in_flight},
+            "inspections": {**self.inspections.info(), "max": self.settings.images_in_flight},
             "cache": self.cache.info(),
         }
 

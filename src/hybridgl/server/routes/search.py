@@ -8,13 +8,14 @@ stage 1 over every stored proposal, stage 2 (the full method) on the best images
 
 from __future__ import annotations
 
-import os
+import math
+import mimetypes
 import re
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -81,6 +82,8 @@ def include(app: FastAPI) -> None:
                 f"expression is {len(expression)} characters; the limit is "
                 f"{settings.max_expression_chars}",
             )
+        if body.min_score is not None and not math.isfinite(body.min_score):
+            raise ApiError(422, "invalid_parameter", "min_score must be a finite number")
         top_k = body.top_k or settings.top_k
         if top_k > settings.max_top_k:
             raise ApiError(422, "invalid_parameter", f"top_k must be <= {settings.max_top_k}")
@@ -133,12 +136,20 @@ def include(app: FastAPI) -> None:
     @app.get(
         "/v1/search/images/{image_id}",
         summary="An indexed image file (for the page's result grid)",
-        responses={404: {"description": "no such image in the index, or no index"}},
+        responses={
+            404: {"description": "no such image in the index, no index, or the file is gone"},
+            410: {"description": "the file changed since it was indexed"},
+        },
     )
     async def search_image(
         image_id: str, request: Request, service: Service, settings: Settings
-    ) -> FileResponse:
+    ) -> Response:
         from hybridgl.search import IndexStoreError
+        from hybridgl.search.files import (
+            IndexedFileChanged,
+            IndexedFileGone,
+            read_indexed_file,
+        )
 
         if not _IMAGE_ID.match(image_id):
             raise ApiError(404, "not_found", "no such image in the index")
@@ -146,11 +157,31 @@ def include(app: FastAPI) -> None:
         ticket = service.admit()
         try:
             try:
-                path = await service.run_on_model(ticket, lambda: idx.image_path(image_id))
+                row = await service.run_on_model(ticket, lambda: idx.image_record(image_id))
             except IndexStoreError as e:
                 raise ApiError(503, "index_unavailable", str(e)) from None
+            if row is None:
+                raise ApiError(404, "not_found", "no such image in the index")
+            try:
+                # the bytes that were indexed, or nothing: never what the path holds now
+                data = await run_in_threadpool(
+                    read_indexed_file,
+                    row["path"],
+                    sha256=row["sha256"],
+                    size=row["size"],
+                    roots=row["roots"],
+                )
+            except IndexedFileChanged:
+                raise ApiError(
+                    410, "image_changed", "the image file changed since it was indexed"
+                ) from None
+            except IndexedFileGone:
+                raise ApiError(404, "not_found", "the indexed image file is gone") from None
         finally:
             ticket.release()
-        if path is None or not await run_in_threadpool(os.path.isfile, path):
-            raise ApiError(404, "not_found", "no such image in the index (or its file is gone)")
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=300"})
+        media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
+        return Response(
+            data,
+            media_type=media,
+            headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )

@@ -7,12 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from hybridgl.server import encoding
 from hybridgl.server.inputs import (
     check_top_k,
-    inspect_upload,
     parse_expressions,
     proposals_builder,
 )
@@ -84,7 +82,7 @@ def include(app: FastAPI) -> None:
         try:
             data = await image.read()  # only now: admitted uploads bound the memory held
             await image.close()
-            upload = await run_in_threadpool(inspect_upload, data, settings)
+            upload = await service.inspect(ticket, data)  # on an image thread
             builder, proposals_key = None, ""
             if proposals is not None:
                 if isinstance(proposals, str):
