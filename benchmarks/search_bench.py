@@ -169,13 +169,8 @@ def phase_scale(work: Path, rows: int, queries: int) -> dict[str, Any]:
     import pyarrow as pa
     import torch
 
-    from hybridgl.search.index import (
-        NPROBES,
-        ann_partitions,
-        create_ann_index,
-        stage1,
-        text_embedding,
-    )
+    from hybridgl.search.rows import text_embedding
+    from hybridgl.search.stages import NPROBES, ann_partitions, create_ann_index, stage1
     from hybridgl.search.store import proposals_schema
 
     real = lancedb.connect(str(work / "db")).open_table("proposals").to_arrow()

@@ -192,7 +192,8 @@ def test_index_records_the_bomb_and_the_odd_name_and_goes_on(
 
 
 def test_index_records_an_unreadable_subfolder(tmp_path: Path, tiny_segmenter, monkeypatch) -> None:
-    from hybridgl.search.index import Index, collect_images
+    from hybridgl.search.index import Index
+    from hybridgl.search.inputs import collect_images
 
     root = tmp_path / "imgs"
     (root / "locked").mkdir(parents=True)
@@ -218,7 +219,7 @@ def test_index_records_an_unreadable_subfolder(tmp_path: Path, tiny_segmenter, m
 
 def test_ray_index_task_records_a_bomb(messy: Path) -> None:
     """The task a Ray worker runs: a bomb is a failure record, the worker untouched."""
-    from hybridgl.search.index import IndexTask
+    from hybridgl.search.rows import IndexTask
 
     class NoWorker:
         @property

@@ -23,7 +23,7 @@ from PIL import Image
 
 pytest.importorskip("lancedb")
 
-import hybridgl.search.index as index_mod  # noqa: E402
+import hybridgl.search.rows as index_mod  # noqa: E402 - where images are encoded
 import hybridgl.search.store as store_mod  # noqa: E402
 from hybridgl.cli.main import main  # noqa: E402
 from hybridgl.search.index import Index  # noqa: E402

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from hybridgl.search import Index  # noqa: E402
 from hybridgl.search.gallery import render_gallery  # noqa: E402
-from hybridgl.search.index import image_id_for  # noqa: E402
+from hybridgl.search.inputs import image_id_for  # noqa: E402
 from hybridgl.server import ServerSettings, create_app  # noqa: E402
 
 

@@ -23,7 +23,8 @@ from hybridgl.spec import ModelSpec
 from hybridgl.types import Candidate, Parse, Prediction
 
 if TYPE_CHECKING:  # the lazy names below, typed for mypy and IDEs
-    from hybridgl.search.index import Index, SearchHit, SearchResults
+    from hybridgl.search.hits import SearchHit, SearchResults
+    from hybridgl.search.index import Index
     from hybridgl.segmenter import ImageState, Segmenter
 
 __version__ = "0.1.0"
@@ -57,8 +58,8 @@ _LAZY = {
     "Segmenter": "hybridgl.segmenter",
     "ImageState": "hybridgl.segmenter",
     "Index": "hybridgl.search.index",  # collection search; LanceDB loads on first use
-    "SearchHit": "hybridgl.search.index",
-    "SearchResults": "hybridgl.search.index",
+    "SearchHit": "hybridgl.search.hits",
+    "SearchResults": "hybridgl.search.hits",
 }
 
 

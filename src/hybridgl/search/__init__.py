@@ -29,7 +29,8 @@ from hybridgl.search.errors import (
 )
 
 if TYPE_CHECKING:
-    from hybridgl.search.index import AddReport, Index, SearchHit
+    from hybridgl.search.hits import AddReport, SearchHit
+    from hybridgl.search.index import Index
 
 __all__ = [
     "DEFAULT_DB",
@@ -47,8 +48,12 @@ DEFAULT_DB = "hybridgl-index"
 
 
 def __getattr__(name: str) -> Any:  # lazy: the index module pulls in numpy and friends
-    if name in ("Index", "SearchHit", "AddReport"):
+    if name == "Index":
         from hybridgl.search import index
 
-        return getattr(index, name)
+        return index.Index
+    if name in ("SearchHit", "AddReport"):
+        from hybridgl.search import hits
+
+        return getattr(hits, name)
     raise AttributeError(name)
