@@ -21,7 +21,8 @@ from hybridgl.eval.refer import (
     load_refer,
     load_refs_pickle,
 )
-from hybridgl.eval.runner import build_report, select_expressions
+from hybridgl.eval.report import build_report
+from hybridgl.eval.task import select_expressions
 
 needs_data = pytest.mark.skipif(not data_available(), reason=SKIP_REASON)
 

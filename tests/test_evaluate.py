@@ -437,7 +437,7 @@ def test_oracle_proposals_are_compared_at_the_input_resolution(tmp_path):
     from PIL import Image
 
     from hybridgl import Segmenter
-    from hybridgl.eval.runner import evaluate_unit
+    from hybridgl.eval.task import evaluate_unit
     from hybridgl.jobs.units import UnitWorker, WorkUnit
 
     with pytest.MonkeyPatch.context() as mp:

@@ -12,7 +12,7 @@ import pytest
 from hybridgl.errors import ExpressionError
 from hybridgl.masks import mask_to_box, masks_to_boxes_xywh
 from hybridgl.protocols import SegmenterLike
-from hybridgl.segmenter import ImageState, working_size
+from hybridgl.state import ImageState, working_size
 
 
 def _stripes(h: int, w: int, n: int, offset: int = 0) -> np.ndarray:

@@ -25,7 +25,8 @@ from hybridgl.types import Candidate, Parse, Prediction
 if TYPE_CHECKING:  # the lazy names below, typed for mypy and IDEs
     from hybridgl.search.hits import SearchHit, SearchResults
     from hybridgl.search.index import Index
-    from hybridgl.segmenter import ImageState, Segmenter
+    from hybridgl.segmenter import Segmenter
+    from hybridgl.state import ImageState
 
 __version__ = "0.1.0"
 
@@ -56,7 +57,7 @@ __all__ = [
 
 _LAZY = {
     "Segmenter": "hybridgl.segmenter",
-    "ImageState": "hybridgl.segmenter",
+    "ImageState": "hybridgl.state",
     "Index": "hybridgl.search.index",  # collection search; LanceDB loads on first use
     "SearchHit": "hybridgl.search.hits",
     "SearchResults": "hybridgl.search.hits",

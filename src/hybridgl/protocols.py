@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from hybridgl.config import MethodConfig
     from hybridgl.images import ImageInput
-    from hybridgl.segmenter import ImageState
+    from hybridgl.state import ImageState
     from hybridgl.types import Parse, Prediction
 
 __all__ = ["SegmenterLike"]

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from hybridgl.spec import ModelSpec
     from hybridgl.text import TextParser
 
-__all__ = ["ImageState", "Segmenter", "Tokenizer", "working_size"]
+__all__ = ["Segmenter", "Tokenizer"]
 
 log = logging.getLogger(__name__)
 

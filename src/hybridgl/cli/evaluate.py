@@ -202,7 +202,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded; missing weights give 4. Exit code 5 when some expressions failed or the data
     had problems, 0 otherwise.
     """
-    from hybridgl.eval.runner import report_markdown, run_evaluation, suite_markdown
+    from hybridgl.eval.report import report_markdown, suite_markdown
+    from hybridgl.eval.runner import run_evaluation
 
     options = engine_options(args)
     if args.sam == "none" and args.proposals != "gt":

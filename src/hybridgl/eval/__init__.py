@@ -27,7 +27,9 @@ from hybridgl.eval.refer import (
     load_generic,
     load_refer,
 )
-from hybridgl.eval.runner import build_report, run_evaluation, select_expressions
+from hybridgl.eval.report import build_report
+from hybridgl.eval.runner import run_evaluation
+from hybridgl.eval.task import select_expressions
 
 __all__ = [
     "DATASETS",

@@ -25,17 +25,13 @@ from typing import Any
 
 from hybridgl.eval.refer import EvalData, Expression
 from hybridgl.eval.report import (
-    PAPER_SPLITS,
-    PUBLISHED,
     build_report,
     build_suite_report,
     report_markdown,
     suite_markdown,
 )
 from hybridgl.eval.task import (
-    RECORD_FIELDS,
     EvalTask,
-    evaluate_unit,
     failed_record,
     make_units,
     record_key,
@@ -49,24 +45,7 @@ from hybridgl.jobs.runfile import check_run_file
 from hybridgl.jobs.units import WorkUnit
 from hybridgl.spec import ModelSpec
 
-__all__ = [
-    "PAPER_SPLITS",
-    "PUBLISHED",
-    "RECORD_FIELDS",
-    "RESUME_KEYS",
-    "EvalSink",
-    "EvalTask",
-    "build_report",
-    "build_suite_report",
-    "evaluate_unit",
-    "failed_record",
-    "make_units",
-    "record_key",
-    "report_markdown",
-    "run_evaluation",
-    "select_expressions",
-    "suite_markdown",
-]
+__all__ = ["RESUME_KEYS", "EvalSink", "run_evaluation"]
 
 log = logging.getLogger("hybridgl.eval")
 

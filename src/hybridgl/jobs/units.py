@@ -20,8 +20,8 @@ from hybridgl.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from hybridgl.protocols import SegmenterLike
-    from hybridgl.segmenter import ImageState
     from hybridgl.spec import ModelSpec
+    from hybridgl.state import ImageState
 
 __all__ = [
     "Task",

@@ -3,7 +3,7 @@
 Stage 1 compares the method's text embedding ``f_text = w E(s) + (1 - w) E(np)``
 (METHOD.md section 4) with every stored proposal feature by cosine (exact, or through an
 IVF index when one was built). Stage 2 rebuilds each of the best ``rerank`` images'
-:class:`~hybridgl.segmenter.ImageState` from the database and runs the full method on it
+:class:`~hybridgl.state.ImageState` from the database and runs the full method on it
 (``Segmenter.score``): softmax within the image, relation guidance, GEM coherence. Hits
 are ranked by the cosine between ``f_text`` and the proposal stage 2 chose; see
 docs/SEARCH.md for why that score, and not ``Prediction.score``, is comparable across images.

@@ -1,4 +1,4 @@
-"""Between an :class:`~hybridgl.segmenter.ImageState` and the index's table rows: the
+"""Between an :class:`~hybridgl.state.ImageState` and the index's table rows: the
 encoding task a worker runs, the rows it writes and the state rebuilt from them."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _score(seg: Any, state: Any, parse: Any, top_k: int, guidance: bool) -> Pred
 
 
 def _state_class() -> Any:
-    from hybridgl.segmenter import ImageState
+    from hybridgl.state import ImageState
 
     return ImageState
 

@@ -1,6 +1,6 @@
 """A small thread-safe LRU cache of per-image work, keyed by the SHA-256 of the image bytes.
 
-The server stores one :class:`~hybridgl.segmenter.ImageState` per distinct upload, so that a
+The server stores one :class:`~hybridgl.state.ImageState` per distinct upload, so that a
 second phrase on the same image skips SAM and the CLIP image encoder entirely.
 """
 

@@ -11,7 +11,7 @@ import numpy as np
 from hybridgl.server.service import Outcome
 
 if TYPE_CHECKING:
-    from hybridgl.segmenter import ImageState
+    from hybridgl.state import ImageState
 
 
 def result_record(
