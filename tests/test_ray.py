@@ -113,7 +113,7 @@ def test_batch_on_ray_equals_local_even_when_a_worker_is_killed(cluster, batch_i
     """Same records as the local engine; one worker SIGKILLed mid-run (after the first
     image arrives) is restarted by Ray and its unfinished image retried: every good id
     has exactly one successful record, every bad one its error record."""
-    from hybridgl.cli import batch as batch_cli
+    from hybridgl.jobs import batch as batch_cli
 
     tmp = cluster["tmp"]
     local, on_ray = tmp.mktemp("b-local"), tmp.mktemp("b-ray")
