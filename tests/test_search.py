@@ -432,3 +432,18 @@ def test_index_and_search_take_the_one_model_option_group(coco_index, tmp_path, 
     # a conflicting option on a further index run is refused before anything is written
     rc, _, err = _run(capsys, *args, "--fusion", "crop")
     assert rc == 3 and "fusion: 'L2G' -> 'crop'" in err
+
+
+def test_index_takes_the_pixel_limit(coco_index, tmp_path, capsys, tiny_segmenter):
+    """index --max-pixels: an image above the limit is a recorded failure naming its size;
+    0 (no limit of ours) indexes it (issue 17's pointer to the shared options)."""
+    _, images, ann = coco_index
+    idx = Index(tmp_path / "db", segmenter=tiny_segmenter)
+    report = idx.add([images], progress=False, proposals_from=ann, max_pixels=1000)
+    assert report.indexed == 0 and len(report.failed) == 2
+    assert all("too large" in e and "1,000" in e for _, e in report.failed)
+    report = idx.add([images], progress=False, proposals_from=ann, max_pixels=None)
+    assert report.indexed == 2 and not report.failed
+    rc, _, err = _run(capsys, "index", str(images), "--db", str(tmp_path / "cli"),
+                      "--proposals-from", str(ann), "--max-pixels", "1000", "--no-progress")  # fmt: skip
+    assert rc == 5 and "too large" in err, err

@@ -13,7 +13,7 @@ from hybridgl.cli.common import (
     UsageError,
     eprint,
 )
-from hybridgl.cli.options import add_engine_args, engine_options
+from hybridgl.cli.options import add_engine_args, add_max_pixels_arg, engine_options
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
@@ -104,6 +104,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--json", dest="json_out", metavar="OUT.json", help="write the run's report as JSON"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_arg(p, refused="a recorded failure")
     add_model_options(p)
     add_engine_args(p)
     p.set_defaults(func=run)
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             prune=args.prune,
             rebuild=args.rebuild,
             engine=engine,
+            max_pixels=args.max_pixels or None,  # 0: no limit of ours
         )
         print(
             f"indexed {report.indexed}, skipped {report.skipped} unchanged, pruned {report.pruned}, "

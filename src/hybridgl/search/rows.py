@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import ImageError
+from hybridgl.limits import DEFAULT_MAX_PIXELS
 from hybridgl.types import Prediction
 
 log = logging.getLogger("hybridgl.search.index")
@@ -24,8 +25,12 @@ GEM_DTYPES = ("float16", "float32")
 
 
 def _encode_image(seg: Any, image: np.ndarray, proposals: np.ndarray | None) -> Any:
-    """``seg.encode_image``: the image's state, without touching the current image."""
-    return seg.encode_image(image, proposals=proposals)
+    """``seg.encode_image``: the image's state, without touching the current image.
+
+    The image was loaded under the run's pixel limit (``max_pixels`` of ``Index.add``), so
+    the segmenter does not check it again against its own default.
+    """
+    return seg.encode_image(image, proposals=proposals, max_pixels=None)
 
 
 def _score(seg: Any, state: Any, parse: Any, top_k: int, guidance: bool) -> Prediction:
@@ -188,9 +193,12 @@ class IndexTask:
     """The jobs layer's task of ``hybridgl index --engine ray``: encode one image on a
     worker into its index rows (one record per unit; the driver writes them)."""
 
-    def __init__(self, gem_dtype: str | None, source: str) -> None:
+    def __init__(
+        self, gem_dtype: str | None, source: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.gem_dtype = gem_dtype
         self.source = source
+        self.max_pixels = max_pixels
 
     def run(self, worker: Any, unit: Any) -> list[dict[str, Any]]:
         from hybridgl.eval.refer import annotation_to_mask
@@ -201,7 +209,7 @@ class IndexTask:
         try:
             data = path.read_bytes()
             stat = path.stat()
-            image = load_image(data)
+            image = load_image(data, max_pixels=self.max_pixels)
         except (OSError, ImageError) as e:
             return self.failed(unit, e)
         masks = None

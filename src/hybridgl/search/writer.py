@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridgl.errors import ImageError
+from hybridgl.limits import DEFAULT_MAX_PIXELS
 from hybridgl.names import is_text, safe_text, show
 from hybridgl.search import fingerprint as fpmod
 from hybridgl.search import rows as row_encoding
@@ -92,6 +93,7 @@ class IndexWriter:
         commit_seconds: float = 20.0,
         on_failure: Callable[[str, str], None] | None = None,
         engine: Any = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> AddReport:
         """Index images: folders (recursive), image files and list files.
 
@@ -109,6 +111,8 @@ class IndexWriter:
             on_failure: called with ``(path, error)`` for each image that failed.
             engine: :class:`hybridgl.jobs.engine.EngineOptions`; ``engine="ray"`` encodes
                 the images on Ray actors (one model each) and writes their rows here.
+            max_pixels: an image above this many pixels (from its header) is a recorded
+                failure (None: no limit of ours; the CLI's ``--max-pixels``).
         """
         t0 = time.perf_counter()
         if isinstance(paths, (str, os.PathLike)):
@@ -134,6 +138,7 @@ class IndexWriter:
                 report,
                 on_failure,
                 engine,
+                max_pixels,
             )
             if store_rows(store) >= AUTO_ANN_ROWS and not _has_vector_index(
                 store.latest(PROPOSALS)
@@ -160,6 +165,7 @@ class IndexWriter:
         report: AddReport,
         on_failure: Callable[[str, str], None] | None,
         engine: Any = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         from hybridgl.images import load_image
 
@@ -297,7 +303,7 @@ class IndexWriter:
                     )
                     continue
                 try:
-                    image = load_image(data)
+                    image = load_image(data, max_pixels=max_pixels)
                     masks = coco.masks(f, *image.shape[:2]) if coco is not None else None
                     state = row_encoding._encode_image(seg, image, masks)  # one patchable place
                 except ImageError as e:
@@ -335,7 +341,7 @@ class IndexWriter:
 
                 run_units(
                     units,
-                    IndexTask(self.gem_dtype, "given" if coco is not None else "sam"),
+                    IndexTask(self.gem_dtype, "given" if coco is not None else "sam", max_pixels),
                     sink,
                     spec=self._spec(need_sam=coco is None),
                     options=engine,
