@@ -31,6 +31,7 @@ def bench():
     return _load_run()
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_json_and_markdown(bench, tmp_path, capsys):
     before = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
     alive = bench.count_clip_models()  # other tests' fixtures may hold a segmenter
@@ -101,6 +102,7 @@ def test_benchmark_is_split_and_patches_nothing():
     assert len((REPO / "benchmarks" / "run.py").read_text().splitlines()) < 600
 
 
+@pytest.mark.slow
 def test_backends_suite_tiny(bench, tmp_path, capsys):
     """The backends suite end to end on tiny random models (a SAM v1 and a transformers
     backend), and its report with every section from a recorded result."""

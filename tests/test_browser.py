@@ -104,6 +104,7 @@ def page_and_server(tiny_segmenter):
             browser.close()
 
 
+@pytest.mark.slow
 def test_demo_page_end_to_end(page_and_server):
     page, server, (image_path, gt), js_errors = page_and_server
     ARTIFACTS.mkdir(exist_ok=True)
@@ -202,6 +203,7 @@ def test_demo_page_accepts_a_dropped_image(page_and_server):
     assert js_errors == []
 
 
+@pytest.mark.slow
 def test_page_loads_nothing_from_other_hosts_and_docs_are_off(page_and_server):
     """Offline: the page and everything it loads come from the server itself; the CDN-based
     Swagger UI / ReDoc pages are not served (the schema stays at /openapi.json)."""
@@ -225,6 +227,7 @@ def test_page_loads_nothing_from_other_hosts_and_docs_are_off(page_and_server):
     assert js_errors == []
 
 
+@pytest.mark.slow
 def test_page_asks_for_the_api_key(page_and_server, tiny_segmenter):
     page, _, (image_path, gt), _ = page_and_server
     seg = GivenProposals(tiny_segmenter, [(image_path, gt)])

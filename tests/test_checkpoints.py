@@ -31,6 +31,7 @@ def test_clip_state_dict_round_trip_and_openai_metadata_keys(tmp_path):
     assert _same_params(src, dst)
 
 
+@pytest.mark.slow
 def test_clip_torchscript_archive(tmp_path):
     """OpenAI ships TorchScript archives: read them with torch.jit.load, keep the weights."""
     src = randomize_clip(build_clip("ViT-B-16", "tiny"), seed=2).eval()
@@ -107,6 +108,7 @@ def test_tiny_sam_is_small_and_keeps_masks():
     assert masks.shape[1:] == (48, 64) and len(masks) == len(boxes) >= 1
 
 
+@pytest.mark.slow
 def test_full_size_clip_architecture():
     model = build_clip("ViT-B-16", "full")
     n = sum(p.numel() for p in model.parameters()) / 1e6

@@ -292,6 +292,7 @@ def test_weights_commands(
 # --------------------------------------------------------------------------- segment
 
 
+@pytest.mark.slow
 @needs_data
 def test_segment_outputs_decode_to_the_predicted_mask(
     tmp_path: Path, coco_images: list[tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
@@ -361,6 +362,7 @@ def test_segment_json_to_stdout(
     _check_record_masks(doc["results"][0], np.load(npy), None)
 
 
+@pytest.mark.slow
 def test_process_exit_codes_and_version(tmp_path: Path) -> None:
     """The real process boundary: ``python -m hybridgl.cli.main`` prints the version, and a
     failure is one line on stderr, no traceback, the documented exit code (no model loads:
@@ -394,6 +396,7 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @needs_data
 def test_batch_failures_are_recorded_and_resume_skips_done_rows(
     tmp_path: Path, coco_images: list[tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
@@ -467,6 +470,7 @@ def test_batch_failures_are_recorded_and_resume_skips_done_rows(
     assert last["image"] == "sub/broken.jpg"
 
 
+@pytest.mark.slow
 @needs_data
 def test_batch_folder_with_expressions(
     tmp_path: Path, coco_images: list[tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
@@ -585,6 +589,7 @@ def test_debug_flag_after_command(tmp_path: Path, capsys: pytest.CaptureFixture[
 # --------------------------------------------------------------------------- jobs edges
 
 
+@pytest.mark.slow
 @needs_data
 def test_sam_none_needs_no_sam_checkpoint(
     tmp_path: Path,
@@ -644,6 +649,7 @@ def test_batch_max_pixels_and_coco_results(
     assert coco[0]["bbox"] == [float(v) for v in mask_utils.toBbox(rle)]
 
 
+@pytest.mark.slow
 @needs_data
 def test_max_pixels_reaches_every_load_and_the_segmenter(
     tmp_path: Path, coco_images: list[tuple[Path, Path]], monkeypatch: pytest.MonkeyPatch

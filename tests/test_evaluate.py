@@ -119,6 +119,7 @@ def single_run(env):
     return out
 
 
+@pytest.mark.slow
 def test_full_run_report_matches_its_records(env, full_run):
     out = full_run["out"]
     assert full_run["rc"] == 0, full_run["stderr"]
@@ -163,6 +164,7 @@ def test_each_image_is_encoded_once(env, full_run):
     assert seg.stats["sam_runs"] == 0  # --proposals gt
 
 
+@pytest.mark.slow
 def test_limit_then_resume_equals_one_run(env, single_run):
     out = env["tmp"].mktemp("resume")
     args = refer_args(env, "refcoco", "testA", out)
@@ -182,6 +184,7 @@ def test_limit_then_resume_equals_one_run(env, single_run):
     assert strip_timing(records_of(out)) == strip_timing(records_of(single_run))
 
 
+@pytest.mark.slow
 def test_interrupted_write_resumes(env, single_run):
     out = env["tmp"].mktemp("interrupted")
     shutil.copy(single_run / "run.json", out / "run.json")
@@ -212,6 +215,7 @@ def test_other_settings_in_the_same_folder_are_refused(env, full_run):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_bad_data_is_counted_and_the_run_continues(env):
     root = env["tmp"].mktemp("bad")
     build_refer_fixture(root, ("refcocog",))
@@ -259,6 +263,7 @@ def test_bad_data_is_counted_and_the_run_continues(env):
     assert "## Failed expressions" in md and "## Data problems" in md
 
 
+@pytest.mark.slow
 def test_sam_proposals_run_with_limit(env):
     out = env["tmp"].mktemp("sam")
     rc, stdout, stderr = evaluate(
@@ -280,6 +285,7 @@ def test_sam_proposals_run_with_limit(env):
     same_metrics(report["metrics"], recompute(records))
 
 
+@pytest.mark.slow
 def test_generic_format(env):
     src = env["root"] / "refcoco" / "instances.json"
     inst = json.loads(src.read_text())
@@ -395,6 +401,7 @@ def test_a_refs_file_without_usable_refs_fails_before_loading_models(env, tmp_pa
     assert len(env["built"].segmenters) == n_built
 
 
+@pytest.mark.slow
 def test_a_suite_encodes_each_shared_image_once(env):
     """RefCOCO and RefCOCO+ val in one run: the segmenter's own counters show one
     encoding per distinct image, fewer than the splits' images added up."""

@@ -97,6 +97,7 @@ def _stop_at(monkeypatch, step: str, error: type[BaseException], occurrence: int
     monkeypatch.setattr(store_mod, "commit_hook", hook)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 def test_a_writer_killed_at_any_commit_step_leaves_nothing_published_twice(
     step, photos, tmp_path, tiny_segmenter, monkeypatch

@@ -58,6 +58,7 @@ def _url(path: Path) -> str:
     return f"/v1/search/images/{image_id_for(str(path))}"
 
 
+@pytest.mark.slow
 def test_changed_or_swapped_files_are_not_served(indexed, tiny_segmenter) -> None:
     idx, folder, secret = indexed
     assert idx._store().roots == [os.path.realpath(folder)]
@@ -89,6 +90,7 @@ def test_changed_or_swapped_files_are_not_served(indexed, tiny_segmenter) -> Non
         assert client.get(_url(p2)).content == original
 
 
+@pytest.mark.slow
 def test_html_gallery_shows_only_indexed_bytes(indexed) -> None:
     idx, folder, secret = indexed
     hits = idx.search("a thing", top=3)

@@ -9,6 +9,7 @@ optional extra.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -27,6 +28,12 @@ def _modules(root: Path, prefix: str = "") -> dict[str, Path]:
             parts = parts[:-1]
         out[prefix + ".".join(parts)] = path
     return out
+
+
+@functools.cache
+def _src_graph() -> dict[str, set[str]]:
+    """The import graph of src/, read once for every test here."""
+    return _graph(_modules(SRC))
 
 
 def _graph(modules: dict[str, Path]) -> dict[str, set[str]]:
@@ -93,7 +100,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles_in_src():
-    assert _cycles(_graph(_modules(SRC))) == []
+    assert _cycles(_src_graph()) == []
 
 
 def test_no_import_circles_in_benchmarks():
@@ -103,7 +110,7 @@ def test_no_import_circles_in_benchmarks():
 
 @pytest.mark.parametrize("layer", ["hybridgl.jobs", "hybridgl.eval", "hybridgl.search"])
 def test_jobs_import_nothing_from_the_faces(layer):
-    graph = _graph(_modules(SRC))
+    graph = _src_graph()
     bad = {
         (m, t)
         for m, targets in graph.items()
@@ -115,7 +122,7 @@ def test_jobs_import_nothing_from_the_faces(layer):
 
 
 def test_the_core_imports_no_face_or_job():
-    graph = _graph(_modules(SRC))
+    graph = _src_graph()
     core = [
         m
         for m in graph

@@ -165,6 +165,7 @@ def test_holes_come_back_filled() -> None:
     np.testing.assert_array_equal(back, _rect(10, 10, 2, 8, 2, 8))
 
 
+@pytest.mark.slow
 def test_polygons_coco_masks_within_tolerance(coco_masks: list[np.ndarray]) -> None:
     exact = 0
     for m in coco_masks:

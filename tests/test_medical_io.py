@@ -351,6 +351,7 @@ def _mutations(data: bytes, start: int, count: int, seed: int):
         yield bytes(d)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_mutated_files_only_ever_give_image_errors(tmp_path: Path) -> None:
     """Corrupted copies (bytes flipped, cut short, header values garbled) of real files:

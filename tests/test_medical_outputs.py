@@ -58,6 +58,7 @@ def test_nifti_labels_keep_the_affine(tmp_path: Path, source: str) -> None:
     np.testing.assert_allclose(again.affine, vol.affine, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dicom_seg_references_the_source_images(tmp_path: Path) -> None:
     write_series(tmp_path / "s", n=5, spacing=2.0)
     vol = read_volume(tmp_path / "s")

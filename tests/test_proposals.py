@@ -112,6 +112,7 @@ def test_min_area_equals_sam_postprocessing():
     assert len(got_m) < len(masks)  # the duplicate went
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HF_FAMILIES)
 def test_hf_backend_equals_transformers_pipeline(name, image):
     """The backend's masks are transformers' mask-generation pipeline's on the same random
@@ -153,6 +154,7 @@ def test_hf_backend_equals_transformers_pipeline(name, image):
     np.testing.assert_array_equal(got.scores, s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HF_FAMILIES)
 def test_hf_backend_end_to_end(name, monkeypatch, coco_sample):
     """Segmenter.from_pretrained(sam=name) with tiny random weights on a coco-mini image."""
@@ -185,6 +187,7 @@ def test_hf_backend_autocast_runs_encoder_only_in_bf16(image):
     assert got.scores.dtype == np.float32 and len(got) >= 1
 
 
+@pytest.mark.slow
 def test_full_size_configs_are_the_published_architectures():
     """Parameter counts of the configurations written in code (no download)."""
     transformers = pytest.importorskip("transformers")

@@ -100,6 +100,7 @@ def test_missing_extra_is_one_line(tmp_path):
     assert "API:" in r.stdout and 'pip install "hybridgl[search]"' in r.stdout
 
 
+@pytest.mark.slow
 def test_stage2_equals_predict(coco_index, coco_pick, coco_val, tiny_segmenter):
     """For every indexed image and phrase, the re-ranked prediction IS Segmenter.predict's:
     same chosen proposal, same score bit for bit, same candidates."""
@@ -213,6 +214,7 @@ def _run(capsys, *argv):
     return rc, cap.out, cap.err
 
 
+@pytest.mark.slow
 def test_cli_bad_input(coco_index, tmp_path, capsys):
     db = coco_index[0].db
     rc, _, err = _run(capsys, "search", "a dog", "--db", str(tmp_path / "missing"))
@@ -287,6 +289,7 @@ def _coco_json(path: Path, sizes: dict[str, tuple[int, int]]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_incremental_failures_prune_and_resume(tmp_path, capsys, monkeypatch, tiny_segmenter):
     imgs = tmp_path / "imgs"
     sizes = _write_images(imgs, 2)
@@ -322,7 +325,7 @@ def test_incremental_failures_prune_and_resume(tmp_path, capsys, monkeypatch, ti
     more = tmp_path / "more"
     sizes2 = _write_images(more, 2, seed=3)
     ann2 = _coco_json(tmp_path / "ann2.json", sizes2)
-    import hybridgl.search.index as mod
+    import hybridgl.search.rows as mod  # where images are encoded
 
     real = mod._encode_image
     calls = {"n": 0}
@@ -343,6 +346,7 @@ def test_incremental_failures_prune_and_resume(tmp_path, capsys, monkeypatch, ti
     assert idx.stats()["images"] == 4
 
 
+@pytest.mark.slow
 def test_list_file_and_remove(tmp_path, tiny_segmenter):
     imgs = tmp_path / "imgs"
     sizes = _write_images(imgs, 2)
@@ -371,6 +375,7 @@ def test_sam_proposals_path(tmp_path, tiny_segmenter):
     assert [(r["source"], r["proposals_key"]) for r in rows] == [("sam", "sam")]
 
 
+@pytest.mark.slow
 def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
     """--optimize compacts and builds the IVF index; with every partition probed, stage 1
     through it finds what the exact scan finds."""
@@ -390,13 +395,16 @@ def test_optimize_builds_the_ivf_index(tmp_path, tiny_segmenter, monkeypatch):
     assert idx.stats()["ann_index"] is True
     assert [(h.image_id, h.similarity) for h in idx.search("a square")] == before
     # an index run builds it by itself past AUTO_ANN_ROWS, and readers see it
-    monkeypatch.setattr(mod, "AUTO_ANN_ROWS", 4)
+    import hybridgl.search.writer as writer_mod  # where an index run reads it
+
+    monkeypatch.setattr(writer_mod, "AUTO_ANN_ROWS", 4)
     idx2 = Index(tmp_path / "db2", segmenter=tiny_segmenter)
     assert idx2.add([imgs], progress=False, proposals_from=ann).ann_built is True
     assert idx2.stats()["ann_index"] is True
     assert [(h.image_id, h.similarity) for h in idx2.search("a square")] == before
 
 
+@pytest.mark.slow
 def test_index_sam_none(tmp_path, capsys, tiny_segmenter):
     """``--sam none`` indexes with --proposals-from; without it, a usage error (exit 2)
     before any model or index is touched."""
@@ -414,6 +422,7 @@ def test_index_sam_none(tmp_path, capsys, tiny_segmenter):
     assert Index(db).stats()["proposals"] == 6
 
 
+@pytest.mark.slow
 def test_index_and_search_take_the_one_model_option_group(coco_index, tmp_path, capsys):
     """Options not given come from the index; one that changes stored features is refused
     naming it; a scoring-only option applies to the search (issue 16)."""

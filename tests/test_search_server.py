@@ -47,6 +47,7 @@ def search_db(tmp_path_factory, coco_val, tiny_segmenter):
     return idx
 
 
+@pytest.mark.slow
 def test_search_api(search_db, tiny_segmenter):
     app = create_app(tiny_segmenter, ServerSettings(search_db=str(search_db.db)))
     with TestClient(app) as client:
@@ -105,6 +106,7 @@ def _colour_fraction(page, points, rgb) -> float:
     return float(np.mean([tuple(c) == rgb for c in colours]))
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_search_tab_in_chromium(search_db, tiny_segmenter):
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -23,6 +23,7 @@ def test_predict_before_set_image_raises():
         seg.predict("a dog")
 
 
+@pytest.mark.slow
 def test_ground_truth_proposals_end_to_end(tiny_segmenter, coco_sample):
     seg = tiny_segmenter
     path, masks = coco_sample
@@ -61,6 +62,7 @@ def _clip_score(seg, state, expr):
     return (seg.logit_scale * v @ (f / f.norm())).tolist()
 
 
+@pytest.mark.slow
 def test_sam_proposals_end_to_end(tiny_segmenter, coco_sample):
     seg = tiny_segmenter
     path, _ = coco_sample
@@ -94,6 +96,7 @@ def test_sam_proposals_end_to_end(tiny_segmenter, coco_sample):
         assert list(b) == list(r["bbox"])
 
 
+@pytest.mark.slow
 def test_degenerate_proposals(tiny_segmenter):
     seg = tiny_segmenter
     img = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
@@ -207,6 +210,7 @@ def test_missing_weights_offline_error(monkeypatch, tmp_path):
     assert "sam_vit_b_01ec64.pth" in msg and "dl.fbaipublicfiles.com" in msg
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs(monkeypatch, coco_sample):
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     from hybridgl import Segmenter

@@ -38,6 +38,7 @@ def test_segmenter_satisfies_the_protocol(tiny_segmenter):
     assert isinstance(tiny_segmenter, SegmenterLike)
 
 
+@pytest.mark.slow
 def test_stages_compose_to_predict(tiny_segmenter, coco_sample):
     seg = tiny_segmenter
     path, masks = coco_sample
@@ -93,6 +94,7 @@ def test_predict_without_any_image_says_how(monkeypatch):
         seg.predict_many(["a dog"])
 
 
+@pytest.mark.slow
 def test_proposals_are_binarised_once(tiny_segmenter):
     seg = tiny_segmenter
     img = _image(2, 20, 30)
@@ -116,6 +118,7 @@ def test_proposals_are_binarised_once(tiny_segmenter):
             seg.encode_image(img, proposals=bad)
 
 
+@pytest.mark.slow
 def test_working_resolution_shrinks_the_work_not_the_answer(monkeypatch):
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     from hybridgl import Segmenter
@@ -138,6 +141,7 @@ def test_working_resolution_shrinks_the_work_not_the_answer(monkeypatch):
     assert working_size(3000, 4000, 1024) == (768, 1024)
 
 
+@pytest.mark.slow
 def test_working_resolution_default_keeps_coco_predictions(monkeypatch, coco_sample):
     """coco-mini images are <= 640 px: the default cap (1024) changes no prediction."""
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
@@ -153,6 +157,7 @@ def test_working_resolution_default_keeps_coco_predictions(monkeypatch, coco_sam
         _same(capped.predict(expr, state=a), uncapped.predict(expr, state=b))
 
 
+@pytest.mark.slow
 def test_threads_each_get_their_own_image(tiny_segmenter):
     """Threads that pass their own state, and threads that hold the lock around
     set_image + predict, only ever get masks of their own image."""
@@ -193,6 +198,7 @@ def test_threads_each_get_their_own_image(tiny_segmenter):
         assert seg.image_state.height in (34, 40)
 
 
+@pytest.mark.slow
 def test_encode_image_and_set_image_check_the_callers_pixel_limit(tiny_segmenter):
     """``max_pixels`` reaches the segmenter's own loader: a caller that decoded an image
     under a raised limit (server, CLI ``--max-pixels``) is not refused again by the

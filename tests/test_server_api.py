@@ -106,6 +106,7 @@ def test_docs_and_page_are_served(client):
 # ------------------------------------------------------------------ results
 
 
+@pytest.mark.slow
 def test_segment_json_shapes_and_candidates(client, images):
     path, gt = images[0]
     r = client.post(
@@ -197,6 +198,7 @@ def test_rle_round_trip_equals_png_mask(client, images):
     assert np.mean(np.all(drawn[far] == original[far], axis=-1)) > 0.5
 
 
+@pytest.mark.slow
 def test_second_phrase_reuses_image_work(client, live, images):
     """The cache holds the ImageState: no second feature or GEM pass (counters, not clocks)."""
     seg = live[1]
@@ -220,6 +222,7 @@ def test_second_phrase_reuses_image_work(client, live, images):
     assert client.get("/health").json()["cache"]["hits"] >= 1
 
 
+@pytest.mark.slow
 def test_sam_path_runs_once_per_image(client, live):
     """An image without given proposals goes through SAM, once; the next phrase skips it."""
     seg = live[1]
@@ -338,6 +341,7 @@ def test_server_survives_bad_input(client):
 # ------------------------------------------------------------------ timeout, busy, no model
 
 
+@pytest.mark.slow
 def test_timeout_gives_504_and_full_queue_gives_503(tiny_segmenter, images):
     blocking = BlockingSegmenter(tiny_segmenter)
     settings = ServerSettings(request_timeout_s=0.5, max_queue=1)

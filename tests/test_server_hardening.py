@@ -119,6 +119,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     ],
     ids=["half-headers", "no-blank-line"],
 )
+@pytest.mark.slow
 def test_stalled_request_head_gets_408_and_is_closed(server, client, sent):
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(sent)
@@ -129,6 +130,7 @@ def test_stalled_request_head_gets_408_and_is_closed(server, client, sent):
     assert client.get("/health").status_code == 200  # the server itself is fine
 
 
+@pytest.mark.slow
 def test_silent_connection_is_closed(server, client):
     """A connection that never sends a byte is closed (quietly, like an idle keep-alive)."""
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
@@ -136,6 +138,7 @@ def test_silent_connection_is_closed(server, client):
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_stalled_request_body_is_closed(server, client):
     head = (
         b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -210,6 +213,7 @@ def test_cut_off_multipart_body_is_400(client):
 # ------------------------------------------------------------------ Retry-After
 
 
+@pytest.mark.slow
 def test_503_answers_carry_retry_after(tiny_segmenter):
     blocking = BlockingSegmenter(tiny_segmenter)
     settings = ServerSettings(max_queue=1)
@@ -247,6 +251,7 @@ def test_503_answers_carry_retry_after(tiny_segmenter):
 # ------------------------------------------------------------------ API key
 
 
+@pytest.mark.slow
 def test_api_key_is_required_on_every_route_but_health(tiny_segmenter):
     key = "s3cret-key"
     with (
@@ -306,6 +311,7 @@ def test_serve_warns_on_a_public_address_without_a_key(capsys, monkeypatch):
 # ------------------------------------------------------------------ memory bounded by the queue
 
 
+@pytest.mark.slow
 def test_uploads_are_decoded_under_the_images_in_flight_bound(tiny_segmenter):
     """Six different uploads at once: only ``images_in_flight`` are decoded while the
     model is busy; the others wait still encoded (counted by the service, not mocked).
@@ -358,6 +364,7 @@ def test_uploads_are_decoded_under_the_images_in_flight_bound(tiny_segmenter):
 # ------------------------------------------------------------------ caller proposals
 
 
+@pytest.mark.slow
 def test_caller_proposals_as_npy_and_as_rle_list(client):
     image = small_png(4)
     masks = halves()
@@ -459,6 +466,7 @@ def test_serve_options_come_from_the_settings_dataclass(monkeypatch):
 # ------------------------------------------------------------------ hostile uploads at once
 
 
+@pytest.mark.slow
 def test_hostile_uploads_are_checked_from_headers_under_the_in_flight_bound(
     tiny_segmenter, monkeypatch
 ):

@@ -117,6 +117,7 @@ def _request_kwargs(item: dict, jpegs: list[bytes]) -> dict:
     raise AssertionError(kind)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_load(tiny_segmenter):
     images = coco_images(3)
     jpegs = [path.read_bytes() for path, _ in images]

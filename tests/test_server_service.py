@@ -84,6 +84,7 @@ def test_service_segments_and_caches_without_http(tiny_segmenter):
         service.close()
 
 
+@pytest.mark.slow
 def test_a_timed_out_job_keeps_its_place_in_the_queue(tiny_segmenter):
     """504 for the client, but the model work it started still counts against max_queue
     until it really ends (so timeouts cannot pile up unbounded work)."""

@@ -303,6 +303,7 @@ def test_no_proposal_and_bad_options(tiny_segmenter) -> None:
         seg.predict("the cups", state=empty, targets="many", thresholds={"floor": "low"})
 
 
+@pytest.mark.slow
 def test_segment_cli_writes_every_target(tmp_path, shared_tiny_segmenters, monkeypatch) -> None:
     import contextlib
     import io

@@ -273,6 +273,7 @@ def test_direction_words(parser: TextParser) -> None:
 # --------------------------------------------------------------------------- rule-level checks
 
 
+@pytest.mark.slow
 def test_parse_many_matches_parse(parser: TextParser, parser_fixed: TextParser) -> None:
     texts = [
         "The man on the left in a red shirt",
