@@ -209,7 +209,8 @@ def engine_overhead(n_units: int = 200) -> dict[str, Any]:
 
 def child(config: str, rows_path: Path) -> dict[str, Any]:
     """One configuration in this (fresh) process."""
-    from hybridgl.jobs.batch import make_units, read_rows
+    from hybridgl.jobs.batch import make_units
+    from hybridgl.jobs.batch_rows import read_rows
 
     name, engine, workers, threads = CONFIGS[config]
     rows, _, _ = read_rows(rows_path, [])

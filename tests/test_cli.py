@@ -30,7 +30,8 @@ from hybridgl.cli.common import (
     UsageError,
 )
 from hybridgl.cli.main import main
-from hybridgl.jobs.batch import mask_filename, read_rows
+from hybridgl.jobs.batch import mask_filename
+from hybridgl.jobs.batch_rows import read_rows
 from hybridgl.masks import png_to_mask, polygons_to_mask, rle_to_mask
 from hybridgl.schemas import validate
 

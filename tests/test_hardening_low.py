@@ -102,7 +102,7 @@ def test_wide_integer_arrays_in_0_255_are_refused_as_ambiguous() -> None:
 
 
 def test_one_long_csv_field_fails_its_row_only(tmp_path: Path) -> None:
-    from hybridgl.jobs.batch import BadRow, read_rows
+    from hybridgl.jobs.batch_rows import BadRow, read_rows
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     rows = ["image,expression", "a.png,the left one", f"a.png,{'x' * 200_000}", "a.png,a dog"]
