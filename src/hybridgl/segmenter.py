@@ -630,9 +630,9 @@ class Segmenter:
 def _dtype_option(dtype: str | torch.dtype | None) -> str | None:
     """A dtype keyword (a name or a torch dtype) as the spec's name (``fp32``...)."""
     if dtype is None or isinstance(dtype, str):
-        from hybridgl.spec import DTYPE_ALIASES
+        from hybridgl.spec import dtype_option
 
-        return DTYPE_ALIASES.get(dtype, dtype) if dtype is not None else None
+        return dtype_option(dtype)
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     if dtype not in names:
         raise ValueError(f"unsupported dtype {dtype!r}; use fp32, fp16, bf16 or auto")

@@ -80,6 +80,7 @@ class UnitWorker:
         self.task = task
         self._factory = factory
         self._segmenter: Any = None
+        self._built: dict[str, Any] | None = None
         self.units = 0
 
     @property
@@ -94,12 +95,17 @@ class UnitWorker:
 
     def built(self) -> dict[str, Any] | None:
         """What this worker's segmenter runs with (:func:`hybridgl.spec.built_facts`), or
-        None before it is built; engines collect it so a run can show what each worker built."""
+        None before it is built; engines collect it so a run can show what each worker built.
+
+        Read once, after the build: the Ray engine asks after every unit.
+        """
         if self._segmenter is None:
             return None
-        from hybridgl.spec import built_facts
+        if self._built is None:
+            from hybridgl.spec import built_facts
 
-        return built_facts(self._segmenter)
+            self._built = built_facts(self._segmenter)
+        return self._built
 
     def process(self, unit: WorkUnit) -> list[dict[str, Any]]:
         """Records for every row of a unit; an unexpected error fails the unit's rows only.
