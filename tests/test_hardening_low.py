@@ -189,6 +189,41 @@ def test_a_damaged_index_is_exit_3_naming_it_and_the_way_out(small_index, tmp_pa
 # ------------------------------------------------------------------ Ray address
 
 
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_a_ray_address_where_another_service_listens_fails_in_one_line(answer) -> None:
+    """A port that accepts but never answers, or answers HTTP/1 (a web server), would
+    leave ``ray.init`` waiting without bound: refused at the gRPC handshake instead."""
+    import socket
+    import threading
+
+    from hybridgl.errors import InputError
+    from hybridgl.jobs.ray_engine import check_reachable
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            if answer:
+                conn.sendall(answer)
+            else:
+                conn.recv(64)  # silent until the client hangs up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(InputError, match=f"127.0.0.1:{port}.*not a Ray cluster") as e:
+            check_reachable(f"127.0.0.1:{port}", timeout=0.5)
+        assert "\n" not in str(e.value)
+    finally:
+        thread.join(5)
+        server.close()
+
+
 def test_a_ray_address_where_nothing_listens_fails_fast_in_one_line() -> None:
     import socket
     import time

@@ -151,6 +151,13 @@ def test_batch_on_ray_equals_local_even_when_a_worker_is_killed(cluster, batch_i
             assert (on_ray / r["mask_png"]).read_bytes() == (local / r["mask_png"]).read_bytes()
 
 
+def test_the_address_check_accepts_a_real_ray_head(cluster):
+    """The gRPC handshake of ``check_reachable`` passes against Ray's own GCS."""
+    from hybridgl.jobs.ray_engine import check_reachable
+
+    check_reachable(cluster["address"], timeout=5)
+
+
 def test_evaluate_suite_on_ray_gives_the_same_records_and_metrics(cluster):
     """RefCOCO and RefCOCO+ val in one run: each shared image encoded once, the same
     per-split metrics (byte for byte) and records as the local engine."""

@@ -126,10 +126,9 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
 
     Raises:
         InputError: the host does not resolve or refuses / does not answer within
-            ``timeout`` seconds (CLI exit 3).
+            ``timeout`` seconds, or what answers there does not speak gRPC (HTTP/2), as a
+            web server or another service on that port would not (CLI exit 3).
     """
-    import socket
-
     from hybridgl.errors import InputError
 
     target = address.split("://", 1)[-1]
@@ -138,14 +137,42 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
         return
     host = host.strip("[]")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        conn = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as e:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise InputError(
             f"--ray-address {address}: cannot reach a Ray cluster there ({reason} within "
             f"{timeout:g} s); start it (`ray start --head`) or fix the address"
         ) from None
+    with conn:
+        try:
+            speaks_grpc = _answers_http2(conn)
+        except OSError:
+            speaks_grpc = False
+    if not speaks_grpc:
+        raise InputError(
+            f"--ray-address {address}: something listens there but it is not a Ray cluster "
+            f"(no gRPC answer within {timeout:g} s); give the head node's GCS address "
+            "(`ray start --head` prints it)"
+        )
+
+
+#: The HTTP/2 client preface followed by an empty SETTINGS frame (RFC 9113, section 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(conn: Any) -> bool:
+    """True when the peer answers an HTTP/2 preface with a SETTINGS frame, as the gRPC
+    server of Ray's GCS does. A plain TCP or HTTP/1 service answers otherwise or not at
+    all, where ``ray.init`` would wait without bound. A timeout raises OSError."""
+    conn.sendall(_H2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = conn.recv(9 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    return head[3] == 4  # frame type 0x4: SETTINGS
 
 
 def _connect(ray: Any, opts: EngineOptions) -> bool:
