@@ -18,10 +18,10 @@ from hybridgl.masks import (
     mask_to_rle,
     png_to_mask,
     polygons_to_mask,
-    read_proposals_npy,
     rle_to_mask,
     save_mask_png,
 )
+from hybridgl.proposal_files import read_proposals_npy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO_ANN = DATA / "coco-mini" / "annotations" / "instances_val2017.json"

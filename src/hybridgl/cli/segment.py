@@ -175,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
     from hybridgl.errors import ExpressionError, ImageError
     from hybridgl.fileio import atomic_write_text
     from hybridgl.images import load_image
-    from hybridgl.masks import load_proposals_file, save_mask_png
+    from hybridgl.masks import save_mask_png
     from hybridgl.names import safe_text
+    from hybridgl.proposal_files import load_proposals_file
     from hybridgl.viz import overlay, save_image
 
     # Cheap checks first, so that bad input fails before the models load.

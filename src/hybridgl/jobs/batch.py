@@ -90,7 +90,7 @@ class BatchTask:
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.images import load_image
-        from hybridgl.masks import load_proposals_file
+        from hybridgl.proposal_files import load_proposals_file
 
         try:
             image = load_image(unit.data["image_path"], max_pixels=self.max_pixels)

@@ -196,7 +196,8 @@ def proposals_builder(part: bytes, settings: ServerSettings) -> ProposalsBuilder
         raise ApiError(422, "invalid_proposals", "the proposals part is empty")
 
     def build(height: int, width: int) -> np.ndarray:
-        from hybridgl.masks import as_proposal_masks, read_proposals_npy
+        from hybridgl.masks import as_proposal_masks
+        from hybridgl.proposal_files import read_proposals_npy
 
         try:
             if part[:6] == b"\x93NUMPY":
