@@ -43,7 +43,7 @@ def build_workload(n_images: int, work: Path) -> Path:
     """A batch input of ``n_images`` coco-mini images with their COCO masks as proposals."""
     import numpy as np
 
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     ann = json.loads((COCO / "annotations" / "instances_val2017.json").read_text())
     by_image: dict[int, list] = {}

@@ -61,7 +61,7 @@ def clip_source(height: int, length: int, seed: int = 0):
 def _photo(seed: int):
     ann = DATA / "annotations" / "instances_val2017.json"
     if ann.exists():
-        from hybridgl.eval.refer import annotation_to_mask
+        from hybridgl.eval.annotations import annotation_to_mask
         from hybridgl.images import load_image
 
         data = json.loads(ann.read_text())

@@ -86,7 +86,7 @@ def prediction_dump(pred: Any) -> dict[str, Any]:
 
 def pick_images(data: Path, count: int) -> list[tuple[str, Path, np.ndarray]]:
     """The first ``count`` coco-mini val images (by id) with >= 4 instances, and their masks."""
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     coco = data / "coco-mini"
     ann = json.loads((coco / "annotations" / "instances_val2017.json").read_text())

@@ -37,7 +37,7 @@ def coco_val() -> dict:
 
 def coco_masks(coco: dict, image_id: int) -> np.ndarray:
     """All instance masks of one image, ``(N, H, W)`` bool (the library's annToMask)."""
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     im = coco["images"][image_id]
     h, w = im["height"], im["width"]

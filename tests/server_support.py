@@ -33,7 +33,7 @@ def require_coco() -> None:
 
 
 def _instance_masks(image: dict, anns: list[dict]) -> np.ndarray:
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     return np.stack([annotation_to_mask(a, image["height"], image["width"]) for a in anns])
 

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
 
-from hybridgl.eval.refer import (
-    DataError,
-    Expression,
-    annotation_to_mask,
-    check_dataset_split,
-    load_generic,
-    load_refer,
-    load_refs_pickle,
-)
+from hybridgl.errors import DataError
+from hybridgl.eval.annotations import annotation_to_mask
+from hybridgl.eval.pickles import load_refs_pickle
+from hybridgl.eval.refer import Expression, check_dataset_split, load_generic, load_refer
 from hybridgl.eval.report import build_report
 from hybridgl.eval.task import select_expressions
 

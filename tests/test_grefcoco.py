@@ -12,11 +12,13 @@ import pickle
 import pytest
 from gres_fixture import COCO, build_grefcoco, build_phrasecut
 
+from hybridgl.errors import DataError
 from hybridgl.eval.datasets import load_dataset
 from hybridgl.eval.grefcoco import check_size, load_grefcoco
 from hybridgl.eval.metrics import gres_from_records, gres_metrics
 from hybridgl.eval.phrasecut import load_phrasecut
-from hybridgl.eval.refer import DataError, UnsafePickleError, load_refer
+from hybridgl.eval.pickles import UnsafePickleError
+from hybridgl.eval.refer import load_refer
 
 needs_data = pytest.mark.skipif(
     not (COCO / "annotations").is_dir(), reason=f"coco-mini not found at {COCO}"
@@ -127,7 +129,7 @@ def test_phrasecut_loader(tmp_path) -> None:
     h, w = im["height"], im["width"]
     coco_ids = built["tasks"][0]["ann_ids"]
     by_id = {a["id"]: a for a in built["anns"][im["id"]]}
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     for aid, cid in zip(first.ann_id, coco_ids, strict=True):
         assert (data.ann_mask(aid, h, w) == annotation_to_mask(by_id[cid], h, w)).all()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import hybridgl.eval.refer as refer
+import hybridgl.eval.pickles as pickles
 from hybridgl.cli.common import exit_code_for
-from hybridgl.eval.refer import DataError, PickleLimitError, load_refs_pickle
+from hybridgl.errors import DataError
+from hybridgl.eval.pickles import PickleLimitError, load_refs_pickle
 
 
 def _ref(sentences: object) -> dict:
@@ -55,7 +56,7 @@ def test_a_shared_ref_within_the_limits_is_read_once(tmp_path: Path) -> None:
     refs, problem = load_refs_pickle(path)
     assert problem is None and len(refs) == 2
     memo: dict = {}
-    a, b = (refer._norm(r, memo) for r in refs)
+    a, b = (pickles._norm(r, memo) for r in refs)
     assert a["sentences"] is b["sentences"] and a["sentences"][0]["raw"] == "the cat"
 
 
@@ -76,7 +77,7 @@ def test_bytes_from_data_are_still_read(tmp_path: Path) -> None:
 def test_deep_nesting_is_refused_without_recursion(tmp_path: Path) -> None:
     depth = 100_000
     blob = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
-    _refused(tmp_path, blob, f"nested more than {refer.MAX_REFS_DEPTH} levels")
+    _refused(tmp_path, blob, f"nested more than {pickles.MAX_REFS_DEPTH} levels")
 
 
 def test_a_reference_cycle_is_refused(tmp_path: Path) -> None:
@@ -87,9 +88,9 @@ def test_a_reference_cycle_is_refused(tmp_path: Path) -> None:
 
 def test_operation_and_file_size_limits(tmp_path: Path, monkeypatch) -> None:
     blob = pickle.dumps([_ref([{"sent_id": i, "raw": "x"} for i in range(50)])], protocol=2)
-    monkeypatch.setattr(refer, "MAX_PICKLE_OPS", 100)
+    monkeypatch.setattr(pickles, "MAX_PICKLE_OPS", 100)
     _refused(tmp_path, blob, "more than 100 pickle operations")
-    monkeypatch.setattr(refer, "MAX_PICKLE_OPS", 10_000)
-    monkeypatch.setattr(refer, "MAX_REFS_PICKLE_BYTES", 100)
+    monkeypatch.setattr(pickles, "MAX_PICKLE_OPS", 10_000)
+    monkeypatch.setattr(pickles, "MAX_REFS_PICKLE_BYTES", 100)
     err = _refused(tmp_path, blob, "the limit is 100")
     assert isinstance(err, DataError)

@@ -72,7 +72,7 @@ def coco_masks(image: dict, anns: list[dict]):
     """Instance masks of one COCO image, ``(N, H, W)`` bool."""
     import numpy as np
 
-    from hybridgl.eval.refer import annotation_to_mask
+    from hybridgl.eval.annotations import annotation_to_mask
 
     h, w = image["height"], image["width"]
     out = [annotation_to_mask(a, h, w) for a in anns]

@@ -47,6 +47,11 @@ class InputError(HybridGLError, ValueError):
     file, a conflicting run folder or index (CLI exit code 3)."""
 
 
+class DataError(HybridGLError, ValueError):
+    """A dataset file is missing or unreadable, or a record in it is invalid (the
+    evaluation readers of :mod:`hybridgl.eval`; CLI exit code 3)."""
+
+
 class MissingExtraError(HybridGLError, ImportError):
     """An optional extra is not installed (CLI exit code 2, one line in every command).
 

@@ -9,6 +9,8 @@ Not imported by ``import hybridgl``: import it explicitly::
 Metric definitions: :mod:`hybridgl.eval.metrics`; data layout: :mod:`hybridgl.eval.refer`.
 """
 
+from hybridgl.errors import DataError
+from hybridgl.eval.annotations import annotation_to_mask
 from hybridgl.eval.datasets import load_dataset
 from hybridgl.eval.metrics import (
     THRESHOLDS,
@@ -20,10 +22,8 @@ from hybridgl.eval.metrics import (
 from hybridgl.eval.refer import (
     DATASETS,
     EXPECTED_COUNTS,
-    DataError,
     EvalData,
     Expression,
-    annotation_to_mask,
     load_generic,
     load_refer,
 )

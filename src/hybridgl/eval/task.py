@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from hybridgl.errors import DataError
+from hybridgl.eval.annotations import lookup_ann_mask
 from hybridgl.eval.metrics import best_proposal, intersection_union, iou_from_counts
-from hybridgl.eval.refer import DataError, EvalData, Expression, lookup_ann_mask
+from hybridgl.eval.refer import EvalData, Expression
 from hybridgl.images import DEFAULT_MAX_PIXELS
 from hybridgl.jobs.units import UnitWorker, WorkUnit, encode_state, predict_on_state
 

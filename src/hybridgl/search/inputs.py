@@ -125,7 +125,7 @@ class CocoProposals:
         return "coco:" + hashlib.sha256(blob).hexdigest()[:16]
 
     def masks(self, path: Path, height: int, width: int) -> np.ndarray:
-        from hybridgl.eval.refer import annotation_to_mask
+        from hybridgl.eval.annotations import annotation_to_mask
 
         entry = self._entry(path)
         if (int(entry.get("height", height)), int(entry.get("width", width))) != (height, width):

@@ -201,7 +201,7 @@ class IndexTask:
         self.max_pixels = max_pixels
 
     def run(self, worker: Any, unit: Any) -> list[dict[str, Any]]:
-        from hybridgl.eval.refer import annotation_to_mask
+        from hybridgl.eval.annotations import annotation_to_mask
         from hybridgl.images import load_image
 
         d = unit.data
