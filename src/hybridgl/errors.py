@@ -82,6 +82,8 @@ ERROR_KINDS: dict[str, str] = {
     "unknown_ann": "an annotation id the dataset's annotations do not list",
     "bad_annotation": "an annotation whose mask cannot be decoded or is empty",
     "prediction_failed": "the model raised on this image or expression",
+    "missing_video": "the video file or frame folder does not exist",
+    "bad_video": "the video cannot be opened or decoded (corrupt, truncated, no frames)",
     "internal": "anything else (the message carries the exception)",
 }
 

@@ -15,6 +15,7 @@ from hybridgl.cli.common import (
     positive,
 )
 from hybridgl.cli.options import (
+    add_engine_args,
     add_max_pixels_arg,
     add_model_args,
     build_segmenter,
@@ -37,7 +38,7 @@ A run that is interrupted continues where it stopped when started again with the
 (every finished frame is kept; the tracker restarts from the last frame's masks).
 """
 
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # hybridgl.video.run's names
 RECORDS_FILE = "frames.jsonl"
 
 
@@ -51,11 +52,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("video", metavar="VIDEO", help="video file, frame folder, or camera:N")
-    p.add_argument("expressions", metavar="PHRASE", nargs="+", help="referring phrase (quote it)")
+    p.add_argument("video", metavar="VIDEO", nargs="?",
+                   help="video file, frame folder, or camera:N")  # fmt: skip
+    p.add_argument("expressions", metavar="PHRASE", nargs="*", help="referring phrase (quote it)")
     out = p.add_argument_group("outputs")
     out.add_argument("--out", required=True, metavar="DIR", help="results folder (resumable)")
+    out.add_argument("--list", metavar="FILE", default=None,
+                     help="many videos: a .jsonl or .csv work list (video, expression[s], id), "
+                     "one video per work unit on --engine; DIR/videos/<id>/ per video and "
+                     "DIR/results.jsonl, one summary record per video")  # fmt: skip
     out.add_argument("--overlay", metavar="OUT.mp4", help="write the video with masks drawn")
+    out.add_argument("--overlays", action="store_true",
+                     help="--list: write DIR/videos/<id>/overlay.mp4 for every video")  # fmt: skip
     out.add_argument("--davis", action="store_true", help="write DIR/davis/ indexed PNGs")
     out.add_argument("--vis", action="store_true", help="write DIR/results_vis.json")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +99,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="frame rate of a frame folder (gives it times)")  # fmt: skip
     add_max_pixels_arg(s, refused="exit 3 (bad input)")
     add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -107,15 +116,10 @@ def _keyframe(text: str) -> int | str:
     return value
 
 
-def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
-    """What makes two runs the same run (checked before resuming): the video, the phrases,
-    the tracker, the model spec and the options of the video method."""
-    src = args.video
-    if not str(src).startswith("camera:"):
-        src = str(Path(src).resolve())
+def job_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """The settings every video of a run shares: the tracker, the model spec and the
+    options of the video method (device and threads may change between runs)."""
     return {
-        "source": src,
-        "expressions": list(args.expressions),
         "tracker": args.tracker,
         "model": {k: v for k, v in spec.to_dict().items() if k not in ("device", "threads")},
         "options": {
@@ -139,47 +143,43 @@ def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     }
 
 
-def _resume_point(records: list[dict[str, Any]], n_objects: int) -> Any:
-    """The :class:`ResumePoint` after the last complete frame, or None to start afresh."""
-    from hybridgl.masks import rle_to_mask
-    from hybridgl.video.method import ResumePoint
-    from hybridgl.video.outputs import group_by_frame
-
-    frames = {f: r for f, r in group_by_frame(records).items() if len(r) == n_objects}
-    keys = [f for f, recs in frames.items() if any(r.get("keyframe") for r in recs)]
-    if not frames or not keys:
-        return None
-    last = max(frames)
-    masks = {
-        int(r["object_id"]): rle_to_mask(r["mask"]) if r["present"] else None for r in frames[last]
-    }
-    return ResumePoint(frame=last, keyframe=keys[0], masks=masks)
+def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """What makes two runs the same run (checked before resuming): the video, the phrases,
+    and :func:`job_settings`."""
+    src = args.video
+    if not str(src).startswith("camera:"):
+        src = str(Path(src).resolve())
+    return {"source": src, "expressions": list(args.expressions), **job_settings(args, spec)}
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridgl.errors import ExpressionError
-    from hybridgl.fileio import atomic_write_json
-    from hybridgl.jobs.engine import progress_bar
-    from hybridgl.jobs.records import RecordWriter, read_records
-    from hybridgl.video.grounding import HybridGLGrounder
-    from hybridgl.video.hf_trackers import build_tracker
-    from hybridgl.video.method import TrackOptions, VideoSegmenter
-    from hybridgl.video.outputs import (
-        record_key,
-        write_davis_pngs,
-        write_overlay,
-        write_youtube_vis,
-    )
-    from hybridgl.video.sources import Selection, open_source
+    if args.list is not None:
+        from hybridgl.cli.track_list import run_list
 
-    # cheap checks first: bad input fails before the models load
-    for i, expr in enumerate(args.expressions):
-        if not expr.strip():
-            raise ExpressionError(f"phrase {i} is empty")
-    if args.overlay and Path(args.overlay).suffix.lower() not in (".mp4", ".mkv", ".webm",
-                                                                  ".mov", ".avi"):  # fmt: skip
-        raise UsageError(f"--overlay must be a video file (.mp4, ...), got {args.overlay!r}")
-    options = TrackOptions(
+        return run_list(args)
+    if args.video is None or not args.expressions:
+        raise UsageError("give VIDEO and at least one PHRASE, or --list FILE")
+    if args.engine != "local":
+        raise UsageError("--engine applies to --list (many videos); one video runs here")
+    return run_one(args)
+
+
+def selection_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The frame selection options (``open_source`` keywords); bad ones are a usage error."""
+    from hybridgl.video.sources import Selection
+
+    try:
+        Selection(args.stride, args.max_frames, args.start, args.end)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return {"stride": args.stride, "max_frames": args.max_frames, "start": args.start,
+            "end": args.end, "max_pixels": args.max_pixels or None, "fps": args.fps}  # fmt: skip
+
+
+def track_options(args: argparse.Namespace) -> Any:
+    from hybridgl.video.method import TrackOptions
+
+    return TrackOptions(
         keyframe=_keyframe(args.keyframe),
         keyframe_candidates=args.keyframe_candidates,
         reground_every=args.reground_every,
@@ -189,12 +189,25 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         guidance=not args.no_guidance,
     )
-    selection = {"stride": args.stride, "max_frames": args.max_frames, "start": args.start,
-                 "end": args.end, "max_pixels": args.max_pixels or None, "fps": args.fps}  # fmt: skip
-    try:
-        Selection(args.stride, args.max_frames, args.start, args.end)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+
+
+def run_one(args: argparse.Namespace) -> int:
+    from hybridgl.errors import ExpressionError
+    from hybridgl.video.grounding import HybridGLGrounder
+    from hybridgl.video.hf_trackers import build_tracker
+    from hybridgl.video.method import VideoSegmenter
+    from hybridgl.video.run import track_to_folder, write_outputs
+    from hybridgl.video.sources import open_source
+
+    # cheap checks first: bad input fails before the models load
+    for i, expr in enumerate(args.expressions):
+        if not expr.strip():
+            raise ExpressionError(f"phrase {i} is empty")
+    if args.overlay and Path(args.overlay).suffix.lower() not in (".mp4", ".mkv", ".webm",
+                                                                  ".mov", ".avi"):  # fmt: skip
+        raise UsageError(f"--overlay must be a video file (.mp4, ...), got {args.overlay!r}")
+    options = track_options(args)
+    selection = selection_of(args)
     source = open_source(args.video, **selection)
     if args.overlay and not source.reopenable:
         raise UsageError("--overlay needs a file or folder (a camera cannot be read again)")
@@ -203,26 +216,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out!r} is a file; give a folder")
     spec = spec_from_args(args)
     check_runtime(spec)
-    this_run = json.loads(json.dumps(settings(args, spec)))  # as it reads back from run.json
-    run_file = out / RUN_FILE
-    records_path = out / RECORDS_FILE
-    previous: dict[str, Any] = {}
-    if run_file.is_file():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        if previous.get("settings") != this_run:
-            raise UsageError(
-                f"{out} holds another run (other video, phrases or options); "
-                "use another --out folder or delete it"
-            )
-    log = read_records(records_path, record_key)
-    n_obj = len(args.expressions)
-    resume = _resume_point(log.current(), n_obj) if log.current() else None
-    done_frames = {int(r["frame"]) for r in log.current()}
-    if log.current() and resume is None:
-        records_path.unlink()  # nothing usable before the keyframe's record: start afresh
-        done_frames = set()
 
-    if not previous.get("complete"):
+    def build() -> tuple[Any, dict[str, Any]]:
         tracker = build_tracker(args.tracker, device=spec.device, weights_dir=spec.weights_dir)
         seg = build_segmenter(spec)
         grounder = HybridGLGrounder(
@@ -232,30 +227,17 @@ def run(args: argparse.Namespace) -> int:
             min_cosine=options.min_cosine,
             max_pixels=args.max_pixels or None,
         )
-        vs = VideoSegmenter(grounder, tracker, options)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, {"settings": this_run, "complete": False,
-                                     "model": dict(getattr(seg, "model_info", {}))})  # fmt: skip
-        bar = progress_bar(source.frame_count(), "track", "frame", not args.no_progress)
-        bar.update(len(done_frames))
-        with RecordWriter(records_path) as writer:
-            for result in vs.track(source, args.expressions, resume=resume):
-                if result.frame in done_frames:  # pragma: no cover - the resume rule
-                    continue
-                writer.write_all(result.to_records())
-                writer.commit()
-                bar.update(1)
-        bar.close()
-        atomic_write_json(run_file, {"settings": this_run, "complete": True,
-                                     "model": dict(getattr(seg, "model_info", {}))})  # fmt: skip
-    records = read_records(records_path, record_key).current()
-    if args.davis:
-        write_davis_pngs(records, out / "davis")
-    if args.vis:
-        write_youtube_vis(records, out / "results_vis.json", video_id=Path(args.video).name)
-    if args.overlay:
-        write_overlay(open_source(args.video, **selection), records, args.overlay)
-    _summary(records, n_obj)
+        return VideoSegmenter(grounder, tracker, options), dict(getattr(seg, "model_info", {}))
+
+    records = track_to_folder(
+        out, settings(args, spec), source, list(args.expressions), build,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    write_outputs(
+        records, out, davis=args.davis, vis=args.vis, overlay=args.overlay,
+        reopen=lambda: open_source(args.video, **selection), video_id=Path(args.video).name,
+    )  # fmt: skip
+    _summary(records, len(args.expressions))
     return EXIT_OK
 
 

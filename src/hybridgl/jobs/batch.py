@@ -45,14 +45,19 @@ class Counts:
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def mask_filename(row_id: str) -> str:
-    """A file name for a row's mask: the id when it is a safe name, else a sanitised
-    prefix plus a hash of the id (distinct ids never share a file)."""
+def safe_name(row_id: str) -> str:
+    """A file or folder name for an id: the id when it is a safe name, else a sanitised
+    prefix plus a hash of the id (distinct ids never share a name)."""
     safe = _SAFE.sub("_", row_id).strip("._")
     if safe == row_id and 0 < len(safe) <= 100:
-        return f"{safe}.png"
+        return safe
     digest = hashlib.sha1(row_id.encode("utf-8")).hexdigest()[:12]
-    return f"{safe[:80]}-{digest}.png" if safe else f"{digest}.png"
+    return f"{safe[:80]}-{digest}" if safe else digest
+
+
+def mask_filename(row_id: str) -> str:
+    """A file name for a row's mask (:func:`safe_name` of its id)."""
+    return f"{safe_name(row_id)}.png"
 
 
 # --------------------------------------------------------------------------- run

@@ -1,0 +1,50 @@
+"""``hybridgl track --list FILE --out DIR [--engine local|ray]``: many videos, one per
+work unit (the job: :mod:`hybridgl.video.batch`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError
+from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Exit 0, or 5 when some videos failed."""
+    from hybridgl.cli.track import job_settings, selection_of, track_options
+    from hybridgl.video.batch import VideoTask, run_video_list
+
+    if args.video is not None or args.expressions:
+        raise UsageError("give VIDEO PHRASE ... or --list FILE, not both")
+    if args.overlay:
+        raise UsageError("--overlay names one video's output; with --list use --overlays")
+    engine = engine_options(args)
+    spec = spec_from_args(args)
+    if engine.threads_per_worker and spec.threads is None:
+        spec = spec.with_options(threads=engine.threads_per_worker)
+    check_runtime(spec)
+    options = track_options(args)
+    selection = selection_of(args)
+    shared = job_settings(args, spec)
+    out = Path(args.out)
+    task = VideoTask(
+        out_dir=str(out.resolve()),
+        tracker=args.tracker,
+        settings=shared,
+        options=dataclasses.asdict(options),
+        selection=selection,
+        davis=args.davis,
+        vis=args.vis,
+        overlays=args.overlays,
+        weights_dir=spec.weights_dir,
+    )
+    outputs = {"davis": args.davis, "vis": args.vis, "overlays": args.overlays}
+    # the model is recorded and compared by the run file itself (the spec)
+    recorded = {k: v for k, v in shared.items() if k != "model"}
+    counts = run_video_list(
+        Path(args.list), out, spec, task, {**recorded, "outputs": outputs}, engine,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    return EXIT_PARTIAL if counts["failed"] else EXIT_OK

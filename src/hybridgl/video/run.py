@@ -1,0 +1,161 @@
+"""Tracking one video into a folder, resumably: the job behind ``hybridgl track``.
+
+``track_to_folder`` writes ``DIR/frames.jsonl`` (one record per phrase per frame, fsynced
+as each frame finishes) and ``DIR/run.json`` (the run's settings and whether it is
+complete). Started again on the same folder with the same settings it continues after the
+last finished frame (every finished frame is kept, none is done twice); with other
+settings it is refused. ``write_outputs`` makes the derived outputs (DAVIS PNGs,
+YouTube-VIS JSON, the overlay video) from the records. Both the single-video command and
+the many-videos job (:mod:`hybridgl.video.batch`, one video per work unit) use them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hybridgl.errors import UsageError
+
+__all__ = ["RECORDS_FILE", "RUN_FILE", "resume_point", "track_to_folder", "write_outputs"]
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "frames.jsonl"
+
+
+def resume_point(records: list[dict[str, Any]], n_objects: int) -> Any:
+    """The :class:`~hybridgl.video.method.ResumePoint` after the last complete frame of
+    ``records``, or None to start afresh (no keyframe record yet)."""
+    from hybridgl.masks import rle_to_mask
+    from hybridgl.video.method import ResumePoint
+    from hybridgl.video.outputs import group_by_frame
+
+    frames = {f: r for f, r in group_by_frame(records).items() if len(r) == n_objects}
+    keys = [f for f, recs in frames.items() if any(r.get("keyframe") for r in recs)]
+    if not frames or not keys:
+        return None
+    last = max(frames)
+    masks = {
+        int(r["object_id"]): rle_to_mask(r["mask"]) if r["present"] else None for r in frames[last]
+    }
+    return ResumePoint(frame=last, keyframe=keys[0], masks=masks)
+
+
+def read_run_file(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The folder's run file ({} when new); another run's folder is refused.
+
+    Raises:
+        UsageError: ``out`` is a file, or holds a run with other settings.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder")
+    path = out / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is unreadable ({e}); delete it or use another folder") from None
+    if not isinstance(previous, dict) or previous.get("settings") != settings:
+        raise UsageError(
+            f"{out} holds another run (other video, phrases or options); "
+            "use another --out folder or delete it"
+        )
+    return previous
+
+
+def track_to_folder(
+    out: Path,
+    settings: dict[str, Any],
+    source: Any,
+    expressions: list[str],
+    build: Callable[[], tuple[Any, dict[str, Any]]],
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Track ``expressions`` through ``source`` into ``out`` (resumable); the records.
+
+    Args:
+        out: the video's folder (created).
+        settings: what makes two runs the same run (JSON-ready; compared on resume).
+        source: an opened :class:`~hybridgl.video.sources.VideoSource`.
+        expressions: one phrase per object.
+        build: called only when there is work left: ``(VideoSegmenter, model_info)``.
+        progress: a progress bar on stderr.
+
+    Returns:
+        The records of ``frames.jsonl`` (the last one of each frame and object).
+
+    Raises:
+        UsageError: ``out`` holds another run.
+        VideoError: the video cannot be read (frames finished before it are kept).
+    """
+    from hybridgl.fileio import atomic_write_json
+    from hybridgl.jobs.engine import progress_bar
+    from hybridgl.jobs.records import RecordWriter, read_records
+    from hybridgl.video.outputs import record_key
+
+    this_run = json.loads(json.dumps(settings))  # as it reads back from run.json
+    previous = read_run_file(out, this_run)
+    records_path = out / RECORDS_FILE
+    if not previous.get("complete"):
+        log = read_records(records_path, record_key)
+        resume = resume_point(log.current(), len(expressions)) if log.current() else None
+        done_frames = {int(r["frame"]) for r in log.current()}
+        if log.current() and resume is None:
+            records_path.unlink()  # nothing usable before the keyframe's record: start afresh
+            done_frames = set()
+        video, model_info = build()
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_FILE, {"settings": this_run, "complete": False,
+                                           "model": model_info})  # fmt: skip
+        bar = progress_bar(source.frame_count(), "track", "frame", progress)
+        bar.update(len(done_frames))
+        try:
+            with RecordWriter(records_path) as writer:
+                for result in video.track(source, expressions, resume=resume):
+                    if result.frame in done_frames:  # pragma: no cover - the resume rule
+                        continue
+                    writer.write_all(result.to_records())
+                    writer.commit()
+                    bar.update(1)
+        finally:
+            bar.close()
+        atomic_write_json(out / RUN_FILE, {"settings": this_run, "complete": True,
+                                           "model": model_info})  # fmt: skip
+    return read_records(records_path, record_key).current()
+
+
+def write_outputs(
+    records: list[dict[str, Any]],
+    out: Path,
+    *,
+    davis: bool = False,
+    vis: bool = False,
+    overlay: str | Path | None = None,
+    reopen: Callable[[], Any] | None = None,
+    video_id: str = "video",
+) -> None:
+    """The derived outputs of a finished run: ``out/davis/``, ``out/results_vis.json`` and
+    the overlay video (``reopen()`` gives the source again to draw on)."""
+    from hybridgl.video.outputs import write_davis_pngs, write_overlay, write_youtube_vis
+
+    if davis:
+        write_davis_pngs(records, out / "davis")
+    if vis:
+        write_youtube_vis(records, out / "results_vis.json", video_id=video_id)
+    if overlay:
+        if reopen is None:
+            raise ValueError("an overlay needs the source (reopen)")
+        write_overlay(reopen(), records, overlay)
+
+
+def state_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many records of each state (``keyframe``, ``tracked``, ``regrounded``, ``absent``)."""
+    from hybridgl.video.method import STATES
+
+    counts = dict.fromkeys(STATES, 0)
+    for r in records:
+        counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
+    return counts
