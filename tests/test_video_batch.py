@@ -58,7 +58,7 @@ def by_id(path: Path) -> dict[str, dict]:
 
 def test_read_rows_groups_by_id_and_keeps_bad_rows(tmp_path):
     from hybridgl.errors import InputError
-    from hybridgl.video.batch import read_video_rows
+    from hybridgl.jobs.video_batch import read_video_rows
 
     csv_path = tmp_path / "v.csv"
     csv_path.write_text("video,expression,id\nv.mp4,the dog,\nv.mp4,the cat,\nw.mp4,,w\n"

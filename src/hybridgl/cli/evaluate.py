@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, non_negative_int
+from hybridgl.cli.evaluate_video import add_video_eval_args, is_video_dataset, run_video_evaluate
 from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
@@ -67,7 +68,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument(
         "--dataset",
         help=f"{', '.join(DATASETS)}, or several separated by commas (refer); any name for "
-        "generic data (default: generic)",
+        "generic data (default: generic); or a video dataset: ref-davis17, ref-ytvos, mevis",
     )
     d.add_argument(
         "--split",
@@ -133,6 +134,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_max_pixels_arg(s)
     add_model_args(p)
     add_engine_args(p)
+    add_video_eval_args(p)
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -205,6 +207,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hybridgl.eval.report import report_markdown, suite_markdown
     from hybridgl.eval.runner import run_evaluation
 
+    if is_video_dataset(args.dataset):
+        return run_video_evaluate(args)
     options = engine_options(args)
     if args.sam == "none" and args.proposals != "gt":
         raise UsageError("--sam none needs --proposals gt (there is no proposal model)")

@@ -38,7 +38,7 @@ A run that is interrupted continues where it stopped when started again with the
 (every finished frame is kept; the tracker restarts from the last frame's masks).
 """
 
-RUN_FILE = "run.json"  # hybridgl.video.run's names
+RUN_FILE = "run.json"  # hybridgl.jobs.video_track's names
 RECORDS_FILE = "frames.jsonl"
 
 
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list is not None:
         from hybridgl.cli.track_list import run_list
 
-        return run_list(args)
+        return run_list(args, track_options, selection_of, job_settings)
     if args.video is None or not args.expressions:
         raise UsageError("give VIDEO and at least one PHRASE, or --list FILE")
     if args.engine != "local":
@@ -193,10 +193,10 @@ def track_options(args: argparse.Namespace) -> Any:
 
 def run_one(args: argparse.Namespace) -> int:
     from hybridgl.errors import ExpressionError
+    from hybridgl.jobs.video_track import track_to_folder, write_outputs
     from hybridgl.video.grounding import HybridGLGrounder
     from hybridgl.video.hf_trackers import build_tracker
     from hybridgl.video.method import VideoSegmenter
-    from hybridgl.video.run import track_to_folder, write_outputs
     from hybridgl.video.sources import open_source
 
     # cheap checks first: bad input fails before the models load

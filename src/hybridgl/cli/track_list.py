@@ -1,20 +1,26 @@
 """``hybridgl track --list FILE --out DIR [--engine local|ray]``: many videos, one per
-work unit (the job: :mod:`hybridgl.video.batch`)."""
+work unit (the job: :mod:`hybridgl.jobs.video_batch`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError
 from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
 
 
-def run_list(args: argparse.Namespace) -> int:
-    """Exit 0, or 5 when some videos failed."""
-    from hybridgl.cli.track import job_settings, selection_of, track_options
-    from hybridgl.video.batch import VideoTask, run_video_list
+def run_list(
+    args: argparse.Namespace,
+    track_options: Callable[[argparse.Namespace], Any],
+    selection_of: Callable[[argparse.Namespace], dict[str, Any]],
+    job_settings: Callable[[argparse.Namespace, Any], dict[str, Any]],
+) -> int:
+    """Exit 0, or 5 when some videos failed (the option readers of ``track`` given)."""
+    from hybridgl.jobs.video_batch import VideoTask, run_video_list
 
     if args.video is not None or args.expressions:
         raise UsageError("give VIDEO PHRASE ... or --list FILE, not both")

@@ -155,8 +155,9 @@ def evaluate_expression(
 
     Returns:
         ``video``, ``expression_id``, ``expression``, J, F, J&F (DAVIS 2017), ``frames``,
-        ``absent_when_present`` and ``present_when_absent`` (frames where the object was
-        reported absent though the truth has it, and the reverse).
+        ``present_frames`` (frames whose truth is not empty), ``absent_when_present`` and
+        ``present_when_absent`` (frames where the object was reported absent though the
+        truth has it, and the reverse).
     """
     from hybridgl.video.metrics import j_and_f
 
@@ -171,6 +172,8 @@ def evaluate_expression(
         "expression_id": sample.expression_id,
         "expression": sample.text,
         **scores,
+        "frames": len(truth),
+        "present_frames": sum(bool(t.any()) for t in truth),
         "absent_when_present": sum(not p.present and t.any() for p, t in zip(preds, truth)),  # noqa: B905
         "present_when_absent": sum(p.present and not t.any() for p, t in zip(preds, truth)),  # noqa: B905
     }

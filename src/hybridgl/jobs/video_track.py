@@ -6,7 +6,7 @@ complete). Started again on the same folder with the same settings it continues 
 last finished frame (every finished frame is kept, none is done twice); with other
 settings it is refused. ``write_outputs`` makes the derived outputs (DAVIS PNGs,
 YouTube-VIS JSON, the overlay video) from the records. Both the single-video command and
-the many-videos job (:mod:`hybridgl.video.batch`, one video per work unit) use them.
+the many-videos job (:mod:`hybridgl.jobs.video_batch`, one video per work unit) use them.
 """
 
 from __future__ import annotations

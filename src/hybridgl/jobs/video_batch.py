@@ -11,7 +11,7 @@ The work list is a JSONL or CSV file of rows ``(video, expression[s][, id])``:
 Each video is one :class:`~hybridgl.jobs.units.WorkUnit`, run by :class:`VideoTask` on a
 worker of the job engine (local or Ray; the worker's segmenter and one tracker are built
 once). The worker tracks the video into its own folder ``DIR/videos/<id>/``
-(:func:`hybridgl.video.run.track_to_folder`: ``frames.jsonl`` and ``run.json``, resumable
+(:func:`hybridgl.jobs.video_track.track_to_folder`: ``frames.jsonl`` and ``run.json``, resumable
 frame by frame) and returns one summary record, which the driver appends to
 ``DIR/results.jsonl``. Workers write into ``DIR``: with Ray on several machines it must be
 a folder every node reaches (as the videos must be).
@@ -34,7 +34,15 @@ from typing import Any
 from hybridgl.errors import InputError, error_record_fields
 from hybridgl.jobs.units import UnitWorker, WorkUnit
 
-__all__ = ["VIDEOS", "VideoRow", "VideoTask", "make_units", "read_video_rows"]
+__all__ = [
+    "VIDEOS",
+    "VideoRow",
+    "VideoTask",
+    "make_units",
+    "read_video_rows",
+    "run_video_list",
+    "worker_video",
+]
 
 VIDEOS = "videos"  # DIR/videos/<id>/: one folder per video
 VIDEO_KEYS = ("video", "video_path", "path")
@@ -176,6 +184,32 @@ def failed_record(
     return {**row, **error_record_fields(error, kind)}
 
 
+def worker_video(
+    worker: UnitWorker,
+    tracker: str,
+    options: dict[str, Any],
+    max_pixels: int | None,
+    weights_dir: str | None,
+) -> Any:
+    """The worker's :class:`~hybridgl.video.method.VideoSegmenter`: its segmenter and one
+    tracker, built on first use and kept on the worker (one per actor on Ray)."""
+    from hybridgl.video.grounding import HybridGLGrounder
+    from hybridgl.video.hf_trackers import build_tracker
+    from hybridgl.video.method import TrackOptions, VideoSegmenter
+
+    cached = getattr(worker, "video_segmenter", None)
+    if cached is not None:
+        return cached
+    seg = worker.segmenter
+    opts = TrackOptions(**options)
+    built = build_tracker(tracker, device=getattr(seg, "device", None), weights_dir=weights_dir)
+    grounder = HybridGLGrounder(seg, top_k=opts.top_k, guidance=opts.guidance,
+                                min_cosine=opts.min_cosine, max_pixels=max_pixels)  # fmt: skip
+    video = VideoSegmenter(grounder, built, opts)
+    worker.video_segmenter = video  # type: ignore[attr-defined]
+    return video
+
+
 @dataclass
 class VideoTask:
     """What a worker does with one video: track it into its folder, return its summary.
@@ -196,28 +230,8 @@ class VideoTask:
     overlays: bool = False
     weights_dir: str | None = None
 
-    def _video_segmenter(self, worker: UnitWorker) -> Any:
-        """The worker's video segmenter: its segmenter and one tracker, built once."""
-        from hybridgl.video.grounding import HybridGLGrounder
-        from hybridgl.video.hf_trackers import build_tracker
-        from hybridgl.video.method import TrackOptions, VideoSegmenter
-
-        cached = getattr(worker, "video_segmenter", None)
-        if cached is not None:
-            return cached
-        seg = worker.segmenter
-        options = TrackOptions(**self.options)
-        tracker = build_tracker(self.tracker, device=getattr(seg, "device", None),
-                                weights_dir=self.weights_dir)  # fmt: skip
-        grounder = HybridGLGrounder(seg, top_k=options.top_k, guidance=options.guidance,
-                                    min_cosine=options.min_cosine,
-                                    max_pixels=self.selection.get("max_pixels"))  # fmt: skip
-        video = VideoSegmenter(grounder, tracker, options)
-        worker.video_segmenter = video  # type: ignore[attr-defined]
-        return video
-
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
-        from hybridgl.video.run import state_counts, track_to_folder, write_outputs
+        from hybridgl.jobs.video_track import state_counts, track_to_folder, write_outputs
         from hybridgl.video.sources import open_source
 
         row = unit.rows[0]
@@ -232,7 +246,8 @@ class VideoTask:
                         **self.settings}  # fmt: skip
 
             def build() -> tuple[Any, dict[str, Any]]:
-                video = self._video_segmenter(worker)
+                video = worker_video(worker, self.tracker, self.options,
+                                     self.selection.get("max_pixels"), self.weights_dir)  # fmt: skip
                 return video, dict(getattr(worker.segmenter, "model_info", {}))
 
             records = track_to_folder(folder, settings, source, row["expressions"], build,
