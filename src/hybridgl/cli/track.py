@@ -34,8 +34,9 @@ wins, reporting the object absent when nothing matches). docs/VIDEO.md has the r
 DIR receives frames.jsonl (one record per phrase per frame: COCO RLE mask, box, score, state
 keyframe|tracked|regrounded|absent, object id, frame index) and run.json; --davis adds
 DIR/davis/ (indexed PNGs), --vis DIR/results_vis.json (YouTube-VIS), --overlay a video.
-A run that is interrupted continues where it stopped when started again with the same DIR
-(every finished frame is kept; the tracker restarts from the last frame's masks).
+A run that is interrupted continues where it stopped when started again with the same DIR:
+every finished frame is kept, none is written twice, and the result is exactly that of an
+uninterrupted run (the tracker's session is checkpointed every --checkpoint-every frames).
 """
 
 RUN_FILE = "run.json"  # hybridgl.jobs.video_track's names
@@ -67,6 +68,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument("--davis", action="store_true", help="write DIR/davis/ indexed PNGs")
     out.add_argument("--vis", action="store_true", help="write DIR/results_vis.json")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--checkpoint-every", type=non_negative_int, default=25, metavar="K",
+                     help="save the tracker's session every K frames, so that a resume "
+                     "computes at most K frames again (0: never; default: 25)")  # fmt: skip
     m = p.add_argument_group("video method")
     m.add_argument("--tracker", default=DEFAULT_TRACKER, choices=list(TRACKERS),
                    metavar="NAME", help=f"video tracker: {', '.join(TRACKERS)} "
@@ -231,7 +235,7 @@ def run_one(args: argparse.Namespace) -> int:
 
     records = track_to_folder(
         out, settings(args, spec), source, list(args.expressions), build,
-        progress=not args.no_progress,
+        progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
     write_outputs(
         records, out, davis=args.davis, vis=args.vis, overlay=args.overlay,

@@ -1,10 +1,13 @@
 """Tracking one video into a folder, resumably: the job behind ``hybridgl track``.
 
 ``track_to_folder`` writes ``DIR/frames.jsonl`` (one record per phrase per frame, fsynced
-as each frame finishes) and ``DIR/run.json`` (the run's settings and whether it is
-complete). Started again on the same folder with the same settings it continues after the
-last finished frame (every finished frame is kept, none is done twice); with other
-settings it is refused. ``write_outputs`` makes the derived outputs (DAVIS PNGs,
+as each frame finishes), ``DIR/run.json`` (the run's settings and whether it is complete)
+and, every ``checkpoint_every`` frames, ``DIR/checkpoint.pt`` (the video method's bounded
+session state: :mod:`hybridgl.video.checkpoint`). Started again on the same folder with the
+same settings it resumes exactly: from the checkpoint (or, without one, from the first
+frame) it computes the frames again without writing those already recorded, then goes on;
+every record equals the uninterrupted run's, none is written twice, none is lost. With
+other settings it is refused. ``write_outputs`` makes the derived outputs (DAVIS PNGs,
 YouTube-VIS JSON, the overlay video) from the records. Both the single-video command and
 the many-videos job (:mod:`hybridgl.jobs.video_batch`, one video per work unit) use them.
 """
@@ -18,10 +21,20 @@ from typing import Any
 
 from hybridgl.errors import UsageError
 
-__all__ = ["RECORDS_FILE", "RUN_FILE", "resume_point", "track_to_folder", "write_outputs"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "RECORDS_FILE",
+    "RUN_FILE",
+    "resume_point",
+    "track_to_folder",
+    "write_outputs",
+]
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "frames.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Frames between two checkpoints: a resume computes at most this many frames again.
+CHECKPOINT_EVERY = 25
 
 
 def resume_point(records: list[dict[str, Any]], n_objects: int) -> Any:
@@ -73,6 +86,7 @@ def track_to_folder(
     build: Callable[[], tuple[Any, dict[str, Any]]],
     *,
     progress: bool = True,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> list[dict[str, Any]]:
     """Track ``expressions`` through ``source`` into ``out`` (resumable); the records.
 
@@ -83,6 +97,8 @@ def track_to_folder(
         expressions: one phrase per object.
         build: called only when there is work left: ``(VideoSegmenter, model_info)``.
         progress: a progress bar on stderr.
+        checkpoint_every: frames between two checkpoints (0: none; a resume then
+            computes every frame again from the first).
 
     Returns:
         The records of ``frames.jsonl`` (the last one of each frame and object).
@@ -91,22 +107,36 @@ def track_to_folder(
         UsageError: ``out`` holds another run.
         VideoError: the video cannot be read (frames finished before it are kept).
     """
+    import hashlib
+
     from hybridgl.fileio import atomic_write_json
     from hybridgl.jobs.engine import progress_bar
     from hybridgl.jobs.records import RecordWriter, read_records
-    from hybridgl.video.outputs import record_key
+    from hybridgl.video.checkpoint import load_checkpoint, save_checkpoint
+    from hybridgl.video.outputs import group_by_frame, record_key
 
     this_run = json.loads(json.dumps(settings))  # as it reads back from run.json
     previous = read_run_file(out, this_run)
     records_path = out / RECORDS_FILE
+    checkpoint = out / CHECKPOINT_FILE
+    run_key = hashlib.sha256(json.dumps(this_run, sort_keys=True).encode()).hexdigest()
     if not previous.get("complete"):
         log = read_records(records_path, record_key)
-        resume = resume_point(log.current(), len(expressions)) if log.current() else None
-        done_frames = {int(r["frame"]) for r in log.current()}
-        if log.current() and resume is None:
-            records_path.unlink()  # nothing usable before the keyframe's record: start afresh
-            done_frames = set()
+        n = len(expressions)
+        done_frames = {f for f, recs in group_by_frame(log.current()).items() if len(recs) == n}
         video, model_info = build()
+        resume: Any = None
+        if done_frames:
+            loaded = load_checkpoint(checkpoint, run_key)
+            if loaded is not None and loaded[1] <= records_path.stat().st_size:
+                resume = loaded[0]  # exact: continue from the saved session
+            elif not (hasattr(video.tracker, "get_state") and source.reopenable):
+                # no exact way: the tracker restarts from the last recorded masks
+                resume = resume_point(log.current(), n)
+                if resume is None:  # nothing usable before the keyframe: start afresh
+                    records_path.unlink()
+                    done_frames = set()
+            # else: replay from the first frame (exact), writing only the frames not done
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_FILE, {"settings": this_run, "complete": False,
                                            "model": model_info})  # fmt: skip
@@ -115,15 +145,24 @@ def track_to_folder(
         try:
             with RecordWriter(records_path) as writer:
                 for result in video.track(source, expressions, resume=resume):
-                    if result.frame in done_frames:  # pragma: no cover - the resume rule
-                        continue
-                    writer.write_all(result.to_records())
-                    writer.commit()
-                    bar.update(1)
+                    if result.frame not in done_frames:
+                        writer.write_all(result.to_records())
+                        writer.commit()
+                        bar.update(1)
+                    if (
+                        checkpoint_every
+                        and result.position
+                        and result.position % checkpoint_every == 0
+                    ):
+                        state = video.snapshot() if hasattr(video, "snapshot") else None
+                        if state is not None:
+                            size = records_path.stat().st_size
+                            save_checkpoint(checkpoint, state, size, run_key)
         finally:
             bar.close()
         atomic_write_json(out / RUN_FILE, {"settings": this_run, "complete": True,
                                            "model": model_info})  # fmt: skip
+        checkpoint.unlink(missing_ok=True)
     return read_records(records_path, record_key).current()
 
 

@@ -287,6 +287,48 @@ class HFVideoTracker:
             s.mask_inputs_per_obj[obj_idx].clear()
             s.point_inputs_per_obj[obj_idx].clear()
 
+    def get_state(self) -> dict[str, Any]:
+        """The session between two frames, as plain data (tensors, numbers, lists, dicts)
+        for :func:`hybridgl.video.checkpoint.save_checkpoint`: the objects in their order,
+        every output the pruned session holds, the frames tracked and the frame counter.
+        Bounded like the session (see :attr:`memory_limit`)."""
+        s = self.session
+        return {
+            "t": int(self._t),
+            "reverse": bool(self.reverse),
+            "obj_ids": [int(k) for k in s._obj_id_to_idx],
+            "outputs": {
+                int(i): {
+                    kind: {int(f): dict(v) for f, v in out[kind].items()}
+                    for kind in ("cond_frame_outputs", "non_cond_frame_outputs")
+                }
+                for i, out in s.output_dict_per_obj.items()
+            },  # fmt: skip
+            "tracked": {
+                int(i): {int(f): dict(v) for f, v in t.items()}
+                for i, t in s.frames_tracked_per_obj.items()
+            },  # fmt: skip
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue a session saved by :meth:`get_state` (the next :meth:`step` answers as
+        the saved session's next step would)."""
+        self.reset(reverse=bool(state["reverse"]))
+        self._t = int(state["t"])
+        s = self.session
+        small = ("object_pointer", "object_score_logits")  # where the session keeps each
+        for oid in state["obj_ids"]:
+            idx = s.obj_id_to_idx(int(oid))
+            for kind, frames in state["outputs"][idx].items():
+                s.output_dict_per_obj[idx][kind] = {
+                    int(f): {k: v.to(s.inference_device if k in small
+                                     else s.inference_state_device)
+                             if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+                    for f, out in frames.items()
+                }  # fmt: skip
+            s.frames_tracked_per_obj[idx] = {int(f): dict(v)
+                                             for f, v in state["tracked"][idx].items()}  # fmt: skip
+
     def memory_frames(self) -> int:
         """Frames held: pixels, cached features, and the most outputs held for one object."""
         s = self.session

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import VideoError
+from hybridgl.video.checkpoint import SessionState
 from hybridgl.video.grounding import Grounder, Grounding, HybridGLGrounder
 from hybridgl.video.results import FrameResult, ObjectResult, pack, unpack
 from hybridgl.video.sources import Frame, VideoSource, open_source
@@ -137,6 +138,7 @@ class VideoSegmenter:
             )
         self.grounder = grounder
         self.tracker = tracker
+        self._live: tuple[list[_Object], int, int, int] | None = None  # see snapshot()
 
     @classmethod
     def from_segmenter(
@@ -164,7 +166,7 @@ class VideoSegmenter:
         source: Any,
         expressions: Sequence[str],
         *,
-        resume: ResumePoint | None = None,
+        resume: ResumePoint | SessionState | None = None,
         **source_options: Any,
     ) -> Iterator[FrameResult]:
         """Per-frame results for ``expressions`` on ``source``, in frame order.
@@ -172,8 +174,10 @@ class VideoSegmenter:
         Args:
             source: anything :func:`~hybridgl.video.sources.open_source` takes.
             expressions: one phrase per object (object ids 1, 2, ...).
-            resume: continue an interrupted run after ``resume.frame`` (see
-                :class:`ResumePoint`); the tracker restarts from the recorded masks.
+            resume: continue an interrupted run after ``resume.frame``: from a
+                :class:`~hybridgl.video.checkpoint.SessionState` (:meth:`snapshot`) exactly
+                as the uninterrupted run; from a :class:`ResumePoint` the tracker restarts
+                from the recorded masks (for trackers without ``get_state``).
             **source_options: ``stride``, ``max_frames``, ``start``, ``end``, ``max_pixels``,
                 ``fps`` for :func:`~hybridgl.video.sources.open_source`.
         """
@@ -186,6 +190,10 @@ class VideoSegmenter:
             raise ExpressionError("every expression must be a non-empty string")
         src = open_source(source, **source_options)
         objects = [_Object(i + 1, e) for i, e in enumerate(exprs)]
+        self._live = None
+        if isinstance(resume, SessionState):
+            yield from self._continue(src, objects, resume)
+            return
         if resume is not None:
             yield from self._resume(src, objects, resume)
             return
@@ -273,9 +281,42 @@ class VideoSegmenter:
             if offset == 0:
                 exprs = [o.expression for o in objects]
                 gs = grounded or self.grounder.ground(frame.image, exprs)
-                yield self._start(frame, objects, gs, p, key)
+                result = self._start(frame, objects, gs, p, key)
             else:
-                yield self._frame(frame, p, key, objects)
+                result = self._frame(frame, p, key, objects)
+            self._live = (objects, key, p, frame.index)
+            yield result
+        self._live = None
+
+    def snapshot(self) -> SessionState | None:
+        """The state after the forward frame just yielded by :meth:`track`, to continue
+        from exactly (``track(..., resume=state)``); None during the backward pass, after
+        the last frame, or when the tracker cannot save its session (no ``get_state``)."""
+        get_state = getattr(self.tracker, "get_state", None)
+        if self._live is None or get_state is None:
+            return None
+        objects, key, p, index = self._live
+        flags = [(o.oid, o.seeded, o.lost) for o in objects]
+        return SessionState(index, p, key, flags, get_state())
+
+    def _continue(
+        self, src: VideoSource, objects: list[_Object], state: SessionState
+    ) -> Iterator[FrameResult]:
+        if [o.oid for o in objects] != [o for o, _, _ in state.objects]:
+            raise VideoError("cannot resume: the checkpoint has other objects")
+        for o, (_, seeded, lost) in zip(objects, state.objects, strict=True):
+            o.seeded, o.lost = seeded, lost
+        self.tracker.set_state(state.tracker)  # type: ignore[attr-defined]
+        key = state.keyframe_position
+        for p, frame in enumerate(src.frames()):
+            if p <= state.position:
+                if p == state.position and frame.index != state.frame:
+                    raise VideoError(f"cannot resume: frame {state.frame} is not at {p}")
+                continue
+            result = self._frame(frame, p, key, objects)
+            self._live = (objects, key, p, frame.index)
+            yield result
+        self._live = None
 
     def _resume(
         self, src: VideoSource, objects: list[_Object], point: ResumePoint
