@@ -67,6 +67,22 @@ def test_streaming_equals_the_models_own_propagation(tracker, video, reverse):
     assert tracker.memory_frames() <= tracker.memory_limit
 
 
+@pytest.fixture(scope="module")
+def edgetam() -> HFVideoTracker:
+    pytest.importorskip("timm")
+    return build_tracker("edgetam", random_mode="tiny", seed=5, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reverse", [False, True])
+def test_edgetam_streaming_equals_the_models_own_propagation(edgetam, video, reverse):
+    """The tiny EdgeTAM (built by the same code as the published one) through our pruned
+    streaming session equals transformers' propagate_in_video_iterator, frame for frame."""
+    test_streaming_equals_the_models_own_propagation(edgetam, video, reverse)
+    assert type(edgetam.model).__name__ == "EdgeTamVideoModel"
+    assert edgetam.model.config.vision_config.backbone_config.architecture == "repvit_m1"
+
+
 @pytest.mark.slow
 def test_memory_stays_bounded_with_reseeds_and_two_objects(tracker, video):
     frames, mask = video
@@ -109,6 +125,11 @@ def test_registry_and_protocol(tracker):
     # the published architecture's configuration is built in code (no download)
     cfg = video_config(get_tracker_spec("sam2.1_hiera_large"))
     assert cfg.vision_config.backbone_config.hidden_size == 144 and cfg.num_maskmem == 7
+    # EdgeTAM: the RepViT-M1 backbone (not transformers' defaults: a Hiera, or a ResNet-50)
+    cfg = video_config(get_tracker_spec("edgetam"))
+    assert cfg.vision_config.model_type == "edgetam_vision_model"
+    assert cfg.vision_config.backbone_config.architecture == "repvit_m1"
+    assert cfg.vision_config.backbone_channel_list == [384, 192, 96, 48]
     with pytest.raises(ValueError, match="unknown tracker"):
         get_tracker_spec("nope")
 

@@ -14,9 +14,9 @@ one. With one seed the outputs are exactly the model's own propagation (tested).
 Trackers (:data:`TRACKERS`, the names ``--tracker`` accepts): ``sam2.1_hiera_tiny``,
 ``sam2.1_hiera_small``, ``sam2.1_hiera_base_plus``, ``sam2.1_hiera_large`` (the checkpoints
 of the SAM 2.1 proposal backends: one Hub repository serves both) and ``edgetam`` (the fast
-one). ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` builds a ~1.5M-parameter SAM 2 video model at 256 px
-(``full``: the published architecture), with seeded random weights, from the same
-configuration code.
+one). ``HYBRIDGL_RANDOM_WEIGHTS=tiny`` builds a ~1.5M-parameter SAM 2 video model (or a
+~1.8M-parameter EdgeTAM) at 256 px (``full``: the published architecture), with seeded
+random weights, from the same configuration code.
 """
 
 from __future__ import annotations
@@ -70,9 +70,7 @@ def video_config(spec: TrackerSpec, size: str = "full") -> Any:
     """
     t = _transformers()
     if spec.family == "edgetam_video":
-        if size == "tiny":
-            raise ValueError("edgetam has no tiny test size; use a sam2.1 tracker for tests")
-        return t.EdgeTamVideoConfig()
+        return _edgetam_config(t, size)
     from hybridgl.models.backends import get_backend_spec
     from hybridgl.models.hf_proposals import hf_config
 
@@ -93,6 +91,54 @@ def video_config(spec: TrackerSpec, size: str = "full") -> Any:
         memory_attention_rope_feat_sizes=[_TINY_SIDE // 16, _TINY_SIDE // 16],
         memory_encoder_hidden_size=width,
         memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width,
+        memory_fuser_intermediate_dim=2 * width,
+    )
+
+
+def _edgetam_config(t: Any, size: str) -> Any:
+    """EdgeTAM video: the RepViT-M1 backbone (timm, through ``TimmWrapperConfig``) with its
+    FPN neck and the SAM 2 video defaults; ``tiny``: a one-block-per-stage RepViT of widths
+    16..128 at 256 px with the memory path at width 128 (~1.8M parameters).
+
+    The vision configuration is built explicitly: ``EdgeTamVideoConfig()`` alone gives a
+    SAM 2 Hiera encoder, and ``EdgeTamVisionConfig()``'s default backbone is a ResNet-50
+    (transformers 5.x misspells the ``architecture`` key of its RepViT default).
+    """
+    feats = {"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]}
+    if size != "tiny":
+        vision = t.EdgeTamVisionConfig(
+            backbone_config=t.TimmWrapperConfig(architecture="repvit_m1", model_args=feats),
+            backbone_channel_list=[384, 192, 96, 48],
+            backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]],
+        )
+        return t.EdgeTamVideoConfig(vision_config=vision)
+    width, widths = 128, (16, 32, 64, 128)
+    backbone = t.TimmWrapperConfig(
+        architecture="repvit_m1", model_args={**feats, "embed_dim": widths, "depth": (1, 1, 1, 1)}
+    )
+    q = _TINY_SIDE // 4
+    vision = t.EdgeTamVisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=list(reversed(widths)),
+        backbone_feature_sizes=[[q, q], [q // 2, q // 2], [q // 4, q // 4]],
+        fpn_hidden_size=width,
+    )
+    return t.EdgeTamVideoConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": width, "image_size": _TINY_SIDE},
+        mask_decoder_config={
+            "hidden_size": width,
+            "mlp_dim": 2 * width,
+            "iou_head_hidden_dim": width,
+        },  # fmt: skip
+        image_size=_TINY_SIDE,
+        memory_attention_hidden_size=width,
+        memory_attention_num_layers=1,
+        memory_attention_mlp_hidden_size=2 * width,
+        memory_attention_rope_feat_sizes=[_TINY_SIDE // 16, _TINY_SIDE // 16],
+        memory_encoder_hidden_size=width,
         mask_downsampler_embed_dim=width,
         memory_fuser_embed_dim=width,
         memory_fuser_intermediate_dim=2 * width,
