@@ -160,3 +160,36 @@ def test_reseed_answers_the_same_frame_again(tracker, video):
     with pytest.raises(RuntimeError, match="reseed"):
         tracker.reset()
         tracker.reseed({1: mask})
+
+
+@pytest.mark.slow
+def test_bf16_tracker_reaches_the_model_and_stays_close_to_fp32(video):
+    """The dtype reaches the weights and the session; answers stay within bf16's precision.
+
+    Tolerance: bf16 keeps 8 significant bits (unit roundoff 2**-8); through the network the
+    rounding errors add up, so the seeded frame's mask logits may differ from float32's by
+    a few roundings of their typical size: at most 8 * 2**-8 (3%) of their mean magnitude.
+    Presence is a sigmoid (slope <= 1/4) of a logit that drifts as little: within 0.01.
+    """
+    from hybridgl.models.runtime import cpu_has_native_bf16
+
+    frames, mask = video
+    runs = {}
+    for dtype in (None, "bf16"):
+        t = build_tracker("sam2.1_hiera_tiny", random_mode="tiny", seed=3, device="cpu",
+                          dtype=dtype)  # fmt: skip
+        steps = []
+        for i, f in enumerate(frames[:5]):
+            s = t.step(f, {1: mask} if i == 0 else None)
+            steps.append((t.last_logits.float().clone(), s.masks[1], s.presence[1]))
+        runs[dtype] = (t, steps)
+    t16, b16 = runs["bf16"]
+    assert next(t16.model.parameters()).dtype == torch.bfloat16
+    assert t16.session.dtype == torch.bfloat16 and t16.last_logits.dtype == torch.bfloat16
+    (a, ma, _), (b, mb, _) = runs[None][1][0], b16[0]
+    assert float((a - b).abs().max()) <= 8 * 2**-8 * float(a.abs().mean())
+    assert (ma & mb).sum() / (ma | mb).sum() >= 0.95
+    for (_, _, pa), (_, _, pb) in zip(runs[None][1], b16, strict=True):
+        assert abs(pa - pb) <= 0.01
+    auto = build_tracker("sam2.1_hiera_tiny", random_mode="tiny", device="cpu", dtype="auto")
+    assert auto.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -222,8 +222,9 @@ def run_one(args: argparse.Namespace) -> int:
     check_runtime(spec)
 
     def build() -> tuple[Any, dict[str, Any]]:
-        tracker = build_tracker(args.tracker, device=spec.device, weights_dir=spec.weights_dir)
         seg = build_segmenter(spec)
+        tracker = build_tracker(args.tracker, device=spec.device, weights_dir=spec.weights_dir,
+                                dtype=getattr(seg, "dtype", None))  # the spec's, as resolved  # fmt: skip
         grounder = HybridGLGrounder(
             seg,
             top_k=options.top_k,

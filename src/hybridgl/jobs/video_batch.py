@@ -202,7 +202,8 @@ def worker_video(
         return cached
     seg = worker.segmenter
     opts = TrackOptions(**options)
-    built = build_tracker(tracker, device=getattr(seg, "device", None), weights_dir=weights_dir)
+    built = build_tracker(tracker, device=getattr(seg, "device", None), weights_dir=weights_dir,
+                          dtype=getattr(seg, "dtype", None))  # the spec's dtype, as resolved  # fmt: skip
     grounder = HybridGLGrounder(seg, top_k=opts.top_k, guidance=opts.guidance,
                                 min_cosine=opts.min_cosine, max_pixels=max_pixels)  # fmt: skip
     video = VideoSegmenter(grounder, built, opts)

@@ -193,7 +193,8 @@ class HFVideoTracker:
         name: the tracker's name.
         max_cond_frames: seeded frames kept per object (the nearest to the current frame);
             the model reads every one it has, so this bounds memory under re-seeding.
-        dtype: the session's dtype (float32 by default; bfloat16 halves the memory bank).
+        dtype: the model's and the session's dtype (float32 by default; bfloat16 halves the
+            weights and the memory bank and uses a CPU's native bf16 instructions).
     """
 
     def __init__(
@@ -206,7 +207,7 @@ class HFVideoTracker:
     ) -> None:
         if max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
-        self.model = model.eval()
+        self.model = model.to(dtype).eval()  # the weights and the session in one dtype
         self.processor = processor
         self.name = name
         self.max_cond_frames = max_cond_frames
@@ -255,7 +256,7 @@ class HFVideoTracker:
         self._last = (idx, image, None)
         if self.session.get_obj_num() == 0:  # nothing to track yet (reseed() may start it)
             return TrackStep(seconds=time.perf_counter() - t0)
-        pixels = self.pixel_values(image).to(self.device)
+        pixels = self.pixel_values(image).to(self.device, self.dtype)
         self._last = (idx, image, pixels)
         return self._run(idx, pixels, h, w, t0)
 
@@ -276,7 +277,7 @@ class HFVideoTracker:
                 s.frames_tracked_per_obj[obj_idx].pop(idx, None)
         self._add_seeds(idx, h, w, seeds)
         if pixels is None:
-            pixels = self.pixel_values(image).to(self.device)
+            pixels = self.pixel_values(image).to(self.device, self.dtype)
             self._last = (idx, image, pixels)
         return self._run(idx, pixels, h, w, t0)
 
@@ -395,6 +396,7 @@ def build_tracker(
     weights_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     max_cond_frames: int = 2,
+    dtype: str | torch.dtype | None = None,
 ) -> HFVideoTracker:
     """Build a tracker by name.
 
@@ -408,13 +410,16 @@ def build_tracker(
             the cache, a Hub download unless offline).
         device: where it runs (None: cuda, then mps, then cpu).
         max_cond_frames: see :class:`HFVideoTracker`.
+        dtype: None / ``fp32`` (float32), ``bf16``, ``fp16`` or ``auto`` (bf16 on a CPU with
+            native bf16 instructions or a CUDA GPU that supports it; the model spec's
+            ``dtype``, resolved as for the segmenter).
 
     Raises:
         ValueError: unknown name; WeightsError: checkpoint missing;
         ImportError: no ``transformers`` (``hybridgl[transformers]``).
     """
     from hybridgl.models import random_weights_mode
-    from hybridgl.models.runtime import pick_device
+    from hybridgl.models.runtime import pick_device, resolve_dtype
 
     spec = get_tracker_spec(name)
     _transformers()
@@ -429,4 +434,7 @@ def build_tracker(
         folder = weights.resolve(spec.checkpoint, path=path, weights_dir=weights_dir)
         model = load_video_model(spec, folder)
         processor = video_processor(spec)
-    return HFVideoTracker(model.to(dev), processor, name, max_cond_frames=max_cond_frames)
+    torch_dtype = resolve_dtype(dtype, dev) or torch.float32
+    return HFVideoTracker(
+        model.to(dev), processor, name, max_cond_frames=max_cond_frames, dtype=torch_dtype
+    )

@@ -155,9 +155,8 @@ class VideoSegmenter:
         if isinstance(tracker, str):
             from hybridgl.video.hf_trackers import build_tracker
 
-            tracker = build_tracker(
-                tracker, device=getattr(segmenter, "device", None), weights_dir=weights_dir
-            )
+            tracker = build_tracker(tracker, device=getattr(segmenter, "device", None),
+                                    weights_dir=weights_dir, dtype=getattr(segmenter, "dtype", None))  # fmt: skip
         return cls(segmenter, tracker, TrackOptions(**options))
 
     # ------------------------------------------------------------------ entry point

@@ -52,7 +52,11 @@ def _tracker(app: Any, segmenter: Any) -> Any:
 
         name = getattr(app.state, "tracker_name", None) or DEFAULT_TRACKER
         try:
-            tracker = build_tracker(name, device=getattr(segmenter, "device", None))
+            tracker = build_tracker(
+                name,
+                device=getattr(segmenter, "device", None),
+                dtype=getattr(segmenter, "dtype", None),
+            )
         except ImportError as e:
             raise ApiError(503, "model_unavailable", str(e)) from None
         app.state.tracker = tracker
