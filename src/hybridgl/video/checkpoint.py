@@ -17,11 +17,23 @@ size is bounded like the session: at most ``memory_limit`` frames of outputs per
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_VERSION", "SessionState", "load_checkpoint", "save_checkpoint"]
+import numpy as np
+
+from hybridgl.errors import VideoError
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "ResumePoint",
+    "SessionState",
+    "load_checkpoint",
+    "resume_from_masks",
+    "save_checkpoint",
+]
 
 CHECKPOINT_VERSION = 1
 
@@ -98,3 +110,43 @@ def load_checkpoint(path: Path, run_key: str) -> tuple[SessionState, int] | None
         return SessionState.from_dict(doc["state"]), int(doc["records_bytes"])
     except Exception:  # noqa: BLE001 - a damaged checkpoint only costs a longer replay
         return None
+
+
+@dataclass
+class ResumePoint:
+    """The inexact resume, for a tracker that cannot save its session (no ``get_state``):
+    the last finished frame and the keyframe (source indices; the keyframe at or before
+    it), and each object's recorded mask on the last finished frame (None: absent). The
+    tracker restarts from those masks; absent objects wait for the next re-grounding."""
+
+    frame: int
+    keyframe: int
+    masks: dict[int, np.ndarray | None] = field(default_factory=dict)
+
+
+def resume_from_masks(vs: Any, src: Any, objects: list[Any], point: ResumePoint) -> Iterator[Any]:
+    """The frames after ``point.frame`` of a :class:`~hybridgl.video.method.VideoSegmenter`
+    restarted from :class:`ResumePoint` (``track(..., resume=point)``)."""
+    vs.tracker.reset(reverse=False)
+    started = False
+    key: int | None = None
+    for p, frame in enumerate(src.frames()):
+        if frame.index == point.keyframe:
+            key = p
+        if frame.index < point.frame:
+            continue
+        if not started:
+            if frame.index != point.frame or key is None:
+                raise VideoError(
+                    f"cannot resume: frame {point.frame} or keyframe {point.keyframe} "
+                    "is not among the selected frames"
+                )
+            seeds = {o: m for o, m in point.masks.items() if m is not None and m.any()}
+            for o in objects:
+                o.seeded = o.oid in seeds
+                o.lost = not o.seeded
+            vs.tracker.step(frame.image, seeds)
+            started = True
+            continue
+        assert key is not None
+        yield vs._frame(frame, p, key, objects)

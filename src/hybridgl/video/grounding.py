@@ -36,6 +36,8 @@ class Grounding:
             it was among the candidates that get a final score; None otherwise.
         reason: why not found: ``no_proposal`` or ``cosine``.
         prediction: the image method's :class:`~hybridgl.types.Prediction`.
+        targets: with ``targets="many"``: one grounding per target the method returns,
+            best first (empty when nothing matches); None with ``"one"``.
     """
 
     found: bool
@@ -45,16 +47,19 @@ class Grounding:
     tracked_score: float | None = None
     reason: str | None = None
     prediction: Prediction | None = None
+    targets: list[Grounding] | None = None
 
 
 class Grounder(Protocol):
-    """Phrases on a frame -> one :class:`Grounding` each (tracked masks optional)."""
+    """Phrases on a frame -> one :class:`Grounding` each (tracked masks optional;
+    ``targets="many"``: every target of each phrase in :attr:`Grounding.targets`)."""
 
     def ground(
         self,
         image: np.ndarray,
         expressions: Sequence[str],
         tracked: Sequence[np.ndarray | None] | None = None,
+        targets: str = "one",
     ) -> list[Grounding]: ...
 
 
@@ -114,7 +119,10 @@ class HybridGLGrounder:
         image: np.ndarray,
         expressions: Sequence[str],
         tracked: Sequence[np.ndarray | None] | None = None,
+        targets: str = "one",
     ) -> list[Grounding]:
+        if targets != "one":
+            return self._ground_many(image, expressions, targets)
         tracked = list(tracked) if tracked is not None else [None] * len(expressions)
         extra_of: dict[int, int] = {}
         extra: list[np.ndarray] = []
@@ -150,4 +158,33 @@ class HybridGLGrounder:
                 )
                 continue
             out.append(Grounding(True, pred.mask, pred.score, cosine, tracked_score, None, pred))
+        return out
+
+    def _ground_many(
+        self, image: np.ndarray, expressions: Sequence[str], mode: str
+    ) -> list[Grounding]:
+        """Every target of each phrase (``predict(..., targets=mode)`` of the image method:
+        :mod:`hybridgl.targets`), each a :class:`Grounding`; the cosine rule drops a target
+        whose cosine is below ``min_cosine``."""
+        state, _ = self._state(image, [])
+        scale = float(getattr(self.seg, "logit_scale", 1.0)) or 1.0
+        out = []
+        for expr in expressions:
+            pred = self.seg.score(state, self._parse(expr), top_k=self.top_k,
+                                  guidance=self.guidance, targets=mode)  # fmt: skip
+            found: list[Grounding] = []
+            for t in pred.targets if pred.found else []:
+                cos = t.clip_score / scale if t.clip_score is not None else None
+                if self.min_cosine is not None and (cos is None or cos < self.min_cosine):
+                    continue
+                found.append(Grounding(True, t.mask, t.score, cos, None, None, pred))
+            if not found:
+                empty = np.zeros_like(pred.mask)
+                reason = ("cosine" if pred.found and pred.targets
+                          else "no_target" if state.num_proposals else "no_proposal")  # fmt: skip
+                out.append(Grounding(False, empty, None, None, None, reason, pred, []))
+                continue
+            best = found[0]
+            out.append(Grounding(True, best.mask, best.score, best.cosine, None, None, pred,
+                                 found))  # fmt: skip
         return out

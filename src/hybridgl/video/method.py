@@ -3,26 +3,20 @@
 :class:`VideoSegmenter` combines a :class:`~hybridgl.video.grounding.Grounder` (the HybridGL
 image method) and a :class:`~hybridgl.video.tracker.Tracker` (SAM 2.1 video, EdgeTAM):
 
-1. **Keyframe** (``keyframe``: a position among the selected frames, 0 by default, or
-   ``"auto"``: the best of ``keyframe_candidates`` evenly spaced frames by the method's own
-   score): every phrase is grounded there and its mask seeds the tracker (one object id per
-   phrase, ids 1, 2, ... in the order given). State ``keyframe``.
-2. **Propagation** forward from the keyframe; when the keyframe is not the first frame, also
-   backward (a second session, frames in reverse, read again from the source in chunks of
-   ``backward_chunk`` frames). State ``tracked``.
-3. **Re-grounding** every ``reground_every`` frames (counted from the keyframe; 0: never):
-   the method runs on the frame with the tracked masks as extra proposals. The tracker is
-   re-seeded from the method's choice (state ``regrounded``) when the object was lost or not
-   yet found, when the tracker reports it absent, or when the choice disagrees with the
-   tracked mask (IoU below ``agree_iou``) and beats it: the tracked mask is not among the
-   method's scored candidates, or the method's score of its choice exceeds its score of the
-   tracked mask by more than ``reseed_margin``. Otherwise the tracked mask stands (``tracked``).
-4. **Absence**: an object is ``absent`` (empty mask, ``present: false``) on a frame when
-   re-grounding finds no match (no proposal, or the cosine rule of the grounder) -- it then
-   stays absent until a later re-grounding finds it again --, or between re-groundings when
-   the tracker's presence score is below ``presence_threshold`` or its mask is empty.
+1. **Keyframe**: every phrase is grounded on the keyframe (``keyframe``: a position, or
+   ``"auto"``: the best of ``keyframe_candidates`` frames by the method's own score) and
+   seeds the tracker: one object id per phrase (``targets="many"``: per target,
+   :mod:`hybridgl.video.many`). State ``keyframe``.
+2. **Propagation** forward and, when the keyframe is not the first frame, backward
+   (frames read again in chunks of ``backward_chunk``). State ``tracked``.
+3. **Re-grounding** every ``reground_every`` frames with the tracked masks as extra
+   proposals: re-seed (``regrounded``) when the object was lost or the method's choice
+   disagrees (IoU < ``agree_iou``) and wins (by ``reseed_margin``); else ``tracked``.
+4. **Absence**: no match on a re-grounding (no proposal, cosine rule) makes an object
+   ``absent`` until a later re-grounding finds it; between re-groundings, the tracker's
+   presence below ``presence_threshold`` or an empty mask.
 
-Results come as an iterator of :class:`FrameResult`, one per selected frame in frame order;
+docs/VIDEO.md has the rules in full. Results come as an iterator of :class:`FrameResult`, one per selected frame in frame order;
 a stream source is answered frame by frame.
 """
 
@@ -31,13 +25,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from hybridgl.errors import VideoError
-from hybridgl.video.checkpoint import SessionState
+from hybridgl.video.checkpoint import ResumePoint, SessionState, resume_from_masks
 from hybridgl.video.grounding import Grounder, Grounding, HybridGLGrounder
 from hybridgl.video.results import FrameResult, ObjectResult, pack, unpack
 from hybridgl.video.sources import Frame, VideoSource, open_source
@@ -62,8 +56,11 @@ class TrackOptions:
     top_k: int = 3
     guidance: bool = True
     backward_chunk: int = 32
+    targets: str = "one"  # "many": one object per target (hybridgl.video.many)
 
     def __post_init__(self) -> None:
+        if self.targets not in ("one", "many"):
+            raise ValueError(f"targets must be 'one' or 'many', got {self.targets!r}")
         k = self.keyframe
         if not (k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)):
             raise ValueError(f"keyframe must be a frame position >= 0 or 'auto', got {k!r}")
@@ -73,17 +70,6 @@ class TrackOptions:
             raise ValueError("keyframe_candidates and backward_chunk must be >= 1")
         if not 0.0 <= self.agree_iou <= 1.0:
             raise ValueError(f"agree_iou must be in [0, 1], got {self.agree_iou}")
-
-
-@dataclass
-class ResumePoint:
-    """Where an interrupted run continues: the last finished frame and the keyframe (both
-    source indices; the keyframe at or before it), and each object's recorded mask on the
-    last finished frame (None: absent)."""
-
-    frame: int
-    keyframe: int
-    masks: dict[int, np.ndarray | None] = field(default_factory=dict)
 
 
 def _read(src: VideoSource, lo: int, hi: int) -> list[Frame]:
@@ -107,6 +93,7 @@ class _Object:
     expression: str
     seeded: bool = False
     lost: bool = False
+    phrase: int = 0  # the phrase's position (targets="many": several objects share one)
 
 
 class VideoSegmenter:
@@ -188,13 +175,13 @@ class VideoSegmenter:
 
             raise ExpressionError("every expression must be a non-empty string")
         src = open_source(source, **source_options)
-        objects = [_Object(i + 1, e) for i, e in enumerate(exprs)]
+        objects = [_Object(i + 1, e, phrase=i) for i, e in enumerate(exprs)]
         self._live = None
         if isinstance(resume, SessionState):
             yield from self._continue(src, objects, resume)
             return
         if resume is not None:
-            yield from self._resume(src, objects, resume)
+            yield from resume_from_masks(self, src, objects, resume)
             return
         key = self._keyframe_position(src, exprs)
         if key > 0:
@@ -222,7 +209,7 @@ class VideoSegmenter:
         best, best_key = 0, (-1, -np.inf)
         for p, frame in enumerate(src.frames()):
             if p in want:
-                gs = self.grounder.ground(frame.image, exprs)
+                gs = self._ground(frame.image, exprs)
                 found = [g.score or 0.0 for g in gs if g.found]
                 rank = (len(found), float(np.mean(found)) if found else -np.inf)
                 if rank > best_key:
@@ -237,7 +224,7 @@ class VideoSegmenter:
         seen = 0
         for p, frame in enumerate(src.frames()):
             if p == key:
-                return frame, self.grounder.ground(frame.image, exprs)
+                return frame, self._ground(frame.image, exprs)
             seen = p + 1
         raise VideoError(f"keyframe {key} is past the last selected frame (there are {seen})")
 
@@ -279,7 +266,7 @@ class VideoSegmenter:
             p = key + offset
             if offset == 0:
                 exprs = [o.expression for o in objects]
-                gs = grounded or self.grounder.ground(frame.image, exprs)
+                gs = grounded or self._ground(frame.image, exprs)
                 result = self._start(frame, objects, gs, p, key)
             else:
                 result = self._frame(frame, p, key, objects)
@@ -317,37 +304,14 @@ class VideoSegmenter:
             yield result
         self._live = None
 
-    def _resume(
-        self, src: VideoSource, objects: list[_Object], point: ResumePoint
-    ) -> Iterator[FrameResult]:
-        self.tracker.reset(reverse=False)
-        started = False
-        key: int | None = None
-        for p, frame in enumerate(src.frames()):
-            if frame.index == point.keyframe:
-                key = p
-            if frame.index < point.frame:
-                continue
-            if not started:
-                if frame.index != point.frame or key is None:
-                    raise VideoError(
-                        f"cannot resume: frame {point.frame} or keyframe {point.keyframe} "
-                        "is not among the selected frames"
-                    )
-                seeds = {o: m for o, m in point.masks.items() if m is not None and m.any()}
-                for o in objects:
-                    o.seeded = o.oid in seeds
-                    o.lost = not o.seeded
-                self.tracker.step(frame.image, seeds)
-                started = True
-                continue
-            assert key is not None
-            yield self._frame(frame, p, key, objects)
-
     # ------------------------------------------------------------------ one frame
     def _start(
         self, frame: Frame, objects: list[_Object], gs: list[Grounding], p: int, key: int
     ) -> FrameResult:
+        if self.options.targets == "many":
+            from hybridgl.video.many import start_many
+
+            return start_many(self, frame, objects, gs, p, key)
         t0 = time.perf_counter()
         seeds = {o.oid: g.mask for o, g in zip(objects, gs, strict=True) if g.found}
         step = self.tracker.step(frame.image, seeds)
@@ -377,6 +341,10 @@ class VideoSegmenter:
             ]  # fmt: skip
             return FrameResult(frame.index, p, frame.time, frame.height, frame.width, results,
                                {"frame": time.perf_counter() - t0, "tracker": tracker_s})  # fmt: skip
+        if opts.targets == "many":
+            from hybridgl.video.many import frame_many
+
+            return frame_many(self, frame, p, objects, step, t0)
         tracked = [
             step.masks[o.oid] if o.seeded and self._present(o, step) else None for o in objects
         ]
@@ -415,6 +383,11 @@ class VideoSegmenter:
                 results.append(self._absent(o, frame, step, g))
         timings = {"frame": time.perf_counter() - t0, "tracker": tracker_s, "ground": ground_s}
         return FrameResult(frame.index, p, frame.time, frame.height, frame.width, results, timings)
+
+    def _ground(self, image: np.ndarray, exprs: list[str]) -> list[Grounding]:
+        if self.options.targets == "one":
+            return self.grounder.ground(image, exprs)  # a "one" grounder needs no keyword
+        return self.grounder.ground(image, exprs, None, targets=self.options.targets)
 
     def _present(self, o: _Object, step: TrackStep) -> bool:
         m = step.masks.get(o.oid)
