@@ -2,20 +2,25 @@
 ratio to running the image method on every frame.
 
     python benchmarks/video_bench.py --out bench-video/                 # the real models
+    python benchmarks/video_bench.py --random full --out bench-video/   # full-size, random
     python benchmarks/video_bench.py --smoke --out /tmp/v               # tiny random models
 
-Measured (results.json and results.md in --out):
+Measured (results.json and results.md in --out), with the machine (CPU, its bf16 / AVX-512 /
+AMX flags, threads) and the load average before and after:
 
-- ``trackers``: per tracker, seconds per frame and frames/s of tracking one object on a
-  synthetic ``--height`` p clip (a coco-mini photo seen by a panning camera; grey noise
-  without the data), first frame (seeding) excluded;
+- ``trackers``: per tracker (SAM 2.1 tiny, small, base_plus, large and EdgeTAM by default)
+  and dtype (fp32, and bf16 where the CPU has native bf16 or on CUDA), seconds per frame and
+  frames/s of tracking one object on a synthetic ``--height`` p clip (a coco-mini photo seen
+  by a panning camera; grey noise without the data), first frame (seeding) excluded;
 - ``reground``: seconds of one re-grounding (the HybridGL method on a frame with the tracked
   mask as an extra proposal) and of the image method alone on a frame;
 - ``ratio_to_image_method``: the image method's seconds per frame divided by the video
   method's (tracking every frame plus one re-grounding every ``--reground-every`` frames);
-- ``memory``: per video length (``--lengths``), the peak resident memory of a process that
-  tracks that many frames (each length in a fresh process, frames generated on the fly:
-  nothing is stored), and the frames the tracker session holds at the end.
+- ``memory``: per video length (``--lengths``, 100 / 1,000 / 10,000), the peak resident
+  memory of a process that tracks that many frames with ``--memory-tracker`` (the fastest:
+  the sweep must finish; each length in a fresh process, frames generated on the fly:
+  nothing is stored), and the frames the tracker session holds at the end: flat if the
+  memory is bounded.
 
 Timings depend on the machine and its load; the smoke mode only proves the script runs.
 """
@@ -142,10 +147,37 @@ def measure_reground(args) -> dict:
     return {"reground_seconds": reground, "image_method_seconds": image, "sam": args.sam}
 
 
+def dtypes_here(device: str | None) -> list[str]:
+    """fp32, and bf16 where it runs natively (a CPU with avx512_bf16 / amx_bf16, CUDA)."""
+    import torch
+
+    from hybridgl.models.runtime import cpu_has_native_bf16
+
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+    return ["fp32", "bf16"] if native else ["fp32"]
+
+
+def machine() -> dict:
+    """The machine as the other benchmarks report it (CPU flags, load average...)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hybridgl_bench.measure import machine_info
+
+    return machine_info()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hybridgl.video.tracker import TRACKERS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-video", help="results folder")
-    p.add_argument("--trackers", default="sam2.1_hiera_tiny,edgetam")
+    p.add_argument("--trackers", default=",".join(TRACKERS))
+    p.add_argument("--dtypes", default=None,
+                   help="comma list of fp32, bf16 (default: fp32, and bf16 where native)")  # fmt: skip
+    p.add_argument("--random", choices=["tiny", "full"], default=None,
+                   help="seeded random weights (full: the published sizes, no checkpoint)")  # fmt: skip
+    p.add_argument("--memory-tracker", default="sam2.1_hiera_tiny",
+                   help="the tracker of the length sweep (the fastest, so it finishes)")  # fmt: skip
     p.add_argument("--lengths", default="100,1000,10000")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps-frames", type=int, default=30, help="frames timed per tracker")
@@ -157,34 +189,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="tiny random models, 48 px, lengths 3 and 6: proves the script runs")  # fmt: skip
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.random:
+        os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = args.random
     if args.smoke:
         os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny"
-        args.trackers, args.lengths, args.height = "sam2.1_hiera_tiny", "3,6", 48
+        args.trackers, args.lengths, args.height = "sam2.1_hiera_tiny,edgetam", "3,6", 48
         args.fps_frames, args.sam, args.device, args.in_process = 3, "vit_b", "cpu", True
+        args.dtypes = "fp32,bf16"  # bf16 emulated here: only proves the path runs
     if args.child:
         return child(args)
     from hybridgl.video.hf_trackers import build_tracker
 
+    dtypes = args.dtypes.split(",") if args.dtypes else dtypes_here(args.device)
     report: dict = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), **machine()},
         "random_weights": os.environ.get("HYBRIDGL_RANDOM_WEIGHTS") or None,
         "height": args.height,
         "trackers": {},
         "memory": {},
     }
     for name in args.trackers.split(","):
-        tracker = build_tracker(name, device=args.device)
-        report["trackers"][name] = track_frames(tracker, args.height, args.fps_frames)
-        del tracker
-        report["memory"][name] = [
-            measure_memory(args, name, int(n)) for n in args.lengths.split(",")
-        ]
+        for dtype in dtypes:
+            tracker = build_tracker(name, device=args.device, dtype=dtype)
+            r = track_frames(tracker, args.height, args.fps_frames)
+            report["trackers"][f"{name} {dtype}"] = {"tracker": name, "dtype": dtype, **r}
+            del tracker
+    report["memory"][args.memory_tracker] = [
+        measure_memory(args, args.memory_tracker, int(n)) for n in args.lengths.split(",")
+    ]
     report["reground"] = measure_reground(args)
     rg = report["reground"]
     for r in report["trackers"].values():
         video = r["seconds_per_frame"] + rg["reground_seconds"] / max(1, args.reground_every)
         r["ratio_to_image_method"] = rg["image_method_seconds"] / video
+    report["machine"]["load_average_after"] = list(os.getloadavg())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
@@ -194,13 +233,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict, args) -> str:
-    lines = [f"# Video benchmark ({report['height']}p)", ""]
+    m = report["machine"]
+    lines = [f"# Video benchmark ({report['height']}p)", "",
+             f"{m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('threads')} threads; flags: "
+             f"{' '.join(m.get('cpu_flags') or []) or 'none of avx2/avx512/amx'}; native bf16: "
+             f"{'yes' if m.get('bf16_native') else 'no'}; load average before "
+             f"{', '.join(f'{x:.1f}' for x in m.get('load_average') or [])}, after "
+             f"{', '.join(f'{x:.1f}' for x in m.get('load_average_after') or [])}", ""]  # fmt: skip
     if report["random_weights"]:
         lines += [f"Random weights ({report['random_weights']}): timings of the plumbing only.", ""]
-    lines += ["| tracker | s/frame | frames/s | image method / video method |", "|---|---|---|---|"]
-    for name, r in report["trackers"].items():
-        lines.append(f"| {name} | {r['seconds_per_frame']:.4f} | {r['frames_per_second']:.1f} "
-                     f"| {r['ratio_to_image_method']:.1f}x |")  # fmt: skip
+    lines += ["| tracker | dtype | s/frame | frames/s | image method / video method |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for r in report["trackers"].values():
+        lines.append(f"| {r['tracker']} | {r['dtype']} | {r['seconds_per_frame']:.4f} | "
+                     f"{r['frames_per_second']:.1f} | {r['ratio_to_image_method']:.1f}x |")  # fmt: skip
     rg = report["reground"]
     lines += ["", f"Re-grounding: {rg['reground_seconds']:.3f} s; the image method alone: "
               f"{rg['image_method_seconds']:.3f} s per frame (--sam {rg['sam']}).", "",

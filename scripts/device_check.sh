@@ -9,6 +9,8 @@
 # 3. the backends benchmark on CUDA with full-size random weights: SAM ViT-H and
 #    SAM 2.1 Hiera-L in fp32/fp16/bf16, matmul peak and SAM ViT-H GFLOP/s, the peers
 #    (Grounding DINO tiny -> SAM, CLIPSeg)                        -> $OUT/bench/backends.{md,json}
+# 4. the video trackers on CUDA with full-size random weights: SAM 2.1 tiny and large and
+#    EdgeTAM, fp32 and bf16, frames/s at 480p, memory over 100 frames -> $OUT/video/results.md
 # Everything is summarised in $OUT/SUMMARY.md. It uses the Python on PATH (or $PYTHON)
 # with the project's sources on PYTHONPATH; a missing dependency is reported, not installed.
 set -u
@@ -47,6 +49,15 @@ timeout 150 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
 echo "pytest exit $?" >> "$OUT/cuda-tests.txt"
 tail -5 "$OUT/cuda-tests.txt"
 
+echo "== video trackers on CUDA (budget 120 s)"
+mkdir -p "$OUT/video"
+timeout 120 "$PY" benchmarks/video_bench.py --device cuda --random full \
+  --trackers sam2.1_hiera_tiny,sam2.1_hiera_large,edgetam --dtypes fp32,bf16 \
+  --lengths 100 --fps-frames 30 --in-process --sam vit_b \
+  --out "$OUT/video" > "$OUT/video/stdout.txt" 2> "$OUT/video/stderr.txt"
+echo "video benchmark exit $?" >> "$OUT/video/stderr.txt"
+tail -3 "$OUT/video/stderr.txt"
+
 B=$(left)
 echo "== benchmark on CUDA (budget ${B} s)"
 timeout "$B" "$PY" benchmarks/run.py --suite backends --device cuda --items cuda \
@@ -59,6 +70,7 @@ tail -3 "$OUT/bench/stderr.txt"
   echo; echo '```'; cat "$OUT/env.txt"; echo '```'
   echo; echo "## CUDA tests"; echo; echo '```'; tail -15 "$OUT/cuda-tests.txt"; echo '```'
   echo; cat "$OUT/bench/backends.md" 2>/dev/null || echo "(no benchmark tables: see bench/stderr.txt)"
+  echo; cat "$OUT/video/results.md" 2>/dev/null || echo "(no video table: see video/stderr.txt)"
   echo; echo "total $(( $(date +%s) - T0 )) s"
 } > "$OUT/SUMMARY.md"
 echo "== done in $(( $(date +%s) - T0 )) s; tables in $OUT/SUMMARY.md"

@@ -26,11 +26,15 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch):
     spec.loader.exec_module(mod)
     assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "results.json").read_text())
-    t = report["trackers"]["sam2.1_hiera_tiny"]
-    assert t["frames_per_second"] > 0 and t["ratio_to_image_method"] > 0
+    assert set(report["trackers"]) == {
+        f"{n} {d}" for n in ("sam2.1_hiera_tiny", "edgetam") for d in ("fp32", "bf16")
+    }
+    for t in report["trackers"].values():
+        assert t["frames_per_second"] > 0 and t["ratio_to_image_method"] > 0
+    assert "load_average" in report["machine"] and "cpu_flags" in report["machine"]
     runs = report["memory"]["sam2.1_hiera_tiny"]
     assert [r["frames"] for r in runs] == [3, 6]
     assert all(r["memory_frames"] <= r["memory_limit"] for r in runs)
     assert report["reground"]["reground_seconds"] > 0
     md = (tmp_path / "results.md").read_text()
-    assert "| sam2.1_hiera_tiny |" in md and "peak RSS" in md
+    assert "| edgetam | bf16 |" in md and "peak RSS" in md and "load average" in md

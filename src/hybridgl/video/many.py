@@ -18,6 +18,7 @@ object (the object ids are fixed on the keyframe).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,8 +27,9 @@ from hybridgl.video.grounding import Grounding
 from hybridgl.video.results import FrameResult, ObjectResult
 
 if TYPE_CHECKING:
-    from hybridgl.video.method import VideoSegmenter
     from hybridgl.video.sources import Frame
+
+VideoSegmenter = Any  # hybridgl.video.method.VideoSegmenter (which imports this module)
 
 __all__ = ["frame_many", "start_many"]
 
@@ -37,22 +39,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
+def new(template: Any, oid: int, expression: str, phrase: int) -> Any:
+    """A fresh object record like ``template`` (not found, not lost)."""
+    return replace(template, oid=oid, expression=expression, phrase=phrase, seeded=False,
+                   lost=False)  # fmt: skip
+
+
 def start_many(
     vs: VideoSegmenter, frame: Frame, objects: list[Any], gs: list[Grounding], p: int, key: int
 ) -> FrameResult:
     """The keyframe: the objects of every phrase's targets replace ``objects`` (in place)."""
-    from hybridgl.video.method import _Object
-
     t0 = time.perf_counter()
-    phrases = [o.expression for o in objects]  # one object per phrase before the keyframe
+    template = objects[0]  # the method's object record (one per phrase before the keyframe)
+    phrases = [o.expression for o in objects]
     made: list[Any] = []
     per_object: list[Grounding] = []
     for i, (expr, g) in enumerate(zip(phrases, gs, strict=True)):
         for t in (g.targets or []) if g.found else []:
-            made.append(_Object(len(made) + 1, expr, phrase=i))
+            made.append(new(template, len(made) + 1, expr, i))
             per_object.append(t)
         if not g.found or not g.targets:
-            made.append(_Object(len(made) + 1, expr, phrase=i))
+            made.append(new(template, len(made) + 1, expr, i))
             per_object.append(g)
     objects[:] = made
     seeds = {o.oid: g.mask for o, g in zip(objects, per_object, strict=True) if g.found}
