@@ -45,6 +45,7 @@ def run_list(
         vis=args.vis,
         overlays=args.overlays,
         weights_dir=spec.weights_dir,
+        checkpoint_every=args.checkpoint_every,
     )
     outputs = {"davis": args.davis, "vis": args.vis, "overlays": args.overlays}
     # the model is recorded and compared by the run file itself (the spec)

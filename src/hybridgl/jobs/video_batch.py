@@ -230,6 +230,7 @@ class VideoTask:
     vis: bool = False
     overlays: bool = False
     weights_dir: str | None = None
+    checkpoint_every: int = 25  # jobs.video_track.CHECKPOINT_EVERY
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.jobs.video_track import state_counts, track_to_folder, write_outputs
@@ -252,7 +253,7 @@ class VideoTask:
                 return video, dict(getattr(worker.segmenter, "model_info", {}))
 
             records = track_to_folder(folder, settings, source, row["expressions"], build,
-                                      progress=False)  # fmt: skip
+                                      progress=False, checkpoint_every=self.checkpoint_every)  # fmt: skip
             write_outputs(
                 records, folder, davis=self.davis, vis=self.vis,
                 overlay=folder / "overlay.mp4" if self.overlays else None,
