@@ -15,6 +15,7 @@ from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,
+    add_target_args,
     check_runtime,
     engine_options,
     spec_from_args,
@@ -31,7 +32,14 @@ INPUT is one of:
   - a folder of images, segmented with every --expression
 Image paths are relative to the folder of the input file. "id" is optional; without it
 a row's id is "<image>::<expression>". An optional "proposals" field/column names a
-.npy file of N x H x W bool masks used instead of SAM for that row's image.
+.npy file of N x H x W bool masks used instead of SAM for that row's image; an
+optional "targets" field/column (one, many, auto) answers that row in its own target
+mode instead of --targets.
+
+With --targets many or auto (or a row's own), every target's mask is written as
+DIR/masks/<id>.target<K>.png beside the union DIR/masks/<id>.png, and a phrase that
+names nothing in the image is recorded with "found": false and no mask PNG (not an
+error). docs/TARGETS.md.
 
 Rows are grouped by image, so each image is encoded once. Rerunning with the same
 --out skips rows whose id already has a successful record in results.jsonl; failed
@@ -78,9 +86,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         choices=("jsonl", "coco"),
         default=None,
         help="coco: also write DIR/results.coco.json, a COCO results file of every row done "
-        "(Prediction.to_coco_result; image_id from the row's image_id field, else its image "
+        "(one entry per row, or per target with --targets many/auto; image_id from the row's image_id field, else its image "
         "path). results.jsonl is always written",
     )
+    add_target_args(p)
     add_max_pixels_arg(p)
     add_model_args(p)
     add_engine_args(p)
@@ -108,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             formats=tuple(args.formats or ()),
             max_pixels=args.max_pixels or None,  # 0: no limit of ours
             progress=not args.no_progress,
+            targets=args.targets,
+            thresholds=args.thresholds,
         ),
         options,
     )

@@ -22,7 +22,7 @@ from hybridgl.jobs.batch_rows import BadRow, Row, read_rows
 from hybridgl.jobs.engine import EngineOptions, Progress, run_units
 from hybridgl.jobs.records import RecordWriter, read_records
 from hybridgl.jobs.runfile import check_run_file
-from hybridgl.jobs.units import UnitWorker, WorkUnit, encode_and_predict
+from hybridgl.jobs.units import UnitWorker, WorkUnit, encode_state, predict_on_state
 from hybridgl.spec import ModelSpec
 
 RESULTS = "results.jsonl"
@@ -92,6 +92,8 @@ class BatchTask:
     polygons: bool = True
     max_pixels: int | None = None
     caller_proposals_only: bool = False  # --sam none
+    targets: str = "one"  # the run's target mode; a row's own "targets" field wins
+    thresholds: dict[str, Any] | None = None  # TargetRules.to_dict() (plain, for Ray)
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.images import load_image
@@ -109,15 +111,7 @@ class BatchTask:
         except Exception as e:  # noqa: BLE001
             return [_error_record(r, e, "bad_proposals") for r in unit.rows]
         seg = worker.segmenter  # missing weights end the run (exit 4)
-        _, preds = encode_and_predict(
-            seg,
-            image,
-            proposals,
-            [r["expression"] for r in unit.rows],
-            self.top_k,
-            self.guidance,
-            max_pixels=self.max_pixels,
-        )
+        preds = self.predict(seg, encode_state(seg, image, proposals, self.max_pixels), unit.rows)
         out = []
         for row, pred in zip(unit.rows, preds, strict=True):
             if isinstance(pred, BaseException):
@@ -135,6 +129,25 @@ class BatchTask:
                 head["image_id"] = row["image_id"]
             out.append({**head, **rec})
         return out
+
+    def predict(self, seg: Any, state: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """Every row's prediction on the image's state, one ``predict_many`` per target
+        mode (a row's ``targets`` field, else the run's); ``"one"`` calls it as before the
+        option existed (no target keywords)."""
+        from hybridgl.targets import target_kwargs
+
+        by_mode: dict[str, list[int]] = {}
+        for k, row in enumerate(rows):
+            by_mode.setdefault(row.get("targets") or self.targets, []).append(k)
+        preds: list[Any] = [None] * len(rows)
+        for mode, ks in by_mode.items():
+            options = target_kwargs(mode, self.thresholds if mode != "one" else None)
+            got = predict_on_state(
+                seg, state, [rows[k]["expression"] for k in ks], self.top_k, self.guidance, options
+            )
+            for k, pred in zip(ks, got, strict=True):
+                preds[k] = pred
+        return preds
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
         return [_error_record(r, error) for r in unit.rows]
@@ -158,6 +171,8 @@ def make_units(rows: list[Row]) -> list[WorkUnit]:
         }
         if r.image_id is not None:
             row["image_id"] = r.image_id
+        if r.targets is not None:
+            row["targets"] = r.targets
         unit.rows.append(row)
     return list(groups.values())
 
@@ -203,8 +218,19 @@ class BatchSink:
                 continue
             mask = rle_to_mask(rec["mask"])
             name = mask_filename(str(rec["id"]))
-            rec["mask_png"] = f"{MASKS}/{name}"
-            save_mask_png(mask, self.out_dir / rec["mask_png"])
+            if target_mode(rec) == "one":
+                rec["mask_png"] = f"{MASKS}/{name}"
+                save_mask_png(mask, self.out_dir / rec["mask_png"])
+            else:  # the union (none when nothing was found) and one PNG per target
+                stem = Path(name).stem
+                rec["mask_png"] = f"{MASKS}/{name}" if rec["found"] else None
+                rec["target_mask_pngs"] = [
+                    f"{MASKS}/{stem}.target{k}.png" for k in range(len(rec["targets"]))
+                ]
+                for t, rel in zip(rec["targets"], rec["target_mask_pngs"], strict=True):
+                    save_mask_png(rle_to_mask(t["mask"]), self.out_dir / rel)
+                if rec["found"]:
+                    save_mask_png(mask, self.out_dir / rec["mask_png"])
             if self.overlays:
                 from hybridgl.images import load_image
                 from hybridgl.viz import overlay, save_image
@@ -213,9 +239,10 @@ class BatchSink:
                     image = load_image(unit.data["image_path"], max_pixels=self.max_pixels)
                 ov_rel = f"{OVERLAYS}/{Path(name).stem}.jpg"
                 box = rec["box"] if rec["found"] else None
-                save_image(
-                    overlay(image, mask, box=box, label=rec["expression"]), self.out_dir / ov_rel
-                )
+                label = rec["expression"]
+                if not rec["found"] and target_mode(rec) != "one":
+                    label += " (not found in this image)"
+                save_image(overlay(image, mask, box=box, label=label), self.out_dir / ov_rel)
                 rec["overlay"] = ov_rel
             self.writer.write(rec)
             self.counts.done += 1
@@ -224,27 +251,42 @@ class BatchSink:
         self.progress.unit_done()
 
 
-def coco_result(record: dict[str, Any], category_id: int = 1) -> dict[str, Any]:
-    """The COCO results entry of one batch record (:func:`hybridgl.types.coco_result_entry`).
+def target_mode(record: dict[str, Any]) -> str:
+    """The target mode a record was answered in (its ``evidence.mode``; ``"one"`` for
+    records written before the option existed)."""
+    evidence = record.get("evidence")
+    return str(evidence.get("mode") or "one") if isinstance(evidence, dict) else "one"
+
+
+def coco_results(record: dict[str, Any], category_id: int = 1) -> list[dict[str, Any]]:
+    """The COCO results entries of one batch record (:func:`hybridgl.types.coco_result_entry`).
 
     ``image_id`` is the row's ``image_id`` when the input gave one, else its image path.
+    A record answered with ``targets="one"`` gives one entry (its mask, also when empty),
+    as before the option existed; with ``"many"`` / ``"auto"`` one entry per target (its
+    mask and score), none when nothing was found (as :meth:`Prediction.to_coco_results`).
     """
     from hybridgl.types import coco_result_entry
 
-    return coco_result_entry(
-        record["mask"],
-        record.get("image_id", record["image"]),
-        record.get("score"),
-        int(record.get("category_id", category_id)),
-    )
+    image_id = record.get("image_id", record["image"])
+    category = int(record.get("category_id", category_id))
+    if target_mode(record) == "one":
+        return [coco_result_entry(record["mask"], image_id, record.get("score"), category)]
+    return [
+        coco_result_entry(t["mask"], image_id, t.get("score"), category)
+        for t in record.get("targets") or []
+    ]
 
 
 def write_coco_results(results: Path, target: Path) -> int:
-    """DIR/results.coco.json: one COCO result per row whose last record succeeded."""
+    """DIR/results.coco.json: the COCO results of every row whose last record succeeded
+    (:func:`coco_results`: one per row, or one per target)."""
     from hybridgl.fileio import atomic_write_json
 
     log_ = read_records(results, key=_record_id)
-    entries = [coco_result(r) for r in log_.current() if not r.get("error") and "mask" in r]
+    entries = [
+        e for r in log_.current() if not r.get("error") and "mask" in r for e in coco_results(r)
+    ]
     atomic_write_json(target, entries, indent=None)
     return len(entries)
 
@@ -275,6 +317,24 @@ def _write_summary(
         pass
 
 
+def _target_rules(settings: BatchSettings) -> dict[str, Any] | None:
+    """The run's thresholds as a plain dict (None: the defaults), checked before any work.
+
+    Raises:
+        UsageError: an unknown target mode. InputError: an unusable thresholds file.
+    """
+    from hybridgl.targets import TARGET_MODES, ThresholdsError, load_thresholds
+
+    if settings.targets not in TARGET_MODES:
+        raise UsageError(f"targets must be one of {list(TARGET_MODES)}, got {settings.targets!r}")
+    if settings.thresholds is None:
+        return None
+    try:
+        return load_thresholds(settings.thresholds).to_dict()
+    except ThresholdsError as e:
+        raise InputError(str(e)) from None
+
+
 @dataclass
 class BatchSettings:
     """The batch job's own settings (the model is the job's :class:`ModelSpec`)."""
@@ -287,6 +347,8 @@ class BatchSettings:
     formats: tuple[str, ...] = ()  # "coco" adds results.coco.json
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = True
+    targets: str = "one"  # zero, one or many targets (docs/TARGETS.md); rows may override
+    thresholds: Any = None  # TargetRules, a thresholds JSON path or a dict; None: defaults
 
 
 def run_batch(
@@ -309,12 +371,19 @@ def run_batch(
     t_start = time.perf_counter()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
+    rules = _target_rules(settings)
     rows, bad_rows, duplicates = read_rows(input_path, list(settings.expressions))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_run_file(
-        out_dir, {"job": "batch", "top_k": settings.top_k, "guidance": settings.guidance}, spec
-    )
+    # targets and thresholds are None for the default, as in run files written before them
+    run_settings = {
+        "job": "batch",
+        "top_k": settings.top_k,
+        "guidance": settings.guidance,
+        "targets": None if settings.targets == "one" else settings.targets,
+        "thresholds": rules,
+    }
+    check_run_file(out_dir, run_settings, spec)
     results_path = out_dir / RESULTS
     log_ = read_records(results_path, key=_record_id)
     # the resume rule: a row whose last record succeeded is skipped; failed rows run again
@@ -348,6 +417,8 @@ def run_batch(
         polygons=settings.polygons,
         max_pixels=settings.max_pixels,
         caller_proposals_only=spec.sam is None,
+        targets=settings.targets,
+        thresholds=rules,
     )
     facts: dict[str, Any] = {}
     try:

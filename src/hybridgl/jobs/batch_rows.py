@@ -14,6 +14,7 @@ from typing import Any
 
 from hybridgl.errors import InputError, UsageError
 from hybridgl.images import IMAGE_EXTENSIONS, scan_image_folder
+from hybridgl.targets import TARGET_MODES
 
 IMAGE_KEYS = ("image", "image_path", "file_name", "path")
 EXPRESSION_KEYS = ("expression", "sent", "text")
@@ -31,6 +32,7 @@ class Row:
     proposals: Path | None = None
     explicit_id: bool = False
     image_id: Any = None  # the COCO image id, when the input gives one (--format coco)
+    targets: str | None = None  # the row's own target mode (docs/TARGETS.md); None: the run's
 
     @property
     def group_key(self) -> tuple[str, str]:
@@ -92,6 +94,17 @@ def _make_row(record: dict[str, Any], line: int, base: Path, where: str) -> Row 
         image_id = int(image_id)  # CSV cells are text
     if isinstance(image_id, (int, str)) and image_id != "":
         row.image_id = image_id
+    targets = record.get("targets")
+    if targets not in (None, ""):
+        if not isinstance(targets, str) or targets.strip() not in TARGET_MODES:
+            return BadRow(
+                id=row.id,
+                line=line,
+                image=image,
+                expression=expression,
+                error=f"{where}: targets must be one of {list(TARGET_MODES)}, got {targets!r}",
+            )
+        row.targets = targets.strip()
     props = record.get("proposals")
     if props not in (None, ""):
         row.proposals = (base / str(props)) if not Path(str(props)).is_absolute() else Path(props)
