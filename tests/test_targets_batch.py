@@ -95,8 +95,9 @@ def test_batch_many_writes_every_target(work, shared_tiny_segmenters, monkeypatc
     assert rc == 5, err  # the bad row only
     assert "done 3, skipped 0, failed 1" in text
     recs = records(out)
-    assert recs["bad"]["error_kind"] == "bad_record" and "targets must be one of" in (
-        recs["bad"]["error"]
+    assert (
+        recs["bad"]["error_kind"] == "bad_record"
+        and "targets must be one of" in (recs["bad"]["error"])
     )
     both, one, auto = recs["both"], recs["one"], recs["auto"]
     for r in (both, one, auto):
@@ -147,7 +148,9 @@ def test_batch_many_writes_every_target(work, shared_tiny_segmenters, monkeypatc
 def test_batch_no_target_rows_are_not_errors(work, shared_tiny_segmenters, monkeypatch) -> None:
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     good = work / "good.jsonl"
-    good.write_text("".join(line + "\n" for line in (work / "rows.jsonl").read_text().splitlines()[:3]))
+    good.write_text(
+        "".join(line + "\n" for line in (work / "rows.jsonl").read_text().splitlines()[:3])
+    )
     out = work / "out"
     rc, text, err = run_cli(
         "batch", str(good), "--out", str(out), "--no-progress", "--overlays",

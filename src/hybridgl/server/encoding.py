@@ -78,6 +78,7 @@ def result_headers(outcome: Outcome) -> dict[str, str]:
         "X-Image-SHA256": outcome.upload.sha256,
         "X-Cache-Hit": "true" if outcome.cache_hit else "false",
         "X-Found": "true" if first.found else "false",
+        "X-Targets": str(len(getattr(first, "targets", None) or ([0] if first.found else []))),
         "X-Score": f"{score:.6g}" if math.isfinite(score) else "null",
     }
 

@@ -49,6 +49,7 @@ from hybridgl.server.inputs import (
     too_large,
 )
 from hybridgl.server.settings import ServerSettings
+from hybridgl.server.targets import predict_expressions
 
 if TYPE_CHECKING:
     from hybridgl.protocols import SegmenterLike
@@ -253,6 +254,7 @@ class ModelService:
         proposals: ProposalsBuilder | None = None,
         proposals_key: str = "",
         render: Callable[[Outcome], Any] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Any:
         """Segment each expression in the uploaded image.
 
@@ -260,7 +262,8 @@ class ModelService:
             ticket: from :meth:`admit`.
             upload: a checked upload (:func:`hybridgl.server.inputs.inspect_upload`).
             expressions: checked expressions.
-            top_k, guidance: scoring options.
+            top_k, guidance: scoring options; ``options``: further ``predict_many``
+                keywords (targets, thresholds: :mod:`hybridgl.server.targets`).
             proposals: builds caller proposals ``(N, H, W)`` bool for the decoded image's
                 size; called on an image thread after decoding (so its memory is bounded
                 too). None: the segmenter's own proposals (SAM).
@@ -283,7 +286,7 @@ class ModelService:
 
         def predict() -> tuple[list[Any], float]:
             start = time.perf_counter()
-            preds = self._predict_many(seg, expressions, top_k, guidance, state)
+            preds = predict_expressions(seg, expressions, top_k, guidance, state, options)
             return list(preds), (time.perf_counter() - start) * 1000.0
 
         def answer() -> Any:
@@ -365,18 +368,6 @@ class ModelService:
             state = self._model.submit(encode).result()
         self.cache.put(key, state)
         return state, (time.perf_counter() - start) * 1000.0
-
-    # the segmenter's explicit-state API ------------------------------------------------
-    @staticmethod
-    def _predict_many(
-        seg: SegmenterLike, expressions: list[str], top_k: int, guidance: bool, state: Any
-    ) -> list[Any]:
-        from hybridgl.errors import ExpressionError
-
-        try:
-            return seg.predict_many(expressions, top_k=top_k, guidance=guidance, state=state)
-        except ExpressionError as e:
-            raise ApiError(422, "invalid_expression", str(e)) from None
 
     async def run_on_model(self, ticket: Ticket, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the model thread within the request deadline (e.g. a collection

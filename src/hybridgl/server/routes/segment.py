@@ -16,6 +16,7 @@ from hybridgl.server.inputs import (
 )
 from hybridgl.server.routes import Service, Settings
 from hybridgl.server.service import Outcome, proposals_digest
+from hybridgl.server.targets import target_options
 
 RESPONSES: dict[int | str, dict] = {
     200: {
@@ -73,10 +74,23 @@ def include(app: FastAPI) -> None:
             bool, Query(description="include each candidate's mask as RLE")
         ] = False,
         polygons: Annotated[bool, Query(description="include polygons of the chosen mask")] = True,
+        targets: Annotated[
+            str | None,
+            Query(
+                description="one (default: the method's single answer), many (every object "
+                "the phrase selects, or none) or auto (several when the phrase names several); "
+                "docs/TARGETS.md"
+            ),
+        ] = None,
+        thresholds: Annotated[
+            str | None,
+            Query(description="JSON object of target-rule thresholds (hybridgl calibrate)"),
+        ] = None,
     ) -> Response:
         t_start = time.perf_counter()
         exprs = parse_expressions(expression, expressions, settings)
         k = check_top_k(top_k, settings)
+        options = target_options(targets, thresholds)  # 422 before any upload is read
         use_guidance = settings.guidance if guidance is None else guidance
         ticket = service.admit()  # 503 when the queue is full
         try:
@@ -132,6 +146,7 @@ def include(app: FastAPI) -> None:
                 proposals=builder,
                 proposals_key=proposals_key,
                 render=render,
+                options=options,
             )
             return response
         finally:

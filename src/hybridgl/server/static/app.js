@@ -175,7 +175,10 @@
     if (!res) return;
     state.selected = selection;
     if (selection === "answer") {
-      if (res.found) drawMask(res.mask, res.box, COLORS.answer, res.parse.noun_phrase || res.expression);
+      const hook = window.hybridgl && window.hybridgl.drawAnswer; // targets.js: every target
+      if (hook && hook(res)) {
+        // drawn by the hook
+      } else if (res.found) drawMask(res.mask, res.box, COLORS.answer, res.parse.noun_phrase || res.expression);
     } else {
       const cand = res.candidates[selection];
       if (cand && cand.mask) {
@@ -250,6 +253,7 @@
       <span class="badge ${body.cache_hit ? "hit" : "miss"}">${body.cache_hit ? "cache hit" : "new image"}</span>`;
     els.imageInfo.textContent = `${body.image.width}×${body.image.height} px · ${body.image.num_proposals} proposals · sha256 ${body.image.sha256.slice(0, 12)}…`;
     show(els.result, true);
+    if (window.hybridgl.onResult) window.hybridgl.onResult(res); // targets.js: legend
     render("answer");
   }
 
@@ -299,7 +303,8 @@
     els.submit.disabled = true;
     const t0 = performance.now();
     try {
-      const body = await apiJson("/v1/segment?candidate_masks=true&polygons=false", {
+      const extra = window.hybridgl.segmentQuery ? window.hybridgl.segmentQuery() : ""; // targets.js
+      const body = await apiJson("/v1/segment?candidate_masks=true&polygons=false" + extra, {
         method: "POST",
         body: fd,
         signal: controller.signal,
@@ -422,6 +427,6 @@
     loadModelInfo();
   });
 
-  window.hybridgl = { api, apiJson, decodeRle, maskArea, state };
+  window.hybridgl = Object.assign(window.hybridgl || {}, { api, apiJson, decodeRle, maskArea, state, drawMask });
   loadModelInfo();
 })();
