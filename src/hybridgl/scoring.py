@@ -330,7 +330,10 @@ def with_targets(
     inter, areas = overlap_counts(st.masks[ranked])
     kept = [ranked[k] for k in dedupe(inter, areas, r_.dedup_iou, r_.containment, r_.max_targets)]
     evidence = dataclasses.replace(
-        evidence, considered=len(pool), duplicates=len(ranked) - len(kept)
+        evidence,
+        considered=len(pool),
+        duplicates=len(ranked) - len(kept),
+        pool=tuple((int(i), s, c) for i, s, c in zip(pool, scores, cosines, strict=True)),
     )
     pos = {i: k for k, i in enumerate(pool)}
     targets = [one.targets[0]]

@@ -147,6 +147,9 @@ class TargetEvidence:
         floor, contrast_margin, margin, cosine_margin: the thresholds used.
         considered: proposals considered as targets; ``duplicates``: of those that
             qualified, how many were dropped as duplicates or parts of a target.
+        pool: ``(index, target score, cosine)`` of each proposal considered as a target,
+            in pool order (several targets looked for only). Python only, not in
+            :meth:`to_dict`: ``hybridgl calibrate`` replays the rules on it offline.
     """
 
     mode: str = "one"
@@ -162,6 +165,7 @@ class TargetEvidence:
     cosine_margin: float | None = None
     considered: int = 0
     duplicates: int = 0
+    pool: tuple[tuple[int, float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -40,20 +40,9 @@ MULTI_TARGET_DATASETS = frozenset({"grefcoco", "phrasecut"})
 SUITES: dict[str, tuple[str, str]] = {"paper": ("refcoco,refcoco+,refcocog", "all")}
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` subcommand to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="evaluate on RefCOCO / RefCOCO+ / RefCOCOg or a custom dataset",
-        description=(
-            "Evaluate referring segmentation: one record per expression in "
-            "<out>/predictions.jsonl (a rerun resumes), metrics in <out>/report.json and "
-            "<out>/report.md (mIoU, oIoU, P@0.5..0.9 for the pure, guided and best-proposal "
-            "masks). Several datasets/splits (or --suite paper) run in one job, each image "
-            "encoded once for all of them. Exit codes: 0 ok, 2 usage, 3 bad data, "
-            "4 missing weights, 5 some expressions failed."
-        ),
-    )
+def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The data options (``evaluate``, ``calibrate``): which dataset and split, or custom
+    data; :func:`load_data` reads them."""
     d = p.add_argument_group("data")
     d.add_argument(
         "--format",
@@ -91,6 +80,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument(
         "--images", metavar="DIR", help="generic: images folder (default: the instances' folder)"
     )
+    return d
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate on RefCOCO / RefCOCO+ / RefCOCOg or a custom dataset",
+        description=(
+            "Evaluate referring segmentation: one record per expression in "
+            "<out>/predictions.jsonl (a rerun resumes), metrics in <out>/report.json and "
+            "<out>/report.md (mIoU, oIoU, P@0.5..0.9 for the pure, guided and best-proposal "
+            "masks). Several datasets/splits (or --suite paper) run in one job, each image "
+            "encoded once for all of them. Exit codes: 0 ok, 2 usage, 3 bad data, "
+            "4 missing weights, 5 some expressions failed."
+        ),
+    )
+    add_data_args(p)
     s = p.add_argument_group("run")
     s.add_argument(
         "--limit",

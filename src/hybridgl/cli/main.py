@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hybridgl import __version__
     from hybridgl.cli import (
         batch,
+        calibrate_cmd,
         evaluate,
         index_cmd,
         search_cmd,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.register(subparsers)
     batch.register(subparsers)
     evaluate.register(subparsers)
+    calibrate_cmd.register(subparsers)
     weights_cmd.register(subparsers)
     serve.register(subparsers)
     index_cmd.register(subparsers)

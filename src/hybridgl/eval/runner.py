@@ -65,6 +65,7 @@ RESUME_KEYS = (
     "guidance",
     "targets",
     "thresholds",
+    "calibration",
 )
 
 
@@ -149,6 +150,7 @@ def run_evaluation(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     targets: str = "one",
     thresholds: Any = None,
+    calibration: bool = False,
 ) -> dict[str, Any]:
     """Evaluate (or resume evaluating) one or several splits and write the outputs.
 
@@ -173,6 +175,8 @@ def run_evaluation(
         targets, thresholds: zero, one or many targets (:mod:`hybridgl.targets`); RefCOCO
             evaluation keeps ``"one"`` (the method as published), gRefCOCO and PhraseCut
             runs use ``"auto"`` or ``"many"``. Recorded in run.json (None: the default).
+        calibration: records carry the sample ``hybridgl calibrate`` sweeps
+            (:mod:`hybridgl.eval.sweep`); recorded in run.json (None when off).
 
     Returns:
         The report (also written as report.json and report.md).
@@ -214,6 +218,7 @@ def run_evaluation(
     rules = load_thresholds(thresholds).to_dict() if thresholds is not None else None
     settings["targets"] = None if targets == "one" else targets
     settings["thresholds"] = rules
+    settings["calibration"] = True if calibration else None
     check_run_file(out, {k: settings[k] for k in RESUME_KEYS}, spec, model_info)
     selection = {"limit": limit, "sample": sample, "seed": seed if sample is not None else None}
     parts = []
@@ -276,6 +281,7 @@ def run_evaluation(
                     max_pixels=max_pixels,
                     targets=targets,
                     thresholds=rules,
+                    calibration=calibration,
                 ),
                 sink,
                 spec=(spec or ModelSpec()).with_driver_env(),

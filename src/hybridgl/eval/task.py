@@ -192,6 +192,7 @@ class EvalTask:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     targets: str = "one"
     thresholds: dict[str, Any] | None = None  # TargetRules.to_dict() (plain, for Ray)
+    calibration: bool = False  # records carry the calibration sample (hybridgl calibrate)
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         return evaluate_unit(
@@ -203,6 +204,7 @@ class EvalTask:
             max_pixels=self.max_pixels,
             targets=self.targets,
             thresholds=self.thresholds,
+            calibration=self.calibration,
         )
 
     def failed(self, unit: WorkUnit, error: BaseException) -> list[dict[str, Any]]:
@@ -269,12 +271,15 @@ def evaluate_unit(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     targets: str = "one",
     thresholds: dict[str, Any] | None = None,
+    calibration: bool = False,
 ) -> list[dict[str, Any]]:
     """Records for every expression of one image: one encoding, one ``predict_many``.
 
     An expression's ground truth is the union of its annotations' masks (one for
     RefCOCO; several or none, "no target", for gRefCOCO and PhraseCut). ``targets`` and
     ``thresholds`` go to ``predict_many`` (:func:`hybridgl.targets.target_kwargs`).
+    With ``calibration`` each record also carries ``calibration``: the
+    :class:`hybridgl.eval.sweep.Sample` that replays the target rules offline.
     """
     from hybridgl.targets import target_kwargs
 
@@ -367,6 +372,11 @@ def evaluate_unit(
             rec.update(_counts_fields("guided", pred.index, gi, gu))
             rec.update(_counts_fields("upper", up_idx, up_i, up_u))
             rec.update(_prediction_dict(pred) or {})
+            if calibration:
+                from hybridgl.eval.sweep import sample_of
+
+                key = record_key(rec) or ""
+                rec["calibration"] = sample_of(pred, state, gt, key, rec["no_target"]).to_dict()
         except Exception as err:  # a malformed prediction must not stop the run
             rec = failed_record(
                 r, f"scoring failed: {type(err).__name__}: {err}", "prediction_failed"
