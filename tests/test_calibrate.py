@@ -146,3 +146,15 @@ def test_calibrate_round_trip(tmp_path, shared_tiny_segmenters, monkeypatch) -> 
     assert gres["gIoU"] == pytest.approx(cal["value"], abs=1e-9)
     assert gres["N-acc"] == pytest.approx(cal["metrics"]["N-acc"], abs=1e-9)
     assert gres["cIoU"] == pytest.approx(cal["metrics"]["cIoU"], abs=1e-9)
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from hybridgl.errors import MissingExtraError
+    from hybridgl.eval.calibrate_plot import write_plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "hybridgl\[plot\]"'):
+        write_plot({}, TargetRules(), tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()

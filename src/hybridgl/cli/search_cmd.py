@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, UsageError, positive
+from hybridgl.cli.options import add_target_args
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\
@@ -19,11 +20,14 @@ Stage 1 compares the phrase's CLIP text embedding with every stored proposal; st
 the full method (relation and GEM coherence guidance) on the best --rerank images from their
 stored state. Hits are ranked by the cosine similarity of the phrase with the region chosen
 in each image (comparable across images); --min-score drops weak matches, so an empty
-result means "not found".
+result means "not found". With --targets auto or many, stage 2 also drops the images
+where the phrase has no target (docs/TARGETS.md) and says how many it dropped; each hit
+then carries every target the phrase names in that image.
 
 Examples:
   hybridgl search "the dog on the left" --db photos-index --top 10 --html dogs.html
   hybridgl search "a red car" --db photos-index --json cars.json --min-score 0.25
+  hybridgl search "the dogs" --db photos-index --targets auto --thresholds calib/thresholds.json
 """
 
 
@@ -70,6 +74,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--top-k", type=positive(int), default=3, metavar="K", help="candidates kept per hit (3)"
     )
     p.add_argument("--no-guidance", action="store_true", help="stage 2 without spatial guidance")
+    add_target_args(p)  # many/auto: images where the phrase has no target are dropped
     add_model_options(p)
     p.set_defaults(func=run)
     return p
@@ -84,6 +89,7 @@ def search_document(idx: Any, hits: Any) -> dict[str, Any]:
         "similarity": "cosine of the phrase's text embedding with the chosen proposal's feature",
         "commit": info.get("commit"),
         "reranked": info.get("reranked"),
+        "no_target": info.get("no_target", 0),
         "timings": info.get("timings"),
         "hits": [h.to_dict() for h in hits],
     }
@@ -93,15 +99,20 @@ def run(args: argparse.Namespace) -> int:
     code = missing_extra(args)
     if code is not None:
         return code
-    from hybridgl.errors import ExpressionError
+    from hybridgl.errors import ExpressionError, InputError
     from hybridgl.fileio import atomic_write_text
     from hybridgl.names import show
+    from hybridgl.targets import ThresholdsError, target_kwargs
 
     if not args.expression.strip():
         raise ExpressionError("the phrase is empty")
     for opt, value in (("--json", args.json_out), ("--html", args.html_out)):
         if value and value != "-" and Path(value).is_dir():
             raise UsageError(f"{opt} {value!r} is a folder; give a file name")
+    try:
+        target_kwargs(args.targets, args.thresholds)  # a bad file fails before the index opens
+    except ThresholdsError as e:
+        raise InputError(str(e)) from None
     idx = make_index(args)
     hits = idx.search(
         args.expression,
@@ -110,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         top_k=args.top_k,
         guidance=not args.no_guidance,
+        **target_kwargs(args.targets, args.thresholds),
     )
     out = sys.stderr if args.json_out == "-" else sys.stdout
+    if hits.no_target:
+        n = hits.no_target
+        print(f"dropped {n} image{'s' if n != 1 else ''} where the phrase has no target", file=out)
     if not hits:
         print(
             "nothing found"

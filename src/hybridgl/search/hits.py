@@ -87,8 +87,10 @@ class SearchResults(list):  # list[SearchHit]
 
     Attributes:
         expression: the phrase; parse: its parse (``Parse.to_dict``); commit: the index
-        version searched; reranked: images that got the full method; timings: seconds
-        per stage (``text``, ``stage1``, ``fetch``, ``stage2``, ``total``).
+        version searched; reranked: images that got the full method; no_target: of
+        those, images dropped because the phrase has no target there (``targets`` many
+        or auto, docs/TARGETS.md); timings: seconds per stage (``text``, ``stage1``,
+        ``fetch``, ``stage2``, ``total``).
     """
 
     def __init__(
@@ -100,12 +102,14 @@ class SearchResults(list):  # list[SearchHit]
         commit: Any = None,
         reranked: int = 0,
         timings: dict[str, float] | None = None,
+        no_target: int = 0,
     ) -> None:
         super().__init__(hits)
         self.expression = expression
         self.parse = parse or {}
         self.commit = commit
         self.reranked = reranked
+        self.no_target = no_target
         self.timings = dict(timings or {})
 
     def info(self) -> dict[str, Any]:
@@ -115,6 +119,7 @@ class SearchResults(list):  # list[SearchHit]
             "parse": self.parse,
             "commit": self.commit,
             "reranked": self.reranked,
+            "no_target": self.no_target,
             "timings": self.timings,
         }
 

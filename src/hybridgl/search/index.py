@@ -245,6 +245,8 @@ class Index(IndexWriter):
         min_score: float | None = None,
         top_k: int = 3,
         guidance: bool = True,
+        targets: str = "one",
+        thresholds: Any = None,
     ) -> SearchResults:
         """Find the images (and the region in each) that ``expression`` describes.
 
@@ -255,6 +257,10 @@ class Index(IndexWriter):
             min_score: drop hits whose similarity (cosine) is below it.
             top_k: candidates kept in each hit's prediction.
             guidance: spatial guidance in stage 2 (needs GEM tokens in the index).
+            targets, thresholds: zero, one or many targets in stage 2 (docs/TARGETS.md):
+                with ``"many"`` / ``"auto"`` an image where the phrase has no target is
+                dropped (counted in ``SearchResults.no_target``) and a hit carries every
+                target; ``"one"`` (default) is the method's single answer.
 
         Returns:
             The hits, best first (at most ``min(top, rerank)``), with the search's facts
@@ -272,6 +278,9 @@ class Index(IndexWriter):
             raise ValueError("top_k must be >= 1")
         if min_score is not None and not np.isfinite(min_score):
             raise ValueError(f"min_score must be a finite number, got {min_score!r}")
+        from hybridgl.targets import target_kwargs
+
+        options = target_kwargs(targets, thresholds)  # ValueError / ThresholdsError first
         m = int(rerank) if rerank is not None else int(top)
         if m < 1:
             raise ValueError("rerank must be >= 1")
@@ -289,6 +298,7 @@ class Index(IndexWriter):
         images, props = fetch_images(snap, ids)
         t3 = time.perf_counter()
         hits: list[SearchHit] = []
+        no_target = 0
         for image_id in ids:
             row = images.get(image_id)
             if row is None:  # pragma: no cover - the snapshot holds both or neither
@@ -296,8 +306,9 @@ class Index(IndexWriter):
             state = state_from_rows(row, props.get(image_id, []))
             has_gem = row.get("gem_dtype") in GEM_DTYPES
             with torch.no_grad():
-                pred = _score(seg, state, parse, top_k, guidance and has_gem)
+                pred = _score(seg, state, parse, top_k, guidance and has_gem, options)
             if not pred.found or pred.index is None:
+                no_target += pred.evidence.rule in ("below_floor", "contrast")
                 continue
             cos = gd.clip_logits(state.features, f_text, 1.0)
             hits.append(
@@ -328,6 +339,7 @@ class Index(IndexWriter):
             parse=parse.to_dict(),
             commit=snap["seq"],
             reranked=len(ids),
+            no_target=no_target,
             timings={
                 "text": t1 - t0,
                 "stage1": t2 - t1,

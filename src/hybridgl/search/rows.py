@@ -33,9 +33,17 @@ def _encode_image(seg: Any, image: np.ndarray, proposals: np.ndarray | None) -> 
     return seg.encode_image(image, proposals=proposals, max_pixels=None)
 
 
-def _score(seg: Any, state: Any, parse: Any, top_k: int, guidance: bool) -> Prediction:
-    """``seg.score(state, parse)``: the full method on a stored state."""
-    return seg.score(state, parse, top_k=top_k, guidance=guidance)
+def _score(
+    seg: Any,
+    state: Any,
+    parse: Any,
+    top_k: int,
+    guidance: bool,
+    options: dict[str, Any] | None = None,
+) -> Prediction:
+    """``seg.score(state, parse)``: the full method on a stored state (``options``:
+    ``targets`` / ``thresholds``, :func:`hybridgl.targets.target_kwargs`)."""
+    return seg.score(state, parse, top_k=top_k, guidance=guidance, **(options or {}))
 
 
 def _state_class() -> Any:

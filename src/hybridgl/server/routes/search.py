@@ -8,6 +8,7 @@ stage 1 over every stored proposal, stage 2 (the full method) on the best images
 
 from __future__ import annotations
 
+import json
 import math
 import mimetypes
 import re
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hybridgl.server.errors import ApiError
 from hybridgl.server.routes import Service, Settings
+from hybridgl.server.targets import target_options
 
 MAX_HITS = 200
 _IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
@@ -38,6 +40,14 @@ class SearchRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, description="candidates per hit (default: server's)")
     guidance: bool | None = Field(None, description="spatial guidance (default: server's)")
     candidate_masks: bool = Field(False, description="include each candidate's mask as RLE")
+    targets: str | None = Field(
+        None,
+        description="one (default), many or auto (docs/TARGETS.md): with many/auto, images where "
+        "the phrase has no target are dropped and counted in no_target",
+    )
+    thresholds: dict[str, Any] | None = Field(
+        None, description="target-rule thresholds (hybridgl calibrate's rules)"
+    )
 
 
 def _index(request: Request, settings: Any, service: Any) -> Any:
@@ -88,6 +98,9 @@ def include(app: FastAPI) -> None:
         if top_k > settings.max_top_k:
             raise ApiError(422, "invalid_parameter", f"top_k must be <= {settings.max_top_k}")
         guidance = settings.guidance if body.guidance is None else body.guidance
+        options = target_options(
+            body.targets, None if body.thresholds is None else json.dumps(body.thresholds)
+        )
         idx = _index(request, settings, service)
         ticket = service.admit()
         try:
@@ -100,6 +113,7 @@ def include(app: FastAPI) -> None:
                     min_score=body.min_score,
                     top_k=top_k,
                     guidance=guidance,
+                    **options,
                 )
                 info = hits.info()
                 out = []
@@ -114,6 +128,7 @@ def include(app: FastAPI) -> None:
                     "similarity": "cosine of the phrase with the chosen region (comparable "
                     "across images)",
                     "reranked": info.get("reranked"),
+                    "no_target": info.get("no_target", 0),
                     "hits": out,
                     "timings": {
                         k + "_ms": round(v * 1000.0, 3) for k, v in info.get("timings", {}).items()
