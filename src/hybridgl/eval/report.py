@@ -252,18 +252,23 @@ def suite_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Published gRefCOCO figures, all of TRAINED methods (ours is training-free). ReLA val:
-#: the GRES authors' code README (github.com/henghuiding/ReLA, "Models": Swin-B 62.42 cIoU /
-#: 63.60 gIoU, Swin-T 52.26 / 54.44, ResNet-50 39.53 / 38.62). ReLA testA / testB: the GRES
-#: paper's table (Liu, Ding and Jiang, CVPR 2023), not checked against the PDF here.
+#: Published gRefCOCO figures, all of TRAINED methods (ours is training-free).
+#: ReLA val: checked. The GRES authors' code README, "Models" table
+#: (github.com/henghuiding/ReLA: Swin-B 62.42 cIoU / 63.60 gIoU, Swin-T 52.26 / 54.44,
+#: ResNet-50 39.53 / 38.62); issue henghuiding/ReLA#10 quotes 63.60 gIoU / 62.42 cIoU as the
+#: CVPR paper's val figures, and the maintainer answers that the released weights score
+#: slightly higher than the paper (a user measured 66.34 gIoU / 63.10 cIoU with them).
+#: ReLA testA / testB: UNCHECKED. Recalled from the GRES paper's table (Liu, Ding and Jiang,
+#: CVPR 2023); no source stored here shows them (searched the paper's pages, the ReLA and
+#: gRefCOCO READMEs and issues), so their labels say "unchecked".
 PUBLISHED_GRES: dict[str, dict[str, dict[str, float]]] = {
     "val": {
-        "ReLA Swin-B (trained; ReLA README)": {"cIoU": 62.42, "gIoU": 63.60},
+        "ReLA Swin-B (trained; GRES paper val = ReLA README)": {"cIoU": 62.42, "gIoU": 63.60},
         "ReLA Swin-T (trained; ReLA README)": {"cIoU": 52.26, "gIoU": 54.44},
         "ReLA ResNet-50 (trained; ReLA README)": {"cIoU": 39.53, "gIoU": 38.62},
     },
-    "testA": {"ReLA Swin-B (trained; GRES paper)": {"cIoU": 69.26, "gIoU": 70.03}},
-    "testB": {"ReLA Swin-B (trained; GRES paper)": {"cIoU": 59.88, "gIoU": 61.02}},
+    "testA": {"ReLA Swin-B (trained; GRES paper, unchecked)": {"cIoU": 69.26, "gIoU": 70.03}},
+    "testB": {"ReLA Swin-B (trained; GRES paper, unchecked)": {"cIoU": 59.88, "gIoU": 61.02}},
 }
 
 
