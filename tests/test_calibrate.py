@@ -158,3 +158,55 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch) -> None:
     with pytest.raises(MissingExtraError, match=r'pip install "hybridgl\[plot\]"'):
         write_plot({}, TargetRules(), tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+
+
+@needs_data
+@pytest.mark.slow
+def test_generic_data_with_several_and_no_targets(tmp_path, shared_tiny_segmenters,
+                                                  monkeypatch) -> None:  # fmt: skip
+    """The user's COCO-style data: list ann_ids (several), [] (none), bad rows; evaluate
+    reports the GRES metrics and calibrate fits on it."""
+    from gres_fixture import pick
+
+    monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+    images, anns, _ = pick(2)
+    inst = COCO / "annotations" / "instances_val2017.json"
+    rows = []
+    for im in images:
+        mine = [a["id"] for a in anns[im["id"]] if not a["iscrowd"]]
+        rows += [
+            {"image_id": im["id"], "ann_id": mine[:3], "expression": "all the things"},
+            {"ann_id": [mine[0]], "expression": "the thing"},
+            {"image_id": im["id"], "ann_id": [], "expression": "the unicorn"},
+        ]
+    other = images[1]["id"]
+    rows += [
+        {"image_id": images[0]["id"], "ann_id": [10**12], "expression": "x", "sent_id": "u"},
+        {"ann_id": [], "no_target": True, "expression": "x", "sent_id": "n"},
+        {"image_id": other, "ann_id": [anns[images[0]["id"]][0]["id"]], "expression": "x",
+         "sent_id": "o"},
+    ]  # fmt: skip
+    exprs = tmp_path / "e.jsonl"
+    exprs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = ("--format", "generic", "--instances", str(inst), "--expressions", str(exprs),
+            "--images", str(COCO / "val2017"), "--dataset", "mine", "--proposals", "gt")  # fmt: skip
+    out = tmp_path / "ev"
+    rc, text = _cli("evaluate", *data, "--targets", "auto", "--out", str(out))
+    assert rc == 5, text  # the three bad rows
+    recs = {
+        str(r["sent_id"]): r
+        for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())
+    }
+    assert recs["u"]["error_kind"] == "unknown_ann" and recs["n"]["error_kind"] == "bad_record"
+    assert "belongs to image" in recs["o"]["error"]
+    good = [r for r in recs.values() if not r["error"]]
+    assert len(good) == 6 and sum(r["no_target"] for r in good) == 2
+    assert all(len(r["ann_id"]) == 3 for r in good if r["sentence"] == "all the things")
+    report = json.loads((out / "report.json").read_text())
+    assert report["gres"]["n"] == 6 and report["gres"]["n_no_target"] == 2
+    rc, text = _cli(
+        "calibrate", *data, "--out", str(tmp_path / "cal"), "--points", "5", "--no-plot"
+    )
+    assert rc == 0, text
+    cal = json.loads((tmp_path / "cal" / "thresholds.json").read_text())["calibration"]
+    assert cal["expressions"] == 6 and cal["dataset"] == "mine"

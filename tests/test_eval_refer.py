@@ -14,8 +14,9 @@ from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
 
 from hybridgl.errors import DataError
 from hybridgl.eval.annotations import annotation_to_mask
+from hybridgl.eval.generic import load_generic
 from hybridgl.eval.pickles import load_refs_pickle
-from hybridgl.eval.refer import Expression, check_dataset_split, load_generic, load_refer
+from hybridgl.eval.refer import Expression, check_dataset_split, load_refer
 from hybridgl.eval.report import build_report
 from hybridgl.eval.task import select_expressions
 
@@ -270,7 +271,7 @@ def test_generic_reader(tmp_path):
         (3, None, None, "bad_record"),
         (4, 1, 11, "unknown_ann"),
         (6, 1, 10, "bad_record"),
-        (7, None, None, "bad_record"),
+        (7, 1, (10,), None),  # a list: the objects it names (several or none; issue 19)
     ]
     assert "line 3: bad JSON" in data.expressions[2].error
     assert data.image_path(1) == tmp_path / "a.png"

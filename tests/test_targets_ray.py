@@ -74,7 +74,9 @@ def test_gres_datasets_and_calibrate_on_ray_equal_local(tmp_path_factory, monkey
         pb = json.loads((b / "report.json").read_text())
         assert pb["this_run"]["engine"] == "ray" and pa["this_run"]["engine"] == "local"
         for key in ("metrics", "gres", "counts"):
-            assert json.dumps(pa.get(key), sort_keys=True) == json.dumps(pb.get(key), sort_keys=True)
+            assert json.dumps(pa.get(key), sort_keys=True) == json.dumps(
+                pb.get(key), sort_keys=True
+            )
     g = json.loads((tmp / "grefcoco-ray" / "report.json").read_text())["gres"]
     assert g["n"] == 6 and g["n_no_target"] == 2
     assert all("calibration" in r for r in records(tmp / "calibrate-ray").values())

@@ -75,7 +75,8 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     d.add_argument(
         "--expressions",
         metavar="FILE",
-        help='generic: JSONL with {"image_id", "ann_id", "expression"} a line',
+        help='generic: JSONL with {"image_id", "ann_id", "expression"} a line; "ann_id" may '
+        "be a list (several objects) or [] (none, with image_id)",
     )
     d.add_argument(
         "--images", metavar="DIR", help="generic: images folder (default: the instances' folder)"
@@ -167,7 +168,7 @@ def _pairs(datasets: str, splits: str) -> list[tuple[str, str]]:
 def load_data(args: argparse.Namespace) -> list[Any]:
     """The splits the options name, loaded and checked (raises DataError, exit 3)."""
     from hybridgl.eval.datasets import load_dataset
-    from hybridgl.eval.refer import load_generic
+    from hybridgl.eval.generic import load_generic
 
     if args.format == "generic":
         if not args.instances or not args.expressions:

@@ -12,6 +12,7 @@ Metric definitions: :mod:`hybridgl.eval.metrics`; data layout: :mod:`hybridgl.ev
 from hybridgl.errors import DataError
 from hybridgl.eval.annotations import annotation_to_mask
 from hybridgl.eval.datasets import load_dataset
+from hybridgl.eval.generic import load_generic
 from hybridgl.eval.metrics import (
     THRESHOLDS,
     intersection_union,
@@ -24,7 +25,6 @@ from hybridgl.eval.refer import (
     EXPECTED_COUNTS,
     EvalData,
     Expression,
-    load_generic,
     load_refer,
 )
 from hybridgl.eval.report import build_report

@@ -16,7 +16,7 @@ ref is the mask of its annotation ``ann_id``; each sentence is one expression, f
 
 Generic layout (custom data): a COCO-style instances JSON and a JSONL file with one
 ``{"image_id", "ann_id", "expression"}`` object a line (optional ``sent_id``, ``ref_id``,
-``split``), images in a folder named by ``file_name``.
+``split``), images in a folder named by ``file_name``: :mod:`hybridgl.eval.generic`.
 
 Problems in single records (unknown annotation, a ref without sentences, a bad JSONL
 line) do not stop loading: the expression carries an ``error`` and the evaluation records
@@ -301,102 +301,4 @@ def load_refer(data_root: str | Path, dataset: str, split: str) -> EvalData:
         problems=problems,
         expected_count=EXPECTED_COUNTS.get((dataset, split)),
         sources={"refs": str(refs_path), "instances": str(inst_path)},
-    )
-
-
-# --------------------------------------------------------------------------- generic
-
-
-def load_generic(
-    instances: str | Path,
-    expressions: str | Path,
-    images_dir: str | Path | None = None,
-    name: str = "generic",
-    split: str | None = None,
-) -> EvalData:
-    """Read a custom dataset: COCO instances JSON + JSONL of expressions.
-
-    Each JSONL line is ``{"image_id", "ann_id", "expression"}`` with optional
-    ``sent_id`` (default: the line number), ``ref_id`` and ``split`` (rows whose split
-    differs from ``split`` are skipped when ``split`` is given). ``image_id`` may be
-    left out: the annotation's image is used. Images are read from ``images_dir``
-    (default: the folder of the instances file) by their ``file_name``.
-
-    Raises:
-        DataError: a file is missing or the instances JSON is invalid. Bad JSONL lines do
-            not raise: they become failed expressions.
-    """
-    inst_path = Path(instances)
-    expr_path = Path(expressions)
-    problems: list[str] = []
-    images, anns, by_image = _index_instances(
-        load_json(inst_path, "instances file"), inst_path, problems
-    )
-    if not expr_path.is_file():
-        raise DataError(f"expressions file not found: {expr_path}")
-    exprs: list[Expression] = []
-    try:
-        lines = expr_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read expressions file {expr_path}: {err}") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as err:
-            exprs.append(
-                Expression(
-                    sent_id=n,
-                    sentence="",
-                    image_id=None,
-                    ann_id=None,
-                    split=split,
-                    error=f"{expr_path} line {n}: bad JSON ({err})",
-                    error_kind="bad_record",
-                )
-            )
-            continue
-        if split is not None and "split" in row and row["split"] != split:
-            continue
-        text = row.get("expression")
-        ids = {k: row.get(k) for k in ("ann_id", "image_id", "sent_id", "ref_id")}
-        good_ids = all(v is None or isinstance(v, (int, str)) for v in ids.values())
-        ok = isinstance(text, str) and ids["ann_id"] is not None and good_ids
-        if not good_ids:
-            ids = dict.fromkeys(ids)
-        ann_id, image_id = ids["ann_id"], ids["image_id"]
-        if image_id is None and ann_id in anns:
-            image_id = anns[ann_id].get("image_id")
-        e = Expression(
-            sent_id=ids["sent_id"] if ids["sent_id"] is not None else n,
-            sentence=text if isinstance(text, str) else "",
-            image_id=image_id,
-            ann_id=ann_id,
-            ref_id=ids["ref_id"] if ids["ref_id"] is not None else ann_id,
-            split=row.get("split", split),
-            category_id=anns.get(ann_id, {}).get("category_id"),
-        )
-        if not ok:
-            e = replace(
-                e,
-                error=f"{expr_path} line {n}: needs an integer or string 'ann_id' (and ids) "
-                "and a string 'expression'",
-                error_kind="bad_record",
-            )
-        exprs.append(_check_expression(e, images, anns, inst_path))
-    return EvalData(
-        name=name,
-        split=split or "all",
-        format="generic",
-        expressions=_dedupe(exprs, problems),
-        images=images,
-        annotations=anns,
-        images_dir=Path(images_dir) if images_dir is not None else inst_path.parent,
-        anns_by_image=by_image,
-        problems=problems,
-        expected_count=None,
-        sources={"instances": str(inst_path), "expressions": str(expr_path)},
     )

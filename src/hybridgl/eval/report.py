@@ -67,7 +67,7 @@ def build_report(
         ),
         "sources": dict(data.sources),
     }
-    if data.format == "grefcoco":
+    if data.format == "grefcoco" or any(isinstance(e.ann_id, tuple) for e in data.expressions):
         report["gres"] = gres_from_records(recs)
         report["published_gres"] = PUBLISHED_GRES.get(data.split, {})
     if extra:

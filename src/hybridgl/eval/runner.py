@@ -155,7 +155,7 @@ def run_evaluation(
     """Evaluate (or resume evaluating) one or several splits and write the outputs.
 
     Args:
-        data: one split from :func:`~hybridgl.eval.refer.load_refer` or ``load_generic``,
+        data: one split from :func:`~hybridgl.eval.refer.load_refer` or ``load_generic``
             or several (a suite: every image is encoded once for all splits using it).
         segmenter: a ready :class:`hybridgl.Segmenter` for the local engine (or use
             ``factory`` / ``spec`` to build one only when an image needs it).
