@@ -123,3 +123,33 @@ def test_bad_values_are_422_invalid_parameter(client, images, params, needle) ->
     err = r.json()["error"]
     assert err["code"] == "invalid_parameter" and needle in err["message"], err
     assert "Traceback" not in r.text
+
+
+def test_server_thresholds_file_is_the_default(tiny_segmenter, images, tmp_path) -> None:
+    """``serve --thresholds FILE``: requests with targets many/auto and no thresholds of
+    their own use the file; a request's own thresholds win; targets one ignores it."""
+    shut = tmp_path / "shut.json"
+    shut.write_text(SHUT_JSON)
+    seg = GivenProposals(tiny_segmenter, images)
+    settings = ServerSettings(top_k=3, thresholds=str(shut))
+    with (
+        BackgroundServer(create_app(seg, settings)) as server,
+        httpx.Client(base_url=server.url, timeout=httpx.Timeout(300.0, connect=10.0)) as c,
+    ):
+        [res] = post(c, images, {"targets": "auto"}).json()["results"]
+        assert res["found"] is False and res["evidence"]["floor"] == 1.5
+        [res] = post(c, images, {"targets": "many", "thresholds": OPEN_JSON}).json()["results"]
+        assert res["found"] is True and res["evidence"]["floor"] == -1.0
+        [res] = post(c, images).json()["results"]
+        assert res["found"] is True and res["evidence"]["mode"] == "one"
+        assert "thresholds" not in c.get("/v1/models").json()["limits"]  # a server-side path
+
+
+def test_serve_refuses_a_bad_thresholds_file(tmp_path, capsys) -> None:
+    from hybridgl.cli.main import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"flor": 1}')
+    assert main(["serve", "--thresholds", str(bad), "--port", "0"]) == 3
+    err = capsys.readouterr().err
+    assert "--thresholds" in err and "unknown keys ['flor']" in err and "Traceback" not in err

@@ -29,7 +29,7 @@ from hybridgl.cli.common import (
     positive,
 )
 from hybridgl.cli.options import add_model_args, build_segmenter
-from hybridgl.errors import MissingExtraError
+from hybridgl.errors import InputError, MissingExtraError
 from hybridgl.server.settings import ServerSettings
 
 DESCRIPTION = """\
@@ -210,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
             "who can reach this port can use the server (set --api-key or "
             "HYBRIDGL_API_KEY, or bind 127.0.0.1)"
         )
+    if settings.thresholds:  # a bad thresholds file fails before the model load (exit 3)
+        from hybridgl.targets import TargetRules, ThresholdsError
+
+        try:
+            TargetRules.load(settings.thresholds)
+        except ThresholdsError as e:
+            raise InputError(f"--thresholds: {e}") from None
     if settings.search_db:  # a bad --db fails before the slow model load (exit 3)
         from hybridgl.search.errors import lancedb_available
         from hybridgl.search.store import Store

@@ -218,6 +218,16 @@ class ServerSettings:
         group="collection search",
         secret=True,  # a server-side path: not shown to clients
     )
+    # zero, one or many targets (docs/TARGETS.md) -----------------------------------
+    thresholds: str | None = option(
+        None,
+        "a thresholds JSON (hybridgl calibrate) for requests with targets many/auto that "
+        "send no thresholds of their own",
+        env="HYBRIDGL_THRESHOLDS",
+        metavar="FILE",
+        group="targets",
+        secret=True,  # a server-side path: not shown to clients
+    )
     # request defaults (from the model options --top-k and --no-guidance) -------------
     top_k: int = option(3, "default candidates per expression", cli=False)
     guidance: bool = option(True, "default for spatial guidance", cli=False)

@@ -8,6 +8,7 @@ explicit-state API.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -17,7 +18,9 @@ from hybridgl.server.errors import ApiError
 MAX_THRESHOLDS_CHARS = 4096
 
 
-def target_options(targets: str | None, thresholds: str | None) -> dict[str, Any]:
+def target_options(
+    targets: str | None, thresholds: str | None, default: str | None = None
+) -> dict[str, Any]:
     """``predict_many`` keywords of a request: empty for the default (``"one"``, no
     thresholds), so the answer is the method's, as before the option existed.
 
@@ -25,6 +28,8 @@ def target_options(targets: str | None, thresholds: str | None) -> dict[str, Any
         targets: ``one``, ``many``, ``auto`` or None (``one``).
         thresholds: a JSON object of :class:`~hybridgl.targets.TargetRules` fields (the
             ``rules`` of a ``hybridgl calibrate`` file, or that whole file), or None.
+        default: the server's thresholds file (``hybridgl serve --thresholds``), used
+            when the request sends none; None: the rules' defaults.
 
     Raises:
         ApiError: 422 ``invalid_parameter`` naming the parameter and the problem.
@@ -53,7 +58,17 @@ def target_options(targets: str | None, thresholds: str | None) -> dict[str, Any
             rules = TargetRules.from_dict(data, "thresholds")
         except ThresholdsError as e:
             raise ApiError(422, "invalid_parameter", str(e)) from None
+    elif default and mode != "one":
+        rules = _server_rules(default)
     return target_kwargs(mode, rules)
+
+
+@functools.lru_cache(maxsize=4)
+def _server_rules(path: str) -> Any:
+    """The server's thresholds file, read once (``hybridgl serve`` checked it at start)."""
+    from hybridgl.targets import TargetRules
+
+    return TargetRules.load(path)
 
 
 def predict_expressions(

@@ -99,7 +99,9 @@ def include(app: FastAPI) -> None:
             raise ApiError(422, "invalid_parameter", f"top_k must be <= {settings.max_top_k}")
         guidance = settings.guidance if body.guidance is None else body.guidance
         options = target_options(
-            body.targets, None if body.thresholds is None else json.dumps(body.thresholds)
+            body.targets,
+            None if body.thresholds is None else json.dumps(body.thresholds),
+            settings.thresholds,
         )
         idx = _index(request, settings, service)
         ticket = service.admit()

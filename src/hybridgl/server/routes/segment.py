@@ -90,7 +90,8 @@ def include(app: FastAPI) -> None:
         t_start = time.perf_counter()
         exprs = parse_expressions(expression, expressions, settings)
         k = check_top_k(top_k, settings)
-        options = target_options(targets, thresholds)  # 422 before any upload is read
+        # 422 before any upload is read
+        options = target_options(targets, thresholds, settings.thresholds)
         use_guidance = settings.guidance if guidance is None else guidance
         ticket = service.admit()  # 503 when the queue is full
         try:
