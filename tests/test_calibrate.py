@@ -137,6 +137,13 @@ def test_calibrate_round_trip(tmp_path, shared_tiny_segmenters, monkeypatch) -> 
     assert (
         json.loads((out / "thresholds.json").read_text())["calibration"]["objective"] == "balanced"
     )
+    # another start point with the same pool: the same pass, swept again
+    (tmp_path / "start.json").write_text(json.dumps({"margin": 0.5, "dedup_iou": 0.7}))
+    rc, text = _cli("calibrate", *data, "--out", str(out), "--thresholds",
+                    str(tmp_path / "start.json"), "--no-plot")  # fmt: skip
+    assert rc == 0, text
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == n
+    assert json.loads((out / "thresholds.json").read_text())["rules"]["dedup_iou"] == 0.7
     # round trip: the gIoU-fitted thresholds, loaded back by evaluate, give the swept value
     (tmp_path / "th.json").write_text(json.dumps(doc))
     rc, text = _cli("evaluate", *data, "--thresholds", str(tmp_path / "th.json"),

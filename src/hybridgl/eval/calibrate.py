@@ -31,9 +31,15 @@ COLUMNS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7")
 
 
 def open_rules(base: TargetRules) -> TargetRules:
-    """``base`` with both no-target tests open (no cosine is below -2, no cosine difference
-    below -3): the pass then computes every expression's candidate pool."""
-    return replace(base, floor=-2.0, contrast_margin=-3.0)
+    """The rules of the calibration pass: ``base``'s pool size and contrast prompts (they
+    change what the pass computes) with both no-target tests open (no cosine is below -2,
+    no cosine difference below -3), so every expression's candidate pool is computed; the
+    thresholds applied after the pool (margins, overlap tests, ``max_targets``) are set to
+    the defaults, so a rerun from another start point reuses the pass."""
+    d = TargetRules()
+    return replace(
+        d, floor=-2.0, contrast_margin=-3.0, pool=base.pool, contrast_prompts=base.contrast_prompts
+    )
 
 
 def read_samples(predictions: Path) -> list[Sample]:
