@@ -104,3 +104,51 @@ def test_search_cli_and_http_say_how_many_were_dropped(index, tiny_segmenter, tm
             r = client.post("/v1/search", json={"expression": "the people", **body})
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter"
             assert needle in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_search_tab_says_how_many_were_dropped(index, tiny_segmenter, tmp_path) -> None:
+    """The page's Search tab with Targets auto, on a server whose thresholds file
+    (``serve --thresholds``) shuts the no-target test: every image is dropped, and the page
+    says so; with Targets one the same search shows both images."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("fastapi")
+    from server_support import ARTIFACTS, BackgroundServer
+    from test_browser import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path
+
+    from hybridgl.server import ServerSettings, create_app
+
+    exe = chromium_path()
+    shut = tmp_path / "shut.json"
+    shut.write_text(json.dumps({"rules": SHUT.to_dict()}))
+    settings = ServerSettings(search_db=str(index.db), thresholds=str(shut))
+    with (
+        BackgroundServer(create_app(tiny_segmenter, settings)) as server,
+        sync_api.sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_selector("#tabs:not([hidden])")
+            page.click("#tab-search")
+            page.select_option("#search-targets-mode", "auto")
+            page.fill("#search-phrase", "the people")
+            page.press("#search-phrase", "Enter")
+            page.wait_for_selector("#search-no-target:not([hidden])")
+            text = page.locator("#search-no-target").inner_text()
+            assert text == "Dropped 2 images where the phrase has no target."
+            assert page.evaluate("window.hybridglSearch.state.last.hits") == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-search-no-target.png"))
+            page.select_option("#search-targets-mode", "one")
+            page.press("#search-phrase", "Enter")
+            page.wait_for_selector(".hit >> nth=1")
+            assert page.locator("#search-no-target").is_hidden()
+            assert errors == []
+        finally:
+            browser.close()

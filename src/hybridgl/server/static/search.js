@@ -168,11 +168,15 @@
       const body = await window.hybridgl.apiJson("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ expression: phrase, top: 12, candidate_masks: true }),
+        body: JSON.stringify(Object.assign(
+          { expression: phrase, top: 12, candidate_masks: true },
+          window.hybridgl.searchOptions ? window.hybridgl.searchOptions() : {}, // targets.js
+        )),
         signal: controller.signal,
       });
       state.last = body;
       renderGrid(body);
+      if (window.hybridgl.onSearch) window.hybridgl.onSearch(body); // targets.js
       setStatus("");
     } catch (e) {
       if (e.name === "AbortError") return;

@@ -122,5 +122,39 @@
     return select.value === "one" ? "" : `&targets=${encodeURIComponent(select.value)}`;
   }
 
-  Object.assign(hg, { segmentQuery, drawAnswer, onResult, targetColours: PALETTE });
+  // ------------------------------------------------------------------ the Search tab
+  // The same choice for POST /v1/search; with many/auto the answer says how many images
+  // were dropped because the phrase has no target there.
+  const searchForm = document.getElementById("search-form");
+  let searchSelect = null;
+  let dropped = null;
+  if (searchForm) {
+    const sw = wrap.cloneNode(true);
+    searchSelect = sw.querySelector("select");
+    searchSelect.id = "search-targets-mode";
+    sw.querySelector("label").htmlFor = "search-targets-mode";
+    searchForm.appendChild(sw);
+    dropped = document.createElement("p");
+    dropped.id = "search-no-target";
+    dropped.className = "muted small";
+    dropped.hidden = true;
+    searchForm.after(dropped);
+  }
+
+  function searchOptions() {
+    return searchSelect && searchSelect.value !== "one" ? { targets: searchSelect.value } : {};
+  }
+
+  function onSearch(body) {
+    if (!dropped) return;
+    const n = body.no_target || 0;
+    dropped.textContent = n
+      ? `Dropped ${n} image${n === 1 ? "" : "s"} where the phrase has no target.`
+      : "";
+    dropped.hidden = !n;
+  }
+
+  Object.assign(hg, {
+    segmentQuery, drawAnswer, onResult, searchOptions, onSearch, targetColours: PALETTE,
+  });
 })();
