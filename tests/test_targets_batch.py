@@ -210,3 +210,20 @@ def test_batch_targets_on_ray_equals_local(work, tmp_path_factory, shared_tiny_s
             if rel:
                 assert (on_ray / rel).read_bytes() == (local / rel).read_bytes()
     assert (on_ray / "results.coco.json").read_text() == (local / "results.coco.json").read_text()
+
+
+def test_rows_read_the_targets_field_from_jsonl_and_csv(tmp_path) -> None:
+    from hybridgl.jobs.batch_rows import read_rows
+
+    (tmp_path / "r.csv").write_text(
+        "image,expression,id,targets\na.png,the cups,1,many\nb.png,a cup,2,\nc.png,x,3,lots\n"
+    )
+    rows, bad, _ = read_rows(tmp_path / "r.csv", [])
+    assert [(r.id, r.targets) for r in rows] == [("1", "many"), ("2", None)]
+    assert [b.id for b in bad] == ["3"] and "targets must be one of" in bad[0].error
+    (tmp_path / "r.jsonl").write_text(
+        json.dumps({"image": "a.png", "expression": "e", "targets": "auto"}) + "\n"
+        + json.dumps({"image": "a.png", "expression": "f", "targets": 3}) + "\n"
+    )  # fmt: skip
+    rows, bad, _ = read_rows(tmp_path / "r.jsonl", [])
+    assert [r.targets for r in rows] == ["auto"] and "got 3" in bad[0].error
