@@ -96,10 +96,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hybridgl.cli.evaluate_video import is_video_dataset
     from hybridgl.eval.calibrate import calibrate, open_rules, read_samples, summary_text
     from hybridgl.eval.runner import PREDICTIONS, run_evaluation
     from hybridgl.targets import TargetRules, ThresholdsError
 
+    if is_video_dataset(args.dataset):
+        raise UsageError("calibrate fits the image target rules; video datasets are not supported")
     options = engine_options(args)
     if args.sam == "none" and args.proposals != "gt":
         raise UsageError("--sam none needs --proposals gt (there is no proposal model)")
