@@ -27,21 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from hybridgl import scoring
 from hybridgl.config import MethodConfig
-from hybridgl.errors import ExpressionError
-from hybridgl.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
-from hybridgl.masks import as_proposal_masks, masks_to_boxes_xywh, resize_masks
-from hybridgl.models import hybrid_clip
-from hybridgl.models.clip import encode_text_trimmed
-from hybridgl.models.gem import gem_input, gem_patch_tokens
-from hybridgl.models.proposals import ProposalBackend, SamV1Backend
-from hybridgl.state import ImageState, downscale_image, working_size
+from hybridgl.image_side import ImageSide
+from hybridgl.models.proposals import ProposalBackend
+from hybridgl.state import ImageState
 from hybridgl.targets import TargetRules, check_mode, load_thresholds
+from hybridgl.text_side import TextSide
 from hybridgl.types import Parse, Prediction
 
 if TYPE_CHECKING:
@@ -59,7 +53,7 @@ log = logging.getLogger(__name__)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
 
-class Segmenter:
+class Segmenter(ImageSide, TextSide):
     """HybridGL: referring expression -> mask, with frozen SAM, CLIP and spaCy.
 
     Build it with :meth:`from_pretrained`. The stages, each public:
@@ -209,224 +203,6 @@ class Segmenter:
         seg = cls(m.clip, m.tokenizer, m.parser, m.proposer, m.config, m.device, m.dtype, m.info)
         seg.spec = spec
         return seg
-
-    # ------------------------------------------------------------------ image side
-    def _autocast(self) -> torch.autocast:
-        if self.dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self.lock:
-            self.stats[key] += n
-
-    @property
-    def image_state(self) -> ImageState | None:
-        """The state of the current image, or None before :meth:`set_image`."""
-        return self._state
-
-    def set_image_state(self, state: ImageState) -> None:
-        """Make a previously computed :class:`ImageState` current (no recomputation)."""
-        if not isinstance(state, ImageState):
-            raise TypeError("set_image_state expects an ImageState")
-        with self.lock:
-            self._state = state
-            self.last_image_timings = dict(state.timings)
-
-    @property
-    def proposer(self) -> ProposalBackend | None:
-        """The proposal backend (None when built with ``sam=None``)."""
-        if self._proposer is None and self.sam is not None:
-            with self._sam_lock:
-                if self._proposer is None:
-                    self._proposer = SamV1Backend(self.sam, self.config.sam)
-        return self._proposer
-
-    def propose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mask proposals of the proposal backend (:attr:`proposer`), at the image's own
-        resolution.
-
-        One image at a time (SAM's generator keeps per-image state): concurrent calls wait.
-
-        Args:
-            image: ``(H, W, 3)`` uint8 RGB.
-
-        Returns:
-            masks ``(N, H, W)`` bool and boxes ``(N, 4)`` float64 XYWH (SAM's ``bbox``), in
-            the generator's order; ``N`` may be 0.
-
-        Raises:
-            RuntimeError: the segmenter was built without SAM.
-        """
-        proposer = self.proposer
-        if proposer is None:
-            raise RuntimeError("this segmenter has no SAM: pass proposals to set_image")
-        with self._sam_lock:
-            self._count("sam_runs")
-            with self._autocast():
-                return proposer(image)
-
-    @torch.no_grad()
-    def encode_image(
-        self,
-        image: ImageInput,
-        proposals: npt.ArrayLike | None = None,
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> ImageState:
-        """Compute everything that depends only on the image; the current image is untouched.
-
-        Proposals (SAM's, or the caller's), the hybrid features of each proposal (METHOD.md
-        sections 1 to 3) and the GEM patch tokens (section 6). When the image's long side
-        exceeds ``config.max_side``, all of it is computed on a copy downscaled to that
-        side (area averaging), and given proposals are downscaled the same way.
-
-        Args:
-            image: a path, encoded bytes, a PIL image or an ``(H, W, 3)`` uint8 array.
-                EXIF orientation is applied; grayscale, RGBA and palette become RGB.
-            proposals: optional ``(N, H, W)`` (or one ``(H, W)``) masks that replace SAM:
-                masks from another segmenter, or ground truth for the oracle setting.
-                Binarised by :func:`hybridgl.masks.as_proposal_masks` (bool as is,
-                numbers ``> 0.5``).
-            max_pixels: the largest image accepted, passed to
-                :func:`hybridgl.images.load_image` (None: no limit of ours). Callers that
-                decoded the image under another limit (the server's ``--max-pixels``, the
-                CLI's) pass that limit here too.
-
-        Returns:
-            A new :class:`ImageState`.
-
-        Raises:
-            ImageError: the image cannot be read, or has more than ``max_pixels`` pixels
-                (:class:`~hybridgl.errors.ImageTooLargeError`).
-            ValueError: proposals of the wrong shape, or NaN, strings or objects in them.
-            RuntimeError: no proposals given and the segmenter has no SAM.
-        """
-        t0 = time.perf_counter()
-        img = load_image(image, max_pixels=max_pixels)
-        h, w = img.shape[:2]
-        given = as_proposal_masks(proposals, h, w) if proposals is not None else None
-        wh, ww = working_size(h, w, self.config.max_side)
-        work = downscale_image(img, wh, ww)
-        if given is not None:
-            masks = given if (wh, ww) == (h, w) else resize_masks(given, wh, ww)
-            boxes = masks_to_boxes_xywh(masks)
-            source = "given"
-        else:
-            masks, boxes = self.propose(work)
-            source = "sam"
-        if (wh, ww) != (h, w):  # boxes of the masks as they come back, one at a time
-            boxes = np.concatenate(
-                [masks_to_boxes_xywh(resize_masks(m[None], h, w)) for m in masks]
-                or [np.zeros((0, 4), dtype=np.float64)]
-            )
-        t1 = time.perf_counter()
-        with self._autocast():
-            if masks.shape[0] and masks.any():
-                self._count("feature_passes")
-                feats = hybrid_clip.encode_proposals(
-                    self.clip.visual, work, torch.from_numpy(masks), self.config, self.device
-                ).float()
-            else:  # nothing to see: no feature pass
-                feats = torch.zeros(
-                    (masks.shape[0], self.clip.visual.output_dim), device=self.device
-                )
-            t2 = time.perf_counter()
-            self._count("gem_passes")
-            pixels = gem_input(work, self.config.gem_size, self.config.keep_aspect)
-            tokens = gem_patch_tokens(
-                self.clip.visual,
-                pixels.to(self.device),
-                self.config.gem_depth,
-                self.config.gem_ss_iters,
-            )[0].float()
-        t3 = time.perf_counter()
-        return ImageState(
-            image=img,
-            masks=masks,
-            boxes=boxes,
-            features=feats,
-            gem_tokens=F.normalize(tokens, dim=-1),
-            gem_grid=int(round(tokens.shape[0] ** 0.5)),
-            source=source,
-            timings={"proposals": t1 - t0, "features": t2 - t1, "gem": t3 - t2},
-        )
-
-    def set_image(
-        self,
-        image: ImageInput,
-        proposals: npt.ArrayLike | None = None,
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> ImageState:
-        """:meth:`encode_image`, then make the result the current image.
-
-        Args:
-            image: see :meth:`encode_image`.
-            proposals: see :meth:`encode_image`.
-            max_pixels: see :meth:`encode_image`.
-
-        Returns:
-            The new :class:`ImageState` (also kept as :attr:`image_state`).
-        """
-        state = self.encode_image(image, proposals, max_pixels=max_pixels)
-        self.set_image_state(state)
-        return state
-
-    # ------------------------------------------------------------------ text side
-    @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """CLIP text embeddings, cached by string.
-
-        Texts longer than CLIP's 77-token context are truncated. Each text is encoded on
-        its own (a few positions long, see :func:`~hybridgl.models.clip.encode_text_trimmed`),
-        so its embedding is bitwise the same whatever else is encoded or cached: batching
-        texts of other lengths would change the float rounding, and results would depend on
-        the cache's history.
-
-        Args:
-            texts: the texts (duplicates allowed).
-
-        Returns:
-            ``(len(texts), E)`` float32 embeddings (unnormalised) on the model's device.
-        """
-        found: dict[str, torch.Tensor] = {}
-        for t in dict.fromkeys(texts):
-            with self.lock:
-                emb = self._text_cache.get(t)
-                if emb is not None:
-                    self._text_cache.move_to_end(t)
-            if emb is None:
-                tokens = self.tokenizer([t]).to(self.device)
-                with self._autocast():
-                    emb = encode_text_trimmed(self.clip, tokens)[0].float()
-                with self.lock:
-                    self.stats["text_encodes"] += 1
-                    self._text_cache[t] = emb
-                    while len(self._text_cache) > self._text_cache_size:
-                        self._text_cache.popitem(last=False)
-            found[t] = emb
-        return torch.stack([found[t] for t in texts])
-
-    def parse(self, expression: str) -> Parse:
-        """Parse an expression (METHOD.md sections 4 to 6).
-
-        Args:
-            expression: an English referring expression.
-
-        Returns:
-            The :class:`~hybridgl.types.Parse` (sentence, noun phrase, context nouns,
-            relation, direction).
-
-        Raises:
-            ExpressionError: not a string, or empty.
-        """
-        if not isinstance(expression, str):
-            raise ExpressionError(f"expression must be a string, got {type(expression).__name__}")
-        if not expression.strip():
-            raise ExpressionError("expression is empty")
-        with self._parse_lock:
-            return self.parser.parse(expression)
 
     # ------------------------------------------------------------------ scoring
     @staticmethod
