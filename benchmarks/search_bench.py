@@ -171,7 +171,7 @@ def phase_scale(work: Path, rows: int, queries: int) -> dict[str, Any]:
 
     from hybridgl.search.rows import text_embedding
     from hybridgl.search.stages import NPROBES, ann_partitions, create_ann_index, stage1
-    from hybridgl.search.store import proposals_schema
+    from hybridgl.search.tables import proposals_schema
 
     real = lancedb.connect(str(work / "db")).open_table("proposals").to_arrow()
     base = np.stack(real.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)

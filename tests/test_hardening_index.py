@@ -27,7 +27,8 @@ import hybridgl.search.rows as index_mod  # noqa: E402 - where images are encode
 import hybridgl.search.store as store_mod  # noqa: E402
 from hybridgl.cli.main import main  # noqa: E402
 from hybridgl.search.index import Index  # noqa: E402
-from hybridgl.search.store import IMAGES, PROPOSALS, Store  # noqa: E402
+from hybridgl.search.store import Store  # noqa: E402
+from hybridgl.search.tables import IMAGES, PROPOSALS  # noqa: E402
 
 N = 4  # images; commit_every=2 makes two data commits
 STEPS = ("delete", "clear_failures", "add_proposals", "add_images", "add_failures", "meta")

@@ -25,7 +25,8 @@ from hybridgl.cli.main import main  # noqa: E402
 from hybridgl.search import FingerprintMismatch, IndexBusyError, IndexStoreError  # noqa: E402
 from hybridgl.search.index import Index  # noqa: E402
 from hybridgl.search.rows import state_from_rows  # noqa: E402
-from hybridgl.search.store import IMAGES, PROPOSALS, Store  # noqa: E402
+from hybridgl.search.store import Store  # noqa: E402
+from hybridgl.search.tables import IMAGES, PROPOSALS  # noqa: E402
 
 PHRASES = ["the person on the left", "a dog next to the car", "the big thing"]
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hybridgl.search.store import IMAGES, PROPOSALS, Store, in_filter
+from hybridgl.search.store import Store
+from hybridgl.search.tables import IMAGES, PROPOSALS, in_filter
 
 _GEM_ITEMSIZE = {"float16": 2, "float32": 4}
 
@@ -126,7 +127,7 @@ def repair_index(store: Store) -> dict[str, Any]:
     if broken or orphans:
         import pyarrow as pa
 
-        from hybridgl.search.store import images_schema, proposals_schema
+        from hybridgl.search.tables import images_schema, proposals_schema
 
         images_tbl = pa.Table.from_pylist(keep_images, schema=images_schema())
         props_tbl = pa.Table.from_pylist(keep_props, schema=proposals_schema(store.dim))

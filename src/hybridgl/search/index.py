@@ -32,7 +32,8 @@ from hybridgl.search.stages import (
     stage1,
     store_rows,
 )
-from hybridgl.search.store import FAILURES, IMAGES, PROPOSALS, Store, is_remote
+from hybridgl.search.store import Store, is_remote
+from hybridgl.search.tables import FAILURES, IMAGES, PROPOSALS
 from hybridgl.search.writer import IndexWriter
 from hybridgl.spec import dtype_option
 
@@ -191,7 +192,7 @@ class Index(IndexWriter):
     def image_record(self, image_id: str) -> dict[str, Any] | None:
         """``{"path", "sha256", "size", "roots"}`` of ``image_id`` (None: no such image):
         what :func:`hybridgl.search.files.read_indexed_file` checks before reading it."""
-        from hybridgl.search.store import sql_str
+        from hybridgl.search.tables import sql_str
 
         store = self._store()
         rows = (

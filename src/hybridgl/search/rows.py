@@ -118,7 +118,7 @@ def _rows_for(
 def _images_table(rows: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
-    from hybridgl.search.store import images_schema
+    from hybridgl.search.tables import images_schema
 
     schema = images_schema()
     return pa.table({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
@@ -127,7 +127,7 @@ def _images_table(rows: list[dict[str, Any]]) -> Any:
 def _proposals_table(parts: list[dict[str, list[Any]]], dim: int) -> Any:
     import pyarrow as pa
 
-    from hybridgl.search.store import proposals_schema
+    from hybridgl.search.tables import proposals_schema
 
     schema = proposals_schema(dim)
     cols: dict[str, list[Any]] = {f.name: [] for f in schema}
@@ -154,7 +154,7 @@ def _proposals_table(parts: list[dict[str, list[Any]]], dim: int) -> Any:
 def _failures_table(rows: list[tuple[str, str]]) -> Any:
     import pyarrow as pa
 
-    from hybridgl.search.store import failures_schema
+    from hybridgl.search.tables import failures_schema
 
     now = time.time()
     return pa.table(

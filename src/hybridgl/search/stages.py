@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from hybridgl.search.store import IMAGES, PROPOSALS, Store, in_filter
+from hybridgl.search.store import Store
+from hybridgl.search.tables import IMAGES, PROPOSALS, in_filter
 
 log = logging.getLogger("hybridgl.search.index")
 

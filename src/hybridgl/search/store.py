@@ -1,6 +1,7 @@
 """The index's storage: four LanceDB tables in one database (a folder or an object-store URI).
 
-Tables (schemas in :func:`images_schema` and :func:`proposals_schema`):
+Tables (names and schemas in :mod:`hybridgl.search.tables`; the writer lock in
+:mod:`hybridgl.search.locks`):
 
 - ``images``: one row per indexed image (id, path, SHA-256 of the bytes, size, mtime,
   width, height, proposal count, proposal source, GEM tokens as float16 or float32 bytes);
@@ -33,17 +34,22 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.search.errors import IndexBusyError, IndexStoreError, require_lancedb
-
-FORMAT = 1
-IMAGES = "images"
-PROPOSALS = "proposals"
-FAILURES = "failures"
-META = "meta"
-LOCK_NAME = ".hybridgl-index.lock"
-LEASE_SECONDS = 600.0  # an object-store writer lease older than this is stale
+from hybridgl.search.locks import LEASE_SECONDS, LOCK_NAME, FileLock
+from hybridgl.search.tables import (
+    DATA_TABLES,
+    FAILURES,
+    FORMAT,
+    IMAGES,
+    META,
+    PROPOSALS,
+    _meta_schema,
+    failures_schema,
+    images_schema,
+    in_filter,
+    proposals_schema,
+)
 
 _DELETE_CHUNK = 400
-DATA_TABLES = (IMAGES, PROPOSALS, FAILURES)
 
 #: Fault injection for the tests: called with the name of each step of a commit, after
 #: the step (``"delete"``, ``"clear_failures"``, ``"add_proposals"``, ``"add_images"``,
@@ -64,113 +70,6 @@ def is_remote(uri: str) -> bool:
 
 def _local_path(uri: str) -> Path:
     return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
-
-
-def _pa() -> Any:
-    import pyarrow as pa
-
-    return pa
-
-
-def images_schema() -> Any:
-    pa = _pa()
-    return pa.schema(
-        [
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("sha256", pa.string(), nullable=False),
-            pa.field("size", pa.int64()),
-            pa.field("mtime", pa.float64()),
-            pa.field("width", pa.int32()),
-            pa.field("height", pa.int32()),
-            pa.field("num_proposals", pa.int32()),
-            pa.field("source", pa.string()),
-            pa.field("proposals_key", pa.string()),
-            pa.field("gem_dtype", pa.string()),
-            pa.field("gem_grid", pa.int32()),
-            pa.field("gem", pa.binary()),
-            pa.field("indexed_at", pa.float64()),
-        ]
-    )
-
-
-def proposals_schema(dim: int) -> Any:
-    pa = _pa()
-    return pa.schema(
-        [
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("proposal", pa.int32()),
-            pa.field("rle", pa.string()),
-            pa.field("box", pa.list_(pa.float64(), 4)),
-            pa.field("area", pa.int64()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-        ]
-    )
-
-
-def failures_schema() -> Any:
-    pa = _pa()
-    return pa.schema(
-        [
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("error", pa.string()),
-            pa.field("failed_at", pa.float64()),
-        ]
-    )
-
-
-def _meta_schema() -> Any:
-    pa = _pa()
-    return pa.schema([pa.field("key", pa.string()), pa.field("value", pa.string())])
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal for LanceDB filters."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def in_filter(column: str, values: Iterable[str]) -> str:
-    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
-
-
-class _FileLock:
-    """An exclusive, non-blocking ``flock`` held for the life of a writer."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, db: str) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - no flock on this platform
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.read(fd, 200).decode("utf-8", "replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            who = f" ({holder})" if holder else ""
-            raise IndexBusyError(
-                f"another index run is writing to {db}{who}; wait for it to finish "
-                "(two runs on one index are refused so they cannot corrupt it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
 
 
 class Store:
@@ -205,7 +104,7 @@ class Store:
     ) -> None:
         self.uri = os.fspath(uri)
         self.remote = is_remote(self.uri)
-        self._lock: _FileLock | None = None
+        self._lock: FileLock | None = None
         self._lease_id: str | None = None
         self.created = False
         lancedb = require_lancedb()
@@ -227,7 +126,7 @@ class Store:
                         "give an index folder or a new path"
                     )
             if writer:
-                self._lock = _FileLock(path / LOCK_NAME)
+                self._lock = FileLock(path / LOCK_NAME)
                 self._lock.acquire(self.uri)
         try:
             self.db = lancedb.connect(self.uri)
@@ -287,7 +186,8 @@ class Store:
 
     @staticmethod
     def _meta_table(meta: dict[str, Any]) -> Any:
-        pa = _pa()
+        import pyarrow as pa
+
         keys = sorted(meta)
         return pa.table(
             {"key": keys, "value": [json.dumps(meta[k], sort_keys=True) for k in keys]},

@@ -29,7 +29,8 @@ from hybridgl.search.rows import (
     decode_rows,
 )
 from hybridgl.search.stages import AUTO_ANN_ROWS, _has_vector_index, build_ann, store_rows
-from hybridgl.search.store import IMAGES, PROPOSALS, Store
+from hybridgl.search.store import Store
+from hybridgl.search.tables import IMAGES, PROPOSALS
 
 log = logging.getLogger("hybridgl.search.index")
 
