@@ -18,6 +18,7 @@ from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,
+    add_target_args,
     build_segmenter,
     check_runtime,
     spec_from_args,
@@ -102,6 +103,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--fps", type=positive(float), default=None, metavar="FPS",
                    help="frame rate of a frame folder (gives it times)")  # fmt: skip
     add_max_pixels_arg(s, refused="exit 3 (bad input)")
+    add_target_args(p)  # --targets many/auto: one tracker object per target (docs/VIDEO.md)
     add_model_args(p)
     add_engine_args(p)
     p.set_defaults(func=run)
@@ -123,28 +125,56 @@ def _keyframe(text: str) -> int | str:
 def job_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """The settings every video of a run shares: the tracker, the model spec and the
     options of the video method (device and threads may change between runs)."""
+    options = {
+        k: getattr(args, k)
+        for k in (
+            "reground_every",
+            "keyframe",
+            "keyframe_candidates",
+            "reseed_margin",
+            "presence_threshold",
+            "min_cosine",
+            "stride",
+            "max_frames",
+            "start",
+            "end",
+            "fps",
+            "no_guidance",
+            "top_k",
+        )  # fmt: skip
+    }
     return {
         "tracker": args.tracker,
         "model": {k: v for k, v in spec.to_dict().items() if k not in ("device", "threads")},
-        "options": {
-            k: getattr(args, k)
-            for k in (
-                "reground_every",
-                "keyframe",
-                "keyframe_candidates",
-                "reseed_margin",
-                "presence_threshold",
-                "min_cosine",
-                "stride",
-                "max_frames",
-                "start",
-                "end",
-                "fps",
-                "no_guidance",
-                "top_k",
-            )  # fmt: skip
-        },
+        # targets / thresholds only when not the default: runs made before them still resume
+        "options": {**options, **target_settings(args)},
     }
+
+
+def target_rules(args: argparse.Namespace) -> Any:
+    """``--thresholds FILE`` read (None without it); a bad file is exit 3, before the models
+    load."""
+    if not getattr(args, "thresholds", None):
+        return None
+    from hybridgl.errors import InputError
+    from hybridgl.targets import TargetRules, ThresholdsError
+
+    try:
+        return TargetRules.load(args.thresholds)
+    except ThresholdsError as e:
+        raise InputError(str(e)) from None
+
+
+def target_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``targets`` and ``thresholds`` (the rules, not the file's path) as the run file
+    records them: only what differs from the default ``one`` without thresholds."""
+    out: dict[str, Any] = {}
+    if getattr(args, "targets", "one") != "one":
+        out["targets"] = args.targets
+    rules = target_rules(args)
+    if rules is not None:
+        out["thresholds"] = rules.to_dict()
+    return out
 
 
 def settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
@@ -192,6 +222,7 @@ def track_options(args: argparse.Namespace) -> Any:
         min_cosine=args.min_cosine,
         top_k=args.top_k,
         guidance=not args.no_guidance,
+        targets=args.targets,
     )
 
 
@@ -211,6 +242,7 @@ def run_one(args: argparse.Namespace) -> int:
                                                                   ".mov", ".avi"):  # fmt: skip
         raise UsageError(f"--overlay must be a video file (.mp4, ...), got {args.overlay!r}")
     options = track_options(args)
+    rules = target_rules(args)
     selection = selection_of(args)
     source = open_source(args.video, **selection)
     if args.overlay and not source.reopenable:
@@ -231,6 +263,7 @@ def run_one(args: argparse.Namespace) -> int:
             guidance=options.guidance,
             min_cosine=options.min_cosine,
             max_pixels=args.max_pixels or None,
+            thresholds=rules,
         )
         return VideoSegmenter(grounder, tracker, options), dict(getattr(seg, "model_info", {}))
 

@@ -46,6 +46,7 @@ def run_list(
         overlays=args.overlays,
         weights_dir=spec.weights_dir,
         checkpoint_every=args.checkpoint_every,
+        thresholds=shared["options"].get("thresholds"),  # the rules, read by job_settings
     )
     outputs = {"davis": args.davis, "vis": args.vis, "overlays": args.overlays}
     # the model is recorded and compared by the run file itself (the spec)

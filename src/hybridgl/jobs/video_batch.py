@@ -57,10 +57,24 @@ class VideoRow:
     video: str
     expressions: list[str] = field(default_factory=list)
     error: str | None = None
+    targets: str | None = None  # the row's own target mode (docs/TARGETS.md); None: the run's
 
     def head(self) -> dict[str, Any]:
-        return {"id": self.id, "line": self.line, "video": self.video,
+        head = {"id": self.id, "line": self.line, "video": self.video,
                 "expressions": list(self.expressions)}  # fmt: skip
+        return head if self.targets is None else {**head, "targets": self.targets}
+
+
+def _targets(record: dict[str, Any]) -> str | None:
+    """The row's ``targets`` field (None when absent or empty); a bad value: ValueError."""
+    from hybridgl.targets import TARGET_MODES
+
+    value = record.get("targets")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or value.strip() not in TARGET_MODES:
+        raise ValueError(f"targets must be one of {list(TARGET_MODES)}, got {value!r}")
+    return value.strip()
 
 
 def _phrases(record: dict[str, Any]) -> list[str] | str:
@@ -135,19 +149,28 @@ def read_video_rows(path: Path) -> list[VideoRow]:
             bad.append(VideoRow(rid or f"line:{n}", n, "", error=f"{where}: no video path"))
             continue
         phrases = _phrases(rec)
+        try:
+            targets = _targets(rec)
+        except ValueError as e:
+            phrases = str(e)
         if isinstance(phrases, str):
             bad.append(VideoRow(rid or f"line:{n}", n, video, error=f"{where}: {phrases}"))
             continue
         key = rid or video
         row = rows.get(key)
         if row is None:
-            rows[key] = VideoRow(key, n, video, phrases)
+            rows[key] = VideoRow(key, n, video, phrases, targets=targets)
+        elif targets is not None and targets != (row.targets or targets):
+            bad.append(VideoRow(f"line:{n}", n, video, phrases,
+                                error=f"{where}: targets {targets!r} differs from line "
+                                f"{row.line}'s {row.targets!r} for id {key!r}"))  # fmt: skip
         elif row.video != video:
             bad.append(VideoRow(f"line:{n}", n, video, phrases,
                                 error=f"{where}: id {key!r} names another video (line "
                                 f"{row.line})"))  # fmt: skip
         else:
             row.expressions.extend(phrases)
+            row.targets = row.targets or targets
     out = list(rows.values()) + bad
     if not out:
         raise InputError(f"no rows in {path}")
@@ -190,22 +213,44 @@ def worker_video(
     options: dict[str, Any],
     max_pixels: int | None,
     weights_dir: str | None,
+    thresholds: dict[str, Any] | None = None,
+    targets: str | None = None,
 ) -> Any:
     """The worker's :class:`~hybridgl.video.method.VideoSegmenter`: its segmenter and one
-    tracker, built on first use and kept on the worker (one per actor on Ray)."""
+    tracker, built on first use and kept on the worker (one per actor on Ray); ``targets``:
+    a row's own mode (the same segmenter, grounder and tracker with that option)."""
+    import dataclasses
+
+    from hybridgl.video.method import VideoSegmenter
+
+    cached = getattr(worker, "video_segmenter", None)
+    if cached is None:
+        cached = _build_video(worker, tracker, options, max_pixels, weights_dir, thresholds)
+    if targets is None or targets == cached.options.targets:
+        return cached
+    return VideoSegmenter(cached.grounder, cached.tracker,
+                          dataclasses.replace(cached.options, targets=targets))  # fmt: skip
+
+
+def _build_video(
+    worker: UnitWorker,
+    tracker: str,
+    options: dict[str, Any],
+    max_pixels: int | None,
+    weights_dir: str | None,
+    thresholds: dict[str, Any] | None,
+) -> Any:
     from hybridgl.video.grounding import HybridGLGrounder
     from hybridgl.video.hf_trackers import build_tracker
     from hybridgl.video.method import TrackOptions, VideoSegmenter
 
-    cached = getattr(worker, "video_segmenter", None)
-    if cached is not None:
-        return cached
     seg = worker.segmenter
     opts = TrackOptions(**options)
     built = build_tracker(tracker, device=getattr(seg, "device", None), weights_dir=weights_dir,
                           dtype=getattr(seg, "dtype", None))  # the spec's dtype, as resolved  # fmt: skip
     grounder = HybridGLGrounder(seg, top_k=opts.top_k, guidance=opts.guidance,
-                                min_cosine=opts.min_cosine, max_pixels=max_pixels)  # fmt: skip
+                                min_cosine=opts.min_cosine, max_pixels=max_pixels,
+                                thresholds=thresholds)  # fmt: skip
     video = VideoSegmenter(grounder, built, opts)
     worker.video_segmenter = video  # type: ignore[attr-defined]
     return video
@@ -231,6 +276,7 @@ class VideoTask:
     overlays: bool = False
     weights_dir: str | None = None
     checkpoint_every: int = 25  # jobs.video_track.CHECKPOINT_EVERY
+    thresholds: dict[str, Any] | None = None  # the target rules (TargetRules.to_dict())
 
     def run(self, worker: UnitWorker, unit: WorkUnit) -> list[dict[str, Any]]:
         from hybridgl.jobs.video_track import state_counts, track_to_folder, write_outputs
@@ -246,10 +292,15 @@ class VideoTask:
             source = open_source(path, **self.selection)
             settings = {"source": str(Path(path).resolve()), "expressions": row["expressions"],
                         **self.settings}  # fmt: skip
+            own = row.get("targets")  # the row's own mode, recorded in its folder's run file
+            if own is not None:
+                opts = {k: v for k, v in settings["options"].items() if k != "targets"}
+                settings["options"] = opts if own == "one" else {**opts, "targets": own}
 
             def build() -> tuple[Any, dict[str, Any]]:
                 video = worker_video(worker, self.tracker, self.options,
-                                     self.selection.get("max_pixels"), self.weights_dir)  # fmt: skip
+                                     self.selection.get("max_pixels"), self.weights_dir,
+                                     self.thresholds, own)  # fmt: skip
                 return video, dict(getattr(worker.segmenter, "model_info", {}))
 
             records = track_to_folder(folder, settings, source, row["expressions"], build,

@@ -72,10 +72,31 @@ def read_run_file(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"{path} is unreadable ({e}); delete it or use another folder") from None
     if not isinstance(previous, dict) or previous.get("settings") != settings:
         raise UsageError(
-            f"{out} holds another run (other video, phrases or options); "
+            f"{out} holds another run (other {_differences(previous.get('settings'), settings)}); "
             "use another --out folder or delete it"
         )
     return previous
+
+
+def _differences(before: Any, now: dict[str, Any]) -> str:
+    """What differs between two runs' settings, by name (an option by its own name:
+    ``targets 'many' -> 'one'``); "video, phrases or options" when unreadable."""
+    if not isinstance(before, dict):
+        return "video, phrases or options"
+    out = []
+    for k in sorted(set(before) | set(now)):
+        a, b = before.get(k), now.get(k)
+        if a == b:
+            continue
+        if k == "options" and isinstance(a, dict) and isinstance(b, dict):
+            defaults = {"targets": "one"}  # not recorded when the default
+            out += [f"{o} {a.get(o, defaults.get(o))!r} -> {b.get(o, defaults.get(o))!r}"
+                    for o in sorted(set(a) | set(b)) if a.get(o) != b.get(o)]  # fmt: skip
+        elif k in ("source", "expressions", "tracker"):
+            out.append(k if k != "source" else "video")
+        else:
+            out.append(f"{k} {a!r} -> {b!r}")
+    return "; ".join(out) or "settings"
 
 
 def track_to_folder(
@@ -120,13 +141,23 @@ def track_to_folder(
     records_path = out / RECORDS_FILE
     checkpoint = out / CHECKPOINT_FILE
     run_key = hashlib.sha256(json.dumps(this_run, sort_keys=True).encode()).hexdigest()
+    # targets many/auto: the objects are made on the keyframe (several per phrase), so the
+    # saved session and the recorded masks do not say which phrase each is; a resume replays
+    # from the first frame (exact), writing only the frames not recorded
+    per_target = settings.get("options", {}).get("targets", "one") != "one"
     if not previous.get("complete"):
         log = read_records(records_path, record_key)
         n = len(expressions)
-        done_frames = {f for f, recs in group_by_frame(log.current()).items() if len(recs) == n}
+        done_frames = {f for f, recs in group_by_frame(log.current()).items()
+                       if per_target or len(recs) == n}  # a frame is committed whole  # fmt: skip
         video, model_info = build()
         resume: Any = None
-        if done_frames:
+        if done_frames and per_target:
+            checkpoint.unlink(missing_ok=True)
+            if not source.reopenable:  # no replay of a stream: start afresh
+                records_path.unlink()
+                done_frames = set()
+        elif done_frames:
             loaded = load_checkpoint(checkpoint, run_key)
             if loaded is not None and loaded[1] <= records_path.stat().st_size:
                 resume = loaded[0]  # exact: continue from the saved session
@@ -151,6 +182,7 @@ def track_to_folder(
                         bar.update(1)
                     if (
                         checkpoint_every
+                        and not per_target
                         and result.position
                         and result.position % checkpoint_every == 0
                     ):

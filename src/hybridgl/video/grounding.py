@@ -12,12 +12,14 @@ region's hybrid feature and the phrase's text embedding is below it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from hybridgl.targets import TargetRules, load_thresholds, target_kwargs
 from hybridgl.types import Prediction
 
 __all__ = ["Grounder", "Grounding", "HybridGLGrounder"]
@@ -36,8 +38,8 @@ class Grounding:
             it was among the candidates that get a final score; None otherwise.
         reason: why not found: ``no_proposal`` or ``cosine``.
         prediction: the image method's :class:`~hybridgl.types.Prediction`.
-        targets: with ``targets="many"``: one grounding per target the method returns,
-            best first (empty when nothing matches); None with ``"one"``.
+        targets: with ``targets="many"`` / ``"auto"``: one grounding per target the method
+            returns, best first (empty when nothing matches); None with ``"one"``.
     """
 
     found: bool
@@ -52,7 +54,8 @@ class Grounding:
 
 class Grounder(Protocol):
     """Phrases on a frame -> one :class:`Grounding` each (tracked masks optional;
-    ``targets="many"``: every target of each phrase in :attr:`Grounding.targets`)."""
+    ``targets="many"`` / ``"auto"``: every target of each phrase in
+    :attr:`Grounding.targets`)."""
 
     def ground(
         self,
@@ -72,6 +75,10 @@ class HybridGLGrounder:
         guidance: the method's spatial guidance (METHOD.md sections 5-7).
         min_cosine: absence threshold on the chosen region's cosine (None: off).
         max_pixels: the pixel cap passed to ``encode_image``.
+        thresholds: the target rules of ``targets="many"`` / ``"auto"``: a
+            :class:`~hybridgl.targets.TargetRules`, a thresholds JSON path or a dict
+            (:func:`hybridgl.targets.load_thresholds`; read here, so a bad file fails before
+            the first frame); None: the rules' defaults. ``"one"`` does not use them.
     """
 
     def __init__(
@@ -81,8 +88,10 @@ class HybridGLGrounder:
         guidance: bool = True,
         min_cosine: float | None = None,
         max_pixels: int | None = None,
+        thresholds: TargetRules | str | Path | Mapping[str, Any] | None = None,
     ) -> None:
         self.seg = segmenter
+        self.thresholds = None if thresholds is None else load_thresholds(thresholds)
         self.top_k = top_k
         self.guidance = guidance
         self.min_cosine = min_cosine
@@ -168,10 +177,11 @@ class HybridGLGrounder:
         whose cosine is below ``min_cosine``."""
         state, _ = self._state(image, [])
         scale = float(getattr(self.seg, "logit_scale", 1.0)) or 1.0
+        kwargs = target_kwargs(mode, self.thresholds)  # targets=mode, thresholds= when set
         out = []
         for expr in expressions:
             pred = self.seg.score(state, self._parse(expr), top_k=self.top_k,
-                                  guidance=self.guidance, targets=mode)  # fmt: skip
+                                  guidance=self.guidance, **kwargs)  # fmt: skip
             found: list[Grounding] = []
             for t in pred.targets if pred.found else []:
                 cos = t.clip_score / scale if t.clip_score is not None else None

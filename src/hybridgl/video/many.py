@@ -1,12 +1,15 @@
-"""``targets="many"`` on the video path: one tracker object per target of each phrase.
+"""``targets="many"`` / ``"auto"`` on the video path: one tracker object per target of each
+phrase.
 
 On the keyframe the image method answers each phrase with every target it selects
-(``predict(..., targets="many")``, :mod:`hybridgl.targets`); each target becomes one tracker
+(``predict(..., targets=mode)``, :mod:`hybridgl.targets`; with ``"auto"`` a phrase that
+names one object has at most one target, so it gets one object as with ``"one"``, and a
+phrase that names several gets one per target); each target becomes one tracker
 object with its own id (ids 1, 2, ... in the order of the phrases, then of the targets,
 best first). A phrase with no target on the keyframe gets one object that is ``absent``
 (reason ``no_target``, ``no_proposal`` or ``cosine``) until a re-grounding finds it.
 
-Re-grounding asks the method for the phrase's targets again and matches them to the
+Re-grounding asks the method for the phrase's targets again (in the run's mode) and matches them to the
 phrase's objects: an object whose tracked mask overlaps a target (IoU at least
 ``agree_iou``, the best unused target first) keeps its mask (``tracked``, checked); the
 objects left (lost, never found, or whose mask matches no target) are re-seeded from the
@@ -84,7 +87,7 @@ def frame_many(
         phrases.setdefault(o.phrase, []).append(o)
     exprs = [group[0].expression for _, group in sorted(phrases.items())]
     t1 = time.perf_counter()
-    gs = vs.grounder.ground(frame.image, exprs, None, targets="many")
+    gs = vs.grounder.ground(frame.image, exprs, None, targets=opts.targets)
     ground_s = time.perf_counter() - t1
     decision: dict[int, tuple[str, Grounding]] = {}
     seeds: dict[int, np.ndarray] = {}

@@ -5,7 +5,7 @@ image method) and a :class:`~hybridgl.video.tracker.Tracker` (SAM 2.1 video, Edg
 
 1. **Keyframe**: every phrase is grounded on the keyframe (``keyframe``: a position, or
    ``"auto"``: the best of ``keyframe_candidates`` frames by the method's own score) and
-   seeds the tracker: one object id per phrase (``targets="many"``: per target,
+   seeds the tracker: one object id per phrase (``targets="many"`` / ``"auto"``: per target,
    :mod:`hybridgl.video.many`). State ``keyframe``.
 2. **Propagation** forward and, when the keyframe is not the first frame, backward
    (frames read again in chunks of ``backward_chunk``). State ``tracked``.
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hybridgl.errors import VideoError
+from hybridgl.targets import check_mode
 from hybridgl.video.checkpoint import ResumePoint, SessionState, resume_from_masks
 from hybridgl.video.grounding import Grounder, Grounding, HybridGLGrounder
 from hybridgl.video.results import FrameResult, ObjectResult, pack, unpack
@@ -56,11 +57,10 @@ class TrackOptions:
     top_k: int = 3
     guidance: bool = True
     backward_chunk: int = 32
-    targets: str = "one"  # "many": one object per target (hybridgl.video.many)
+    targets: str = "one"  # "many" / "auto": one object per target (hybridgl.video.many)
 
     def __post_init__(self) -> None:
-        if self.targets not in ("one", "many"):
-            raise ValueError(f"targets must be 'one' or 'many', got {self.targets!r}")
+        check_mode(self.targets)  # "one", "many" or "auto" (hybridgl.targets.TARGET_MODES)
         k = self.keyframe
         if not (k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)):
             raise ValueError(f"keyframe must be a frame position >= 0 or 'auto', got {k!r}")
@@ -93,7 +93,7 @@ class _Object:
     expression: str
     seeded: bool = False
     lost: bool = False
-    phrase: int = 0  # the phrase's position (targets="many": several objects share one)
+    phrase: int = 0  # the phrase's position (targets many/auto: several objects share one)
 
 
 class VideoSegmenter:
@@ -308,7 +308,7 @@ class VideoSegmenter:
     def _start(
         self, frame: Frame, objects: list[_Object], gs: list[Grounding], p: int, key: int
     ) -> FrameResult:
-        if self.options.targets == "many":
+        if self.options.targets != "one":
             from hybridgl.video.many import start_many
 
             return start_many(self, frame, objects, gs, p, key)
@@ -341,7 +341,7 @@ class VideoSegmenter:
             ]  # fmt: skip
             return FrameResult(frame.index, p, frame.time, frame.height, frame.width, results,
                                {"frame": time.perf_counter() - t0, "tracker": tracker_s})  # fmt: skip
-        if opts.targets == "many":
+        if opts.targets != "one":
             from hybridgl.video.many import frame_many
 
             return frame_many(self, frame, p, objects, step, t0)

@@ -12,6 +12,7 @@ a time; the answer holds RLE masks only.
 from __future__ import annotations
 
 import base64
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ MAX_FRAMES = 300
 MAX_SECONDS = 60.0
 """Longest clip accepted, by the duration its container declares."""
 DEFAULT_TRACKER = "sam2.1_hiera_tiny"
+MAX_THRESHOLDS_CHARS = 4096
+"""Longest ``thresholds`` parameter (a handful of numbers)."""
 
 RESPONSES: dict[int | str, dict] = {
     200: {
@@ -42,6 +45,32 @@ RESPONSES: dict[int | str, dict] = {
     503: {"description": "model unavailable or server busy (see Retry-After)"},
     504: {"description": "request timed out"},
 }
+
+
+def _targets(targets: str | None, thresholds: str | None) -> tuple[str, Any]:
+    """The request's target mode and rules (None: the defaults); a bad value is a 422
+    ``invalid_parameter`` naming it."""
+    from hybridgl.targets import TARGET_MODES, TargetRules, ThresholdsError
+
+    mode = targets or "one"
+    if mode not in TARGET_MODES:
+        raise ApiError(422, "invalid_parameter",
+                       f"targets must be one of {list(TARGET_MODES)}, got {mode!r}")  # fmt: skip
+    if not thresholds:
+        return mode, None
+    if len(thresholds) > MAX_THRESHOLDS_CHARS:
+        raise ApiError(422, "invalid_parameter",
+                       f"thresholds is longer than {MAX_THRESHOLDS_CHARS} characters")  # fmt: skip
+    try:
+        data = json.loads(thresholds)
+    except ValueError as e:
+        raise ApiError(422, "invalid_parameter", f"thresholds is not JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("rules"), dict):
+        data = data["rules"]  # a whole hybridgl calibrate file
+    try:
+        return mode, TargetRules.from_dict(data, "thresholds")
+    except ThresholdsError as e:
+        raise ApiError(422, "invalid_parameter", str(e)) from None
 
 
 def _tracker(app: Any, segmenter: Any) -> Any:
@@ -86,9 +115,21 @@ def include(app: FastAPI) -> None:
         reground_every: Annotated[int, Query(ge=0, description="0: never")] = 15,
         stride: Annotated[int, Query(ge=1)] = 1,
         max_frames: Annotated[int | None, Query(ge=1, le=MAX_FRAMES)] = None,
+        targets: Annotated[
+            str | None,
+            Query(
+                description="one (default), many or auto: with many/auto one tracked object "
+                "per target the method finds on the keyframe (docs/TARGETS.md)"
+            ),
+        ] = None,
+        thresholds: Annotated[
+            str | None,
+            Query(description="JSON object of target-rule thresholds (hybridgl calibrate)"),
+        ] = None,
     ) -> Response:
         t_start = time.perf_counter()
         exprs = parse_expressions(expression, expressions, settings)
+        mode, rules = _targets(targets, thresholds)  # 422 before the upload is read
         ticket = service.admit()  # 503 when the queue is full
         try:
             data = await video.read()
@@ -109,7 +150,8 @@ def include(app: FastAPI) -> None:
                     path = Path(tmp) / f"clip{suffix if suffix in VIDEO_EXTENSIONS else ''}"
                     path.write_bytes(data)
                     return _run(request, settings, seg, path, exprs, format, overlay,
-                                reground_every, stride, max_frames, t_start)  # fmt: skip
+                                reground_every, stride, max_frames, t_start,
+                                mode, rules)  # fmt: skip
 
             response: Response = await service.run_on_model(ticket, work)
             return response
@@ -129,6 +171,8 @@ def _run(
     stride: int,
     max_frames: int | None,
     t_start: float,
+    targets: str = "one",
+    rules: Any = None,
 ) -> Response:
     from hybridgl.errors import ImageTooLargeError, VideoError
     from hybridgl.video.grounding import HybridGLGrounder
@@ -150,8 +194,9 @@ def _run(
         raise ApiError(413, "video_too_long", f"clip lasts {duration:.1f} s; the limit is "
                        f"{MAX_SECONDS:g} s")  # fmt: skip
     tracker = _tracker(request.app, seg)
-    grounder = HybridGLGrounder(seg, max_pixels=settings.pixel_limit)
-    vs = VideoSegmenter(grounder, tracker, TrackOptions(reground_every=reground_every))
+    grounder = HybridGLGrounder(seg, max_pixels=settings.pixel_limit, thresholds=rules)
+    options = TrackOptions(reground_every=reground_every, targets=targets)
+    vs = VideoSegmenter(grounder, tracker, options)
     records: list[dict[str, Any]] = []
     frames = 0
     try:
