@@ -81,6 +81,33 @@ def test_limits_and_bad_input(client, clip):
     assert r.status_code == 422  # no phrase
 
 
+def test_targets_many_and_bad_target_parameters(client, clip):
+    """``targets=many``: one object per target (the same ids on every frame, each with its
+    phrase); a bad ``targets`` or ``thresholds`` is a 422 ``invalid_parameter``, answered
+    before the upload is read (even an oversized one)."""
+    import json
+
+    rules = json.dumps({"rules": {"floor": 0.05, "margin": 0.4}})
+    r = _post(client, clip, {"targets": "many", "thresholds": rules, "max_frames": 2},
+              ("the things", "the other"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    recs = r.json()["records"]
+    ids = {f: sorted(x["object_id"] for x in recs if x["frame"] == f) for f in (0, 1)}
+    assert ids[0] == ids[1] == list(range(1, len(ids[0]) + 1)) and len(ids[0]) >= 2
+    assert {x["expression"] for x in recs} == {"the things", "the other"}
+    for rec in recs:
+        validate(rec)
+    for params in ({"targets": "bogus"}, {"targets": "many", "thresholds": "{"},
+                   {"targets": "auto", "thresholds": '{"floor": "low"}'}):  # fmt: skip
+        r = _post(client, b"x" * 200_001, params)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["code"] == "invalid_parameter"
+        assert ("targets must be one of" if "bogus" in str(params) else "thresholds") in err[
+            "message"
+        ]
+
+
 def test_api_key_applies(tiny_segmenter, clip):
     with (
         BackgroundServer(create_app(tiny_segmenter, ServerSettings(api_key="k3y"))) as srv,

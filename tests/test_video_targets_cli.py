@@ -171,7 +171,7 @@ def test_list_row_targets_reach_its_folder(tiny_env, clip_path, tmp_path):
     ]
     work.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    assert main(["track", "--list", str(work), "--out", str(out), "--max-frames", "2",
+    assert main(["track", "--list", str(work), "--out", str(out), "--max-frames", "1",
                  "--targets", "auto", *ARGS]) == 0  # fmt: skip
     runs = {i: json.loads((out / "videos" / i / "run.json").read_text()) for i in ("many", "one")}
     assert runs["many"]["settings"]["options"]["targets"] == "many"  # the row's own
