@@ -12,7 +12,6 @@ a time; the answer holds RLE masks only.
 from __future__ import annotations
 
 import base64
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from hybridgl.server.errors import ApiError
 from hybridgl.server.inputs import parse_expressions, too_large
 from hybridgl.server.routes import Service, Settings
+from hybridgl.server.targets import target_options
 from hybridgl.video.sources import VIDEO_EXTENSIONS
 
 MAX_FRAMES = 300
@@ -31,8 +31,6 @@ MAX_FRAMES = 300
 MAX_SECONDS = 60.0
 """Longest clip accepted, by the duration its container declares."""
 DEFAULT_TRACKER = "sam2.1_hiera_tiny"
-MAX_THRESHOLDS_CHARS = 4096
-"""Longest ``thresholds`` parameter (a handful of numbers)."""
 
 RESPONSES: dict[int | str, dict] = {
     200: {
@@ -45,32 +43,6 @@ RESPONSES: dict[int | str, dict] = {
     503: {"description": "model unavailable or server busy (see Retry-After)"},
     504: {"description": "request timed out"},
 }
-
-
-def _targets(targets: str | None, thresholds: str | None) -> tuple[str, Any]:
-    """The request's target mode and rules (None: the defaults); a bad value is a 422
-    ``invalid_parameter`` naming it."""
-    from hybridgl.targets import TARGET_MODES, TargetRules, ThresholdsError
-
-    mode = targets or "one"
-    if mode not in TARGET_MODES:
-        raise ApiError(422, "invalid_parameter",
-                       f"targets must be one of {list(TARGET_MODES)}, got {mode!r}")  # fmt: skip
-    if not thresholds:
-        return mode, None
-    if len(thresholds) > MAX_THRESHOLDS_CHARS:
-        raise ApiError(422, "invalid_parameter",
-                       f"thresholds is longer than {MAX_THRESHOLDS_CHARS} characters")  # fmt: skip
-    try:
-        data = json.loads(thresholds)
-    except ValueError as e:
-        raise ApiError(422, "invalid_parameter", f"thresholds is not JSON: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("rules"), dict):
-        data = data["rules"]  # a whole hybridgl calibrate file
-    try:
-        return mode, TargetRules.from_dict(data, "thresholds")
-    except ThresholdsError as e:
-        raise ApiError(422, "invalid_parameter", str(e)) from None
 
 
 def _tracker(app: Any, segmenter: Any) -> Any:
@@ -129,7 +101,8 @@ def include(app: FastAPI) -> None:
     ) -> Response:
         t_start = time.perf_counter()
         exprs = parse_expressions(expression, expressions, settings)
-        mode, rules = _targets(targets, thresholds)  # 422 before the upload is read
+        # 422 before the upload is read; the server's --thresholds when the request has none
+        target = target_options(targets, thresholds, settings.thresholds)
         ticket = service.admit()  # 503 when the queue is full
         try:
             data = await video.read()
@@ -151,7 +124,7 @@ def include(app: FastAPI) -> None:
                     path.write_bytes(data)
                     return _run(request, settings, seg, path, exprs, format, overlay,
                                 reground_every, stride, max_frames, t_start,
-                                mode, rules)  # fmt: skip
+                                target)  # fmt: skip
 
             response: Response = await service.run_on_model(ticket, work)
             return response
@@ -171,8 +144,7 @@ def _run(
     stride: int,
     max_frames: int | None,
     t_start: float,
-    targets: str = "one",
-    rules: Any = None,
+    target: dict[str, Any] | None = None,
 ) -> Response:
     from hybridgl.errors import ImageTooLargeError, VideoError
     from hybridgl.video.grounding import HybridGLGrounder
@@ -194,8 +166,10 @@ def _run(
         raise ApiError(413, "video_too_long", f"clip lasts {duration:.1f} s; the limit is "
                        f"{MAX_SECONDS:g} s")  # fmt: skip
     tracker = _tracker(request.app, seg)
-    grounder = HybridGLGrounder(seg, max_pixels=settings.pixel_limit, thresholds=rules)
-    options = TrackOptions(reground_every=reground_every, targets=targets)
+    target = target or {}  # target_kwargs: empty for "one", else targets (and thresholds)
+    grounder = HybridGLGrounder(seg, max_pixels=settings.pixel_limit,
+                                thresholds=target.get("thresholds"))  # fmt: skip
+    options = TrackOptions(reground_every=reground_every, targets=target.get("targets", "one"))
     vs = VideoSegmenter(grounder, tracker, options)
     records: list[dict[str, Any]] = []
     frames = 0
