@@ -113,7 +113,7 @@ class ThresholdTracker:
         self.prev: np.ndarray | None = None
         self.starts = 0
 
-    def start(self, image: np.ndarray, mask: np.ndarray) -> None:
+    def start(self, image: np.ndarray, mask: np.ndarray, reverse: bool = False) -> None:
         self.prev, self.starts = mask.copy(), self.starts + 1
 
     def track(self, image: np.ndarray) -> tuple[np.ndarray, float]:

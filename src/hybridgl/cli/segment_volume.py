@@ -84,6 +84,31 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="overlap with the previous slice that counts as the same object (default 0.2)",
     )
+    from hybridgl.video.tracker import TRACKERS
+
+    vol.add_argument(
+        "--tracker",
+        default="none",
+        choices=["none", *TRACKERS],
+        metavar="NAME",
+        help="follow the object with this video tracker, slices as frames: "
+        f"{', '.join(TRACKERS)} (hybridgl[transformers]; without it: per-slice grounding); "
+        "default none: ground every slice",
+    )
+    vol.add_argument(
+        "--reground-every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="with --tracker, ground again every N slices and re-anchor (default 0: never)",
+    )
+    vol.add_argument(
+        "--tracker-min-score",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --tracker, absent when its presence score is below P (default 0.5)",
+    )
     vol.add_argument(
         "--timepoint",
         type=non_negative_int,
@@ -185,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         window=window,
         sample_slices=args.sample_slices,
         min_iou=args.min_iou,
+        tracker=None if args.tracker == "none" else args.tracker,
+        reground_every=args.reground_every,
+        tracker_min_score=args.tracker_min_score,
         on_slice=on_slice,
         max_pixels=args.max_pixels or None,
     )

@@ -6,12 +6,16 @@
    phrase is highest among ``sample_slices`` evenly spaced slices.
 2. **Propagation**, from the key slice outward in both directions, one slice at a time:
 
-   * with a ``tracker`` (anything implementing :class:`SliceTracker`, e.g. a video
-     segmentation model with slices as frames), the tracker's mask is taken; it counts
-     as absent when empty or scored below ``tracker_min_score``. Every
-     ``reground_every`` slices the phrase is grounded again and, when one of its
-     candidates overlaps the tracked mask (IoU >= ``min_iou``), the tracker restarts
-     from that candidate (re-anchoring against drift);
+   * with a ``tracker`` (a name of :data:`hybridgl.video.tracker.TRACKERS`: the video
+     path's SAM 2.1 / EdgeTAM tracker with slices as frames, a video ``Tracker``, or
+     anything implementing :class:`SliceTracker`; :mod:`hybridgl.medical.tracking`), the
+     tracker's mask is taken; it counts as absent when empty or scored below
+     ``tracker_min_score`` (default: the tracker's own ``min_score``, the video path's
+     presence threshold for video trackers). Every ``reground_every`` slices the phrase
+     is grounded again and, when one of its candidates overlaps the tracked mask (IoU >=
+     ``min_iou``), the tracker is re-anchored on that candidate (against drift). A
+     tracker name that cannot be built because ``transformers`` is missing falls back to
+     per-slice grounding (``tracker_fallback`` in the result says why);
    * without one (the fallback that always works), the phrase is grounded on the slice
      and, among the method's ``top_k`` candidates, the one that overlaps the previous
      slice's mask most is taken when that IoU is at least ``min_iou``.
@@ -44,14 +48,17 @@ __all__ = ["SliceRecord", "SliceTracker", "VolumeResult", "mask_iou", "segment_v
 class SliceTracker(Protocol):
     """A sequence tracker: given a first frame and its mask, follows the object.
 
-    Slices are frames. :meth:`start` (re)starts tracking from an image and a mask;
+    Slices are frames. :meth:`start` (re)starts tracking from an image and a mask, the
+    following images coming in ``reverse`` (decreasing slice index) or forward order;
     :meth:`track` returns the mask on the next image of the same direction and a
     confidence (higher is surer; :func:`segment_volume` treats an empty mask or one
     below ``tracker_min_score`` as "absent"). Images are ``(H, W, 3)`` uint8 windowed
-    slices, masks ``(H, W)`` bool.
+    slices, masks ``(H, W)`` bool. Optional members: ``reseed(image, mask)`` re-anchors
+    on the slice just tracked (else :meth:`start` is called again), ``min_score`` the
+    default absence threshold, ``name`` the name recorded.
     """
 
-    def start(self, image: np.ndarray, mask: np.ndarray) -> None: ...
+    def start(self, image: np.ndarray, mask: np.ndarray, reverse: bool = False) -> None: ...
 
     def track(self, image: np.ndarray) -> tuple[np.ndarray, float]: ...
 
@@ -111,7 +118,9 @@ class VolumeResult:
         window: the window the slices were shown through (None for colour data).
         slices: one record per visited slice, sorted by index.
         voxel_volume_mm3: the volume of one voxel.
+        tracker: the tracker's name (None: per-slice grounding).
         timings: seconds (``key``, ``propagate``, ``total``).
+        tracker_fallback: why a requested tracker was not used (per-slice grounding was).
     """
 
     labels: np.ndarray
@@ -124,6 +133,7 @@ class VolumeResult:
     voxel_volume_mm3: float
     tracker: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    tracker_fallback: str | None = None
 
     @property
     def found(self) -> bool:
@@ -158,6 +168,7 @@ class VolumeResult:
             "volume_ml": self.volume_ml,
             "window": self.window.to_dict() if self.window is not None else None,
             "tracker": self.tracker,
+            "tracker_fallback": self.tracker_fallback,
             "slices": [r.to_dict() for r in self.slices],
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
@@ -209,11 +220,11 @@ def segment_volume(
     axis: int = 2,
     keyslice: int | None = None,
     window: str | tuple[float, float] | Window | None = None,
-    tracker: SliceTracker | None = None,
+    tracker: SliceTracker | str | Any = None,
     sample_slices: int = 8,
     top_k: int = 5,
     min_iou: float = 0.2,
-    tracker_min_score: float = 0.0,
+    tracker_min_score: float | None = None,
     reground_every: int = 0,
     proposals: ProposalSource | None = None,
     on_slice: SliceCallback | None = None,
@@ -229,11 +240,13 @@ def segment_volume(
         axis: slice along this voxel axis (2: the stored DICOM images).
         keyslice: the key slice index; None chooses it by score.
         window: the display window (:func:`hybridgl.medical.window.resolve_window`).
-        tracker: a :class:`SliceTracker`; None grounds every slice.
+        tracker: None (ground every slice), a tracker name (:data:`hybridgl.video.tracker.
+            TRACKERS`), a video ``Tracker`` or a :class:`SliceTracker`.
         sample_slices: slices scored to choose the key slice.
         top_k: candidates per slice considered when following the object.
         min_iou: overlap with the previous slice needed to count as the same object.
-        tracker_min_score: tracker confidence below which the object counts as absent.
+        tracker_min_score: tracker confidence below which the object counts as absent
+            (None: the tracker's ``min_score``, else 0).
         reground_every: with a tracker, ground again every N slices (0: never).
         proposals: ``proposals(index, image)`` giving each slice's candidate masks
             instead of the segmenter's proposal model.
@@ -248,13 +261,17 @@ def segment_volume(
         raise ValueError(f"min_iou must be in [0, 1], got {min_iou}")
     if sample_slices < 1 or top_k < 1 or reground_every < 0:
         raise ValueError("sample_slices and top_k must be >= 1 and reground_every >= 0")
-    if tracker is not None and not isinstance(tracker, SliceTracker):
-        raise TypeError(
-            f"tracker must implement SliceTracker (start, track), got {type(tracker).__name__}"
-        )
     n = volume.num_slices(axis)
     if keyslice is not None and not 0 <= int(keyslice) < n:
         raise ValueError(f"keyslice {keyslice} is outside 0..{n - 1} along axis {axis}")
+    from hybridgl.medical.tracking import resolve_tracker
+
+    tracker, fallback = resolve_tracker(tracker, segmenter)
+    min_score = (
+        float(tracker_min_score)
+        if tracker_min_score is not None
+        else float(getattr(tracker, "min_score", 0.0))
+    )
     t_start = time.perf_counter()
     parse = segmenter.parse(expression)
     win = volume.resolve_window(window)
@@ -304,6 +321,7 @@ def segment_volume(
             volume.voxel_volume_mm3,
             _name(tracker),
             timings,
+            fallback,
         )
     emit(SliceRecord(key, True, "key", int(key_mask.sum()), best, None, t_key), key_image, key_mask)
 
@@ -312,7 +330,7 @@ def segment_volume(
     for step in (1, -1):
         prev = key_mask
         if tracker is not None:
-            tracker.start(key_image, key_mask)
+            tracker.start(key_image, key_mask, reverse=step < 0)
         k = key + step
         since = 0
         while 0 <= k < n:
@@ -323,7 +341,7 @@ def segment_volume(
                 mask, score = tracker.track(image)
                 mask = np.asarray(mask, dtype=bool)
                 source = "tracker"
-                found = bool(mask.any()) and float(score) >= tracker_min_score
+                found = bool(mask.any()) and float(score) >= min_score
                 since += 1
                 if found and reground_every and since >= reground_every:
                     since = 0
@@ -331,7 +349,10 @@ def segment_volume(
                     match = max(cands, key=lambda c: mask_iou(c[1], mask), default=None)
                     if match is not None and mask_iou(match[1], mask) >= min_iou:
                         mask, source = match[1], "regrounded"
-                        tracker.start(image, mask)
+                        if hasattr(tracker, "reseed"):
+                            tracker.reseed(image, mask)
+                        else:
+                            tracker.start(image, mask, reverse=step < 0)
             else:
                 _pred, cands = ground(k, image)
                 match = max(cands, key=lambda c: mask_iou(c[1], prev), default=None)
@@ -368,8 +389,11 @@ def segment_volume(
         volume.voxel_volume_mm3,
         _name(tracker),
         timings,
+        fallback,
     )
 
 
 def _name(tracker: Any) -> str | None:
-    return None if tracker is None else type(tracker).__name__
+    if tracker is None:
+        return None
+    return str(getattr(tracker, "name", None) or type(tracker).__name__)
