@@ -48,7 +48,7 @@ _LAZY = {
     "load_medical_image": "load",
     "segment_volume": "propagate",
     "VolumeResult": "propagate",
-    "SliceTracker": "propagate",
+    "SliceTracker": "tracking",
     "write_nifti_labels": "nifti",
     "write_dicom_seg": "seg",
     "write_outputs": "outputs",

@@ -33,34 +33,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from hybridgl.limits import DEFAULT_MAX_PIXELS
+from hybridgl.medical.tracking import SliceTracker, resolve_tracker
 from hybridgl.medical.volume import Volume, check_axis
 from hybridgl.medical.window import Window
 
 __all__ = ["SliceRecord", "SliceTracker", "VolumeResult", "mask_iou", "segment_volume"]
-
-
-@runtime_checkable
-class SliceTracker(Protocol):
-    """A sequence tracker: given a first frame and its mask, follows the object.
-
-    Slices are frames. :meth:`start` (re)starts tracking from an image and a mask, the
-    following images coming in ``reverse`` (decreasing slice index) or forward order;
-    :meth:`track` returns the mask on the next image of the same direction and a
-    confidence (higher is surer; :func:`segment_volume` treats an empty mask or one
-    below ``tracker_min_score`` as "absent"). Images are ``(H, W, 3)`` uint8 windowed
-    slices, masks ``(H, W)`` bool. Optional members: ``reseed(image, mask)`` re-anchors
-    on the slice just tracked (else :meth:`start` is called again), ``min_score`` the
-    default absence threshold, ``name`` the name recorded.
-    """
-
-    def start(self, image: np.ndarray, mask: np.ndarray, reverse: bool = False) -> None: ...
-
-    def track(self, image: np.ndarray) -> tuple[np.ndarray, float]: ...
 
 
 #: ``proposals(index, image) -> (N, H, W) masks`` or None for the segmenter's own.
@@ -264,8 +246,6 @@ def segment_volume(
     n = volume.num_slices(axis)
     if keyslice is not None and not 0 <= int(keyslice) < n:
         raise ValueError(f"keyslice {keyslice} is outside 0..{n - 1} along axis {axis}")
-    from hybridgl.medical.tracking import resolve_tracker
-
     tracker, fallback = resolve_tracker(tracker, segmenter)
     min_score = (
         float(tracker_min_score)

@@ -22,13 +22,32 @@ volume is segmented by per-slice grounding (the fallback) and the reason is reco
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["DEFAULT_PRESENCE", "VideoSliceTracker", "resolve_tracker"]
+__all__ = ["DEFAULT_PRESENCE", "SliceTracker", "VideoSliceTracker", "resolve_tracker"]
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class SliceTracker(Protocol):
+    """A sequence tracker: given a first frame and its mask, follows the object.
+
+    Slices are frames. :meth:`start` (re)starts tracking from an image and a mask, the
+    following images coming in ``reverse`` (decreasing slice index) or forward order;
+    :meth:`track` returns the mask on the next image of the same direction and a
+    confidence (higher is surer; :func:`segment_volume` treats an empty mask or one
+    below ``tracker_min_score`` as "absent"). Images are ``(H, W, 3)`` uint8 windowed
+    slices, masks ``(H, W)`` bool. Optional members: ``reseed(image, mask)`` re-anchors
+    on the slice just tracked (else :meth:`start` is called again), ``min_score`` the
+    default absence threshold, ``name`` the name recorded.
+    """
+
+    def start(self, image: np.ndarray, mask: np.ndarray, reverse: bool = False) -> None: ...
+
+    def track(self, image: np.ndarray) -> tuple[np.ndarray, float]: ...
 
 
 def _default_presence() -> float:
@@ -97,7 +116,6 @@ def resolve_tracker(tracker: Any, segmenter: Any = None) -> tuple[Any, str | Non
         ValueError: an unknown tracker name.
         TypeError: an object that is neither kind of tracker.
     """
-    from hybridgl.medical.propagate import SliceTracker
     from hybridgl.video.tracker import Tracker, get_tracker_spec
 
     if tracker is None:
