@@ -1,6 +1,7 @@
-"""CLIP architectures beyond the paper's ViT-B/16 (ViT-L/14): the same hybrid features,
-GEM and text side, checked on tiny random models of each architecture (same patch size,
-token grid and number of blocks as the real one, small widths)."""
+"""CLIP architectures beyond the paper's ViT-B/16 (ViT-L/14; BiomedCLIP, a timm image tower
+and a BERT text tower): the same hybrid features, GEM and text side, checked on tiny random
+models of each architecture (same patch size, token grid and number of blocks as the real
+one, small widths), built by the code that builds the real ones."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import torch
 
 from hybridgl.config import MethodConfig
 from hybridgl.models import hybrid_clip
-from hybridgl.models.clip import CLIP_ARCHS, build_clip, randomize_clip
+from hybridgl.models.clip import CLIP_ARCHS, build_clip, build_clip_and_tokenizer, randomize_clip
+from hybridgl.models.timm_vit import vit_view
 
 torch.set_grad_enabled(False)
 
 
 @pytest.fixture(scope="module", params=sorted(CLIP_ARCHS))
 def arch_clip(request):
-    return request.param, randomize_clip(build_clip(request.param, "tiny"), seed=5).eval()
+    if request.param == "BiomedCLIP":
+        pytest.importorskip("timm")
+        pytest.importorskip("transformers")
+    model, _tokenizer = build_clip_and_tokenizer(request.param, "tiny")
+    return request.param, randomize_clip(model, seed=5).eval()
 
 
 def _image(h: int = 80, w: int = 112) -> np.ndarray:
@@ -29,9 +35,10 @@ def _image(h: int = 80, w: int = 112) -> np.ndarray:
 def test_tiny_models_have_the_real_token_grid_and_depth(arch_clip) -> None:
     name, model = arch_clip
     patch, blocks = CLIP_ARCHS[name]
-    assert model.visual.conv1.kernel_size[0] == patch
-    assert len(model.visual.transformer.resblocks) == blocks
-    assert model.visual.positional_embedding.shape[0] == (224 // patch) ** 2 + 1
+    visual = vit_view(model.visual)
+    assert visual.conv1.kernel_size[0] == patch
+    assert len(visual.transformer.resblocks) == blocks
+    assert visual.positional_embedding.shape[0] == (224 // patch) ** 2 + 1
 
 
 def test_full_masks_reduce_to_plain_clip(arch_clip) -> None:

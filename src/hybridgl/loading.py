@@ -63,8 +63,8 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     if spec.threads is not None:
         configure_threads(spec.threads)
     from hybridgl.models.clip import (
-        build_clip,
-        get_tokenizer,
+        build_clip_and_tokenizer,
+        is_custom_text,
         load_clip_checkpoint,
         randomize_clip,
     )
@@ -86,9 +86,15 @@ def load_models(spec: ModelSpec) -> LoadedModels:
             "is meaningless; use this only for tests and benchmarks.",
             random_mode,
         )
-        clip_model = randomize_clip(
-            build_clip(clip, "tiny" if random_mode == "tiny" else "full"), seed
+        if is_custom_text(clip) and random_mode != "tiny":
+            raise WeightsError(
+                f"HYBRIDGL_RANDOM_WEIGHTS={random_mode}: {clip} is built from its published "
+                "configuration; use tiny, or its checkpoint"
+            )
+        clip_model, tokenizer = build_clip_and_tokenizer(
+            clip, "tiny" if random_mode == "tiny" else "full"
         )
+        clip_model = randomize_clip(clip_model, seed)
         proposer = None
         if sam is not None:
             proposer = props.build_backend(
@@ -97,13 +103,22 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     else:
         # resolve every file before loading any, and name every missing one at once
         problems: list[str] = []
-        clip_path = sam_path = None
+        clip_path = sam_path = text_path = None
         try:
             clip_path = weights.resolve_clip(
                 clip, path=spec.clip_checkpoint, weights_dir=spec.weights_dir
             )
         except WeightsError as e:
             problems.append(str(e))
+        if is_custom_text(clip):
+            from hybridgl.models.custom_clip import CUSTOM_CLIPS
+
+            try:
+                text_path = weights.resolve(
+                    CUSTOM_CLIPS[clip].text_checkpoint, weights_dir=spec.weights_dir
+                )
+            except WeightsError as e:
+                problems.append(str(e))
         if backend is not None:
             try:
                 sam_path = weights.resolve(
@@ -116,7 +131,8 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         if problems or clip_path is None:
             raise WeightsError("\n\n".join(problems))
         checkpoints["clip"] = str(clip_path)
-        clip_model = load_clip_checkpoint(build_clip(clip, "full"), clip_path, clip)
+        clip_model, tokenizer = build_clip_and_tokenizer(clip, "full", clip_path, text_path)
+        clip_model = load_clip_checkpoint(clip_model, clip_path, clip)
         proposer = None
         if sam is not None and sam_path is not None:
             checkpoints["sam"] = str(sam_path)
@@ -131,6 +147,4 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     info["seed"] = seed
     if checkpoints:
         info["checkpoints"] = checkpoints
-    return LoadedModels(
-        clip_model, get_tokenizer(clip), parser, proposer, cfg, dev, torch_dtype, info
-    )
+    return LoadedModels(clip_model, tokenizer, parser, proposer, cfg, dev, torch_dtype, info)

@@ -53,7 +53,7 @@ def dtype_option(name: str | None) -> str | None:
 
 
 #: CLIP models the method runs with (the hybrid features need a ViT; ViT-B-16 is the paper's).
-CLIP_MODELS = ("ViT-B-16", "ViT-L-14")  # the keys of hybridgl.models.clip.CLIP_ARCHS
+CLIP_MODELS = ("ViT-B-16", "ViT-L-14", "BiomedCLIP")  # hybridgl.models.clip.CLIP_ARCHS
 
 #: SamConfig fields a spec may set (points_per_batch changes memory only, not the masks,
 #: but it is still an option of how the model runs).

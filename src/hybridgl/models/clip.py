@@ -10,7 +10,7 @@ import logging
 import math
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,10 +26,42 @@ log = logging.getLogger(__name__)
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-#: CLIP ViTs the method runs on: name -> (patch size, vision blocks). OpenAI's weights,
-#: quick-GELU. ViT-B-16 is the paper's; the method's block indices (``masking_block``,
+#: CLIP ViTs the method runs on: name -> (patch size, vision blocks). ViT-B-16 and
+#: ViT-L-14: OpenAI's weights, quick-GELU, open_clip's own ViT; ViT-B-16 is the paper's.
+#: BiomedCLIP: a timm ViT-B/16 image tower and a PubMedBERT text tower
+#: (:mod:`hybridgl.models.custom_clip`). The method's block indices (``masking_block``,
 #: ``gem_depth``) are the paper's for its 12 blocks and are used as given for the others.
-CLIP_ARCHS: dict[str, tuple[int, int]] = {"ViT-B-16": (16, 12), "ViT-L-14": (14, 24)}
+CLIP_ARCHS: dict[str, tuple[int, int]] = {
+    "ViT-B-16": (16, 12),
+    "ViT-L-14": (14, 24),
+    "BiomedCLIP": (16, 12),
+}
+
+
+def is_custom_text(model_name: str) -> bool:
+    """True for the CLIPs built by :mod:`hybridgl.models.custom_clip` (timm + HF text)."""
+    from hybridgl.models.custom_clip import CUSTOM_CLIPS
+
+    return model_name in CUSTOM_CLIPS
+
+
+def build_clip_and_tokenizer(
+    model_name: str = "ViT-B-16",
+    size: str = "full",
+    checkpoint: str | Path | None = None,
+    text_dir: str | Path | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """A CLIP with random values (load weights next) and its tokenizer.
+
+    ``checkpoint`` and ``text_dir`` (the resolved folders) are read only by the CLIPs of
+    :mod:`hybridgl.models.custom_clip`, whose architecture and vocabulary come with them.
+    """
+    if is_custom_text(model_name):
+        from hybridgl.models.custom_clip import build_custom_clip
+
+        model, tokenizer = build_custom_clip(model_name, size, checkpoint, text_dir)
+        return model, tokenizer
+    return build_clip(model_name, size), get_tokenizer(model_name)
 
 
 def build_clip(model_name: str = "ViT-B-16", size: str = "full") -> torch.nn.Module:
@@ -47,6 +79,8 @@ def build_clip(model_name: str = "ViT-B-16", size: str = "full") -> torch.nn.Mod
 
     if model_name not in CLIP_ARCHS:
         raise ValueError(f"unsupported CLIP model {model_name!r}; known: {', '.join(CLIP_ARCHS)}")
+    if is_custom_text(model_name):
+        raise ValueError(f"{model_name} needs build_clip_and_tokenizer (its own vocabulary)")
     patch, layers = CLIP_ARCHS[model_name]
     if size == "full":
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)

@@ -16,6 +16,7 @@ from PIL import Image
 from hybridgl.config import CLIP_MEAN, CLIP_STD
 from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
+from hybridgl.models.timm_vit import vit_view
 
 if TYPE_CHECKING:
     from open_clip.transformer import VisionTransformer
@@ -80,12 +81,14 @@ def gem_patch_tokens(
     """GEM patch tokens after ``ln_post`` and the projection.
 
     Args:
-        visual: open_clip ``VisionTransformer`` with a 14x14 grid at 224.
+        visual: open_clip ``VisionTransformer`` (or a timm ViT tower,
+            :mod:`hybridgl.models.timm_vit`).
         pixels: ``(B, 3, S, S)`` from :func:`gem_input`.
         depth: GEM depth; the last ``depth - 1`` blocks get the self-self path.
     Returns:
         ``(B, G*G, E)`` tokens, G = S / patch size.
     """
+    visual = vit_view(visual)
     patch = visual.conv1.kernel_size[0]
     grid = pixels.shape[-1] // patch
     pos = resample_pos_embed(visual.positional_embedding, grid)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hybridgl.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MethodConfig
 from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
+from hybridgl.models.timm_vit import vit_view
 
 if TYPE_CHECKING:
     from open_clip.transformer import VisionTransformer
@@ -141,6 +142,7 @@ def hybrid_features(
     Implements the fusion modes G2L, L2G, G2L&L2G and the Global-Local CLIP baselines
     token_masking, attn_masking and crop of METHOD.md section 3.
     """
+    visual = vit_view(visual)
     bl = vit_ops.blocks(visual)
     depth = len(bl)
     mb = cfg.masking_block
@@ -237,6 +239,7 @@ def encode_proposals(
     Returns:
         ``(N, E)`` float32 features on ``device``.
     """
+    visual = vit_view(visual)
     n = masks.shape[0]
     step = cfg.feature_batch
     cuda = device.type == "cuda"  # asynchronous copies: the host never waits in here

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_KINDS = ("sam", "clip")
+_KINDS = ("sam", "clip", "text")
 _HUB_URL = "https://huggingface.co"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -17,7 +17,8 @@ class Checkpoint:
 
     Attributes:
         name: Registry key, e.g. ``"sam_vit_h"``.
-        kind: ``"sam"`` or ``"clip"``.
+        kind: ``"sam"``, ``"clip"`` or ``"text"`` (a CLIP's separate text tower
+            configuration and tokenizer, e.g. BiomedCLIP's BiomedBERT).
         arch: Architecture the weights belong to: ``"vit_h"``, ``"vit_l"`` or ``"vit_b"``
             for SAM (the keys of ``segment_anything.sam_model_registry``), ``"ViT-B-16"``
             for CLIP (the open_clip model name).
@@ -151,6 +152,10 @@ REGISTRY: dict[str, Checkpoint] = {
             filename="ViT-L-14.pt",
             sha256=_CLIP_VITL14_SHA,
         ),
+        # Not pinned to a commit: the only full commit id of this repository a search of
+        # public pages found (46ce2a809729f52bd4ecbcb20e97a78d81ff0e45, "Add model", 2022)
+        # holds timm's pytorch_model.bin but not open_clip_model.safetensors, added later;
+        # the later commits were seen only as short ids, which a Hub revision cannot be.
         _hub(
             "clip_vit_l14_openai_hf",
             "clip",
@@ -159,6 +164,21 @@ REGISTRY: dict[str, Checkpoint] = {
             "main",
             ("open_clip_model.safetensors",),
         ),
+        # BiomedCLIP (--clip BiomedCLIP, hybridgl[biomed]): open_clip's
+        # hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, its config and
+        # weights. Revision: the full commit id shown by the Hub's blame page of README.md in
+        # this repository (huggingface.co/<repo>/blame/2584124.../README.md), found through a
+        # search of public pages; that these two files are in that commit was not checked
+        # from here (no Hub access): `hybridgl weights download` fails loudly if they are not.
+        _hub("clip_biomedclip", "clip", "BiomedCLIP",
+             "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+             "2584124ff32fcf3f2946e901aff906086e2d39bf",
+             ("open_clip_config.json", "open_clip_pytorch_model.bin")),
+        # BiomedCLIP's text tower configuration and WordPiece vocabulary (its weights are in
+        # the BiomedCLIP checkpoint). Not pinned: no commit id of this repository was found.
+        _hub("biomedbert_base_uncased_abstract", "text", "BiomedBERT",
+             "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", "main",
+             ("config.json", "vocab.txt")),
         # Proposal backends through Hugging Face transformers (hybridgl[transformers]):
         # transformers-format checkpoints (config.json + model.safetensors) on the Hub.
         *(
