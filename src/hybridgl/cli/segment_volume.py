@@ -43,8 +43,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scan", metavar="SCAN", help="DICOM series folder, DICOM file or .nii/.nii.gz")
-    p.add_argument("expression", metavar="EXPRESSION", help='e.g. "the liver" (quote it)')
+    p.add_argument(
+        "scan", metavar="SCAN", nargs="?", help="DICOM series folder, DICOM file or .nii/.nii.gz"
+    )
+    p.add_argument(
+        "expression", metavar="EXPRESSION", nargs="?", help='e.g. "the liver" (quote it)'
+    )
+    from hybridgl.cli.segment_volume_list import add_list_args
+
+    add_list_args(p)
     out = p.add_argument_group("outputs")
     out.add_argument(
         "--out", required=True, metavar="DIR", help="folder for the summary, labels and overlays"
@@ -130,13 +137,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from hybridgl.errors import ImageError
-    from hybridgl.medical.load import window_spec
-
     if not args.expression.strip():
         from hybridgl.errors import ExpressionError
 
         raise ExpressionError("expression is empty")
+    _check_options(args)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The checks of the options every volume shares (before any model loads)."""
+    from hybridgl.errors import ImageError
+    from hybridgl.medical.load import window_spec
+
     if args.sam == "none":
         raise UsageError("segment-volume needs a proposal model (--sam none has none)")
     if args.seg is not None and Path(args.seg).suffix.lower() != ".dcm":
@@ -153,18 +165,43 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--window: {e}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from hybridgl.medical.load import read_volume
-    from hybridgl.medical.outputs import write_outputs, write_overlay
-    from hybridgl.medical.propagate import SliceRecord, segment_volume
+def volume_options(args: argparse.Namespace) -> Any:
+    """The :class:`~hybridgl.medical.run.VolumeOptions` of the command line."""
+    from hybridgl.medical.run import VolumeOptions
 
-    _check(args)
-    volume = read_volume(
-        args.scan,
+    return VolumeOptions(
+        window=args.window,
+        axis=args.axis,
+        keyslice=args.keyslice,
+        sample_slices=args.sample_slices,
+        min_iou=args.min_iou,
+        tracker=None if args.tracker == "none" else args.tracker,
+        reground_every=args.reground_every,
+        tracker_min_score=args.tracker_min_score,
         timepoint=args.timepoint,
         max_voxels=args.max_voxels or None,
         max_pixels=args.max_pixels or None,
+        overlays=not args.no_overlays,
+        seg=bool(getattr(args, "seg_each", False)),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list is not None:
+        from hybridgl.cli.segment_volume_list import run_list
+
+        return run_list(args)
+    from hybridgl.medical.run import read_for, run_volume
+
+    if args.scan is None or args.expression is None:
+        raise UsageError("give SCAN and EXPRESSION, or --list FILE")
+    from hybridgl.cli.options import engine_options
+
+    if engine_options(args).engine != "local" or args.seg_each:
+        raise UsageError("--engine ray and --seg-each need --list (many volumes)")
+    _check(args)
+    opts = volume_options(args)
+    volume = read_for(args.scan, opts)
     if args.seg is not None and volume.kind != "dicom":
         raise UsageError("--seg needs DICOM input (a DICOM SEG references its source images)")
     n = volume.num_slices(args.axis)
@@ -182,53 +219,27 @@ def run(args: argparse.Namespace) -> int:
         f"{n} slices along axis {args.axis}, window {shown}"
     )
     out = Path(args.out)
-    overlays = out / "overlays"
     width = len(str(n - 1))
-    written: list[str] = []
-    visited = [0]
 
-    def on_slice(rec: SliceRecord, image: Any, mask: Any) -> None:
-        visited[0] += 1
+    def progress(rec: Any, visited: int) -> None:
         state = f"found area={rec.area}" if rec.found else "absent"
         eprint(
-            f"slice {rec.index:>{width}} ({visited[0]} visited of {n}): {rec.source} {state} ({rec.seconds:.2f} s)"
+            f"slice {rec.index:>{width}} ({visited} visited of {n}): {rec.source} {state} ({rec.seconds:.2f} s)"
         )
-        if not args.no_overlays:
-            path = overlays / f"slice_{rec.index:0{width}d}.png"
-            write_overlay(path, image, mask, rec, args.expression, window)
-            written.append(str(path))
 
     t0 = time.perf_counter()
     seg = build_segmenter(args)
     t1 = time.perf_counter()
-    result = segment_volume(
+    doc = run_volume(
         seg,
         volume,
         args.expression,
-        axis=args.axis,
-        keyslice=args.keyslice,
-        window=window,
-        sample_slices=args.sample_slices,
-        min_iou=args.min_iou,
-        tracker=None if args.tracker == "none" else args.tracker,
-        reground_every=args.reground_every,
-        tracker_min_score=args.tracker_min_score,
-        on_slice=on_slice,
-        max_pixels=args.max_pixels or None,
-    )
-    nifti = args.nifti if args.nifti is not None else out / "labels.nii.gz"
-    doc = write_outputs(
-        result,
-        volume,
-        json_path=out / "summary.json",
-        nifti=nifti,
+        out,
+        opts,
+        nifti=args.nifti,
         seg=args.seg,
-        extra={
-            "overlays": sorted(written),
-            "summary": str(out / "summary.json"),
-            "model": dict(getattr(seg, "model_info", {}) or {}),
-            "load_models_s": round(t1 - t0, 4),
-        },
+        progress=progress,
+        extra={"load_models_s": round(t1 - t0, 4)},
     )
     extent = doc["extent"]
     print(
