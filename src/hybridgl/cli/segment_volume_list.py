@@ -36,7 +36,7 @@ def add_list_args(p: argparse.ArgumentParser) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
-    from hybridgl.cli.segment_volume import _check_options, volume_options
+    from hybridgl.cli.volume_options import check_options, volume_options
     from hybridgl.jobs.volumes import run_volume_list
 
     if args.scan is not None or args.expression is not None:
@@ -46,7 +46,7 @@ def run_list(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} names one file; with --list use --seg-each (or nothing)")
     if not Path(args.list).is_file():
         raise UsageError(f"--list {args.list!r} is not a file")
-    _check_options(args)
+    check_options(args)
     engine = engine_options(args)
     spec = spec_from_args(args)
     check_runtime(spec)
