@@ -24,12 +24,12 @@ from hybridgl.server.middleware import (
     MultipartFramingMiddleware,
     install_error_handlers,
 )
-from hybridgl.server.routes import info, pages, search, segment, track
+from hybridgl.server.routes import info, pages, search, segment, track, volume
 from hybridgl.server.service import ModelService
 from hybridgl.server.settings import ServerSettings
 
 #: The route modules every app serves, in order (each has ``include(app)``).
-ROUTE_MODULES: tuple[ModuleType, ...] = (pages, info, segment, search, track)
+ROUTE_MODULES: tuple[ModuleType, ...] = (pages, info, segment, search, track, volume)
 
 # Room for the multipart framing and the text fields on top of the image itself.
 FORM_OVERHEAD_BYTES = 256 * 1024
