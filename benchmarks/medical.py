@@ -2,29 +2,35 @@
 
 Usage (from the repository root, with the project's environment and the medical extra):
 
-    python benchmarks/medical_volume.py --sam slimsam_77 --dtype bf16 --points-per-side 4
-    python benchmarks/medical_volume.py --slices 200 --size 512          # the issue's volume
-    python benchmarks/medical_volume.py --smoke --out /tmp/mv            # a smoke test only
+    python benchmarks/medical.py                      # 512 x 512 x 200, the fastest config
+    python benchmarks/medical.py --tracker sam2.1_hiera_tiny   # slices followed by a tracker
+    python benchmarks/medical.py --smoke --out /tmp/mv         # a smoke test only (seconds)
+
+The default configuration is the fastest one the documentation names for CPUs
+(docs/PERFORMANCE.md): proposals by ``slimsam_77`` with ``--points-per-side 4``, per-slice
+grounding; ``--dtype bf16`` on CPUs with native bf16 (the printed flags say) is faster still.
+Any model option overrides it. Before the table, the CPU, its flags (avx2/avx512/amx) and the
+load average are printed: timings taken on a loaded machine are not comparable.
 
 The volume is a synthetic CT (air, an elliptic body of soft tissue, a liver-like region
 and a spine-like rod, in HU) of ``--size`` x ``--size`` x ``--slices`` voxels, windowed
 with the abdomen preset; the phrase is grounded by per-slice grounding (no tracker).
 Models have random weights (``HYBRIDGL_RANDOM_WEIGHTS=full``) unless ``--weights real``:
 compute does not depend on weight values, the choices do. ``--smoke`` uses the tiny test
-models on a 48 x 48 x 2 volume (a smoke test of this script, not a benchmark).
+models on a 48 x 48 x 4 volume (a smoke test of this script, not a benchmark).
 
-Reports seconds per visited slice (mean, median, max), the whole volume, the process's
-peak resident memory, and how far resident memory grew during the segmentation beyond
-the uint8 labels (sampled every 20 ms; the input volume is built before), at
-``--slices`` and at half of it: equal numbers mean memory flat in the number of slices.
-Needs psutil (``hybridgl[dev]``). Writes ``DIR/medical_volume.json``.
+Prints a table, one row per volume: seconds per visited slice (mean, median, max), the
+whole volume, and how far resident memory grew during the segmentation beyond the uint8
+labels (peak, sampled every 20 ms; the input volume is built before), at ``--slices`` and
+at a quarter and a half of it: equal growth means memory flat in the number of slices
+(beyond the output). Then the process's peak resident memory. Needs psutil
+(``hybridgl[dev]``). Writes ``DIR/medical.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -37,6 +43,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from hybridgl_bench.measure import machine_info  # noqa: E402
 
 from hybridgl.cli.common import positive  # noqa: E402
 from hybridgl.cli.options import add_model_args, build_segmenter  # noqa: E402
@@ -87,13 +96,15 @@ class RssPeak:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def run_once(seg: Any, size: int, slices: int) -> dict[str, Any]:
+def run_once(seg: Any, size: int, slices: int, tracker: Any = None) -> dict[str, Any]:
     from hybridgl.medical.propagate import segment_volume
 
     vol = synthetic_ct(size, slices)
     with RssPeak() as rss:
         t0 = time.perf_counter()
-        res = segment_volume(seg, vol, "the liver", window="abdomen", keyslice=slices // 2)
+        res = segment_volume(
+            seg, vol, "the liver", window="abdomen", keyslice=slices // 2, tracker=tracker
+        )
         total = time.perf_counter() - t0
     per = [r.seconds for r in res.slices]
     return {
@@ -111,6 +122,26 @@ def run_once(seg: Any, size: int, slices: int) -> dict[str, Any]:
     }
 
 
+def table(runs: list[dict[str, Any]]) -> str:
+    """The report as a fixed-width text table, one row per volume size."""
+    head = ("volume", "visited", "s/slice mean", "median", "max", "s/volume", "RSS growth MB")
+    rows = [
+        (
+            " x ".join(map(str, r["volume"])),
+            str(r["visited_slices"]),
+            *(str(r["seconds_per_slice"][k]) for k in ("mean", "median", "max")),
+            str(r["seconds_total"]),
+            str(r["rss_growth_beyond_labels_mb"]),
+        )
+        for r in runs
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = [
+        "  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)) for row in (head, *rows)
+    ]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,47 +149,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=positive(int), default=512)
     p.add_argument("--slices", type=positive(int), default=200)
     p.add_argument("--weights", choices=("random", "real"), default="random")
-    p.add_argument("--smoke", action="store_true", help="tiny models, 48 x 48 x 2: a smoke test")
+    p.add_argument(
+        "--tracker", default=None, metavar="NAME", help="follow slices with this video tracker"
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny models, 48 x 48 x 4: a smoke test")
     p.add_argument("--out", default="benchmark-results", metavar="DIR")
     add_model_args(p)
     args = p.parse_args(argv)
+    if args.sam is None:  # the fastest documented configuration
+        args.sam = "slimsam_77"
+        if args.points_per_side is None:
+            args.points_per_side = 4
     old = os.environ.get("HYBRIDGL_RANDOM_WEIGHTS")
     if args.smoke:
         os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "tiny"
-        args.size, args.slices = 48, 2
+        args.size, args.slices = 48, 4
     elif args.weights == "random":
         os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = "full"
+    machine = machine_info()
+    print(
+        f"CPU: {machine['cpu']} ({machine['cpus']} logical), flags: "
+        f"{' '.join(machine['cpu_flags']) or 'none of avx2/avx512/amx/fma'}; bf16 native: "
+        f"{machine['bf16_native']}; torch threads {machine['threads']}; load average "
+        f"{machine['load_average']}",
+        flush=True,
+    )
     try:
         t0 = time.perf_counter()
         seg = build_segmenter(args)
         load = time.perf_counter() - t0
-        runs = [
-            run_once(seg, args.size, max(2, args.slices // 2)),
-            run_once(seg, args.size, args.slices),
-        ]
+        counts = sorted({max(2, args.slices // 4), max(2, args.slices // 2), args.slices})
+        runs = [run_once(seg, args.size, n, args.tracker) for n in counts]
     finally:
         if old is None:
             os.environ.pop("HYBRIDGL_RANDOM_WEIGHTS", None)
         else:
             os.environ["HYBRIDGL_RANDOM_WEIGHTS"] = old
     report = {
-        "command": "python benchmarks/medical_volume.py "
+        "command": "python benchmarks/medical.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": machine,
+        "load_average_after": list(os.getloadavg()),
+        "tracker": args.tracker,
         "smoke": bool(args.smoke),
         "model": dict(seg.model_info),
         "load_models_s": round(load, 3),
         "runs": runs,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    out = atomic_write_json(Path(args.out) / "medical_volume.json", report)
-    for r in runs:
-        print(
-            f"{' x '.join(map(str, r['volume']))}: {r['visited_slices']} slices visited, "
-            f"{r['seconds_per_slice']['mean']} s/slice (mean), {r['seconds_total']} s in all, "
-            f"resident memory growth beyond the labels {r['rss_growth_beyond_labels_mb']} MB"
-        )
-    print(f"peak RSS {report['peak_rss_mb']} MB; {out}")
+    out = atomic_write_json(Path(args.out) / "medical.json", report)
+    print(table(runs))
+    print(f"model load {report['load_models_s']} s; peak RSS {report['peak_rss_mb']} MB; {out}")
     return 0
 
 
