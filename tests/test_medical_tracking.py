@@ -224,3 +224,26 @@ def test_cli_segment_volume_with_a_tracker(tmp_path, monkeypatch, shared_tiny_se
     assert doc["tracker"] == "sam2.1_hiera_tiny" and doc["tracker_fallback"] is None
     assert doc["slices"] and {s["source"] for s in doc["slices"]} <= {"key", "tracker", "absent"}
     assert main([*args, "--tracker", "sam3"]) == 2
+
+
+@pytest.mark.slow
+def test_a_tracker_by_name_is_built_once_per_segmenter(monkeypatch) -> None:
+    pytest.importorskip("transformers")
+    import gc
+
+    from hybridgl.medical import tracking
+
+    monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+    seg = CheapSegmenter()
+    a, _ = resolve_tracker("sam2.1_hiera_tiny", seg)
+    b, _ = resolve_tracker("sam2.1_hiera_tiny", seg)
+    assert a.tracker is b.tracker  # one model per (segmenter, name)
+    other = CheapSegmenter()
+    c, _ = resolve_tracker("sam2.1_hiera_tiny", other)
+    assert c.tracker is not a.tracker
+    del seg
+    gc.collect()
+    resolve_tracker("sam2.1_hiera_tiny", other)  # purges the gone segmenter's tracker
+    kept = list(tracking._BUILT.values())
+    assert all(model is not a.tracker for _, model in kept)
+    assert any(ref() is other for ref, _ in kept)

@@ -63,6 +63,19 @@ DEFAULT_PRESENCE = _default_presence()
 
 _OBJECT = 1
 
+#: trackers built by name, one per (segmenter, name): a worker running many volumes builds
+#: each once (every volume starts its own sessions: nothing carries over)
+_BUILT: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _ref(obj: Any) -> Any:
+    import weakref
+
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weak-referenceable: keep it (and its tracker) for the process
+        return lambda: obj
+
 
 class VideoSliceTracker:
     """A video :class:`~hybridgl.video.tracker.Tracker` as a slice tracker (module docstring).
@@ -128,17 +141,24 @@ def resolve_tracker(tracker: Any, segmenter: Any = None) -> tuple[Any, str | Non
             reason = f"tracker {tracker!r} unavailable ({e}); per-slice grounding used"
             log.warning(reason)
             return None, reason
-        try:
-            built = build_tracker(
-                tracker,
-                device=getattr(segmenter, "device", None),
-                weights_dir=getattr(getattr(segmenter, "spec", None), "weights_dir", None),
-            )
-        except ImportError as e:
-            reason = f"tracker {tracker!r} unavailable ({e}); per-slice grounding used"
-            log.warning(reason)
-            return None, reason
-        return VideoSliceTracker(built), None
+        for k in [k for k, (ref, _) in _BUILT.items() if ref() is None]:
+            del _BUILT[k]  # their segmenter is gone: so go their trackers
+        key = (id(segmenter), tracker)
+        built = _BUILT.get(key)
+        if built is None or built[0]() is not segmenter:
+            try:
+                model = build_tracker(
+                    tracker,
+                    device=getattr(segmenter, "device", None),
+                    weights_dir=getattr(getattr(segmenter, "spec", None), "weights_dir", None),
+                )
+            except ImportError as e:
+                reason = f"tracker {tracker!r} unavailable ({e}); per-slice grounding used"
+                log.warning(reason)
+                return None, reason
+            built = (_ref(segmenter), model)
+            _BUILT[key] = built
+        return VideoSliceTracker(built[1]), None
     if isinstance(tracker, Tracker):
         return VideoSliceTracker(tracker), None
     if isinstance(tracker, SliceTracker):
