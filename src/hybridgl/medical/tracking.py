@@ -151,6 +151,7 @@ def resolve_tracker(tracker: Any, segmenter: Any = None) -> tuple[Any, str | Non
                     tracker,
                     device=getattr(segmenter, "device", None),
                     weights_dir=getattr(getattr(segmenter, "spec", None), "weights_dir", None),
+                    dtype=getattr(segmenter, "dtype", None),  # as the video path: the spec's
                 )
             except ImportError as e:
                 reason = f"tracker {tracker!r} unavailable ({e}); per-slice grounding used"
