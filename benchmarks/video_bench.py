@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sam", default="vit_b", help="proposal backend of the image method")
     p.add_argument("--device", default=None)
     p.add_argument("--in-process", action="store_true", help="memory runs in this process")
+    p.add_argument("--no-reground", action="store_true",
+                   help="skip the re-grounding / image-method timing (and the ratio)")  # fmt: skip
     p.add_argument("--smoke", action="store_true",
                    help="tiny random models, 48 px, lengths 3 and 6: proves the script runs")  # fmt: skip
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -209,25 +211,35 @@ def main(argv: list[str] | None = None) -> int:
         "trackers": {},
         "memory": {},
     }
-    for name in args.trackers.split(","):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every measurement: a run stopped midway keeps what it had
+        report["machine"]["load_average_after"] = list(os.getloadavg())
+        (out / "results.json").write_text(json.dumps(report, indent=2))
+        (out / "results.md").write_text(markdown(report, args))
+
+    for name in filter(None, args.trackers.split(",")):
         for dtype in dtypes:
             tracker = build_tracker(name, device=args.device, dtype=dtype)
             r = track_frames(tracker, args.height, args.fps_frames)
             report["trackers"][f"{name} {dtype}"] = {"tracker": name, "dtype": dtype, **r}
+            print(f"{name} {dtype}: {r['seconds_per_frame']:.4f} s/frame", flush=True)
             del tracker
-    report["memory"][args.memory_tracker] = [
-        measure_memory(args, args.memory_tracker, int(n)) for n in args.lengths.split(",")
-    ]
-    report["reground"] = measure_reground(args)
-    rg = report["reground"]
-    for r in report["trackers"].values():
-        video = r["seconds_per_frame"] + rg["reground_seconds"] / max(1, args.reground_every)
-        r["ratio_to_image_method"] = rg["image_method_seconds"] / video
-    report["machine"]["load_average_after"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(markdown(report, args))
+            save()
+    runs = report["memory"][args.memory_tracker] = []
+    for n in filter(None, args.lengths.split(",")):
+        runs.append(measure_memory(args, args.memory_tracker, int(n)))
+        print(
+            f"memory {args.memory_tracker} {n} frames: {runs[-1]['peak_rss_mb']:.0f} MB", flush=True
+        )
+        save()
+    if not args.no_reground:
+        report["reground"] = rg = measure_reground(args)
+        for r in report["trackers"].values():
+            video = r["seconds_per_frame"] + rg["reground_seconds"] / max(1, args.reground_every)
+            r["ratio_to_image_method"] = rg["image_method_seconds"] / video
+    save()
     print(markdown(report, args))
     return 0
 
@@ -245,12 +257,15 @@ def markdown(report: dict, args) -> str:
     lines += ["| tracker | dtype | s/frame | frames/s | image method / video method |",
               "|---|---|---|---|---|"]  # fmt: skip
     for r in report["trackers"].values():
+        ratio = r.get("ratio_to_image_method")
         lines.append(f"| {r['tracker']} | {r['dtype']} | {r['seconds_per_frame']:.4f} | "
-                     f"{r['frames_per_second']:.1f} | {r['ratio_to_image_method']:.1f}x |")  # fmt: skip
-    rg = report["reground"]
-    lines += ["", f"Re-grounding: {rg['reground_seconds']:.3f} s; the image method alone: "
-              f"{rg['image_method_seconds']:.3f} s per frame (--sam {rg['sam']}).", "",
-              "| tracker | frames | peak RSS MB | frames held |", "|---|---|---|---|"]  # fmt: skip
+                     f"{r['frames_per_second']:.2f} | "
+                     f"{'-' if ratio is None else f'{ratio:.1f}x'} |")  # fmt: skip
+    rg = report.get("reground")
+    if rg:
+        lines += ["", f"Re-grounding: {rg['reground_seconds']:.3f} s; the image method alone: "
+                  f"{rg['image_method_seconds']:.3f} s per frame (--sam {rg['sam']})."]  # fmt: skip
+    lines += ["", "| tracker | frames | peak RSS MB | frames held |", "|---|---|---|---|"]
     for name, runs in report["memory"].items():
         for r in runs:
             lines.append(f"| {name} | {r['frames']} | {r['peak_rss_mb']:.0f} | "
