@@ -278,15 +278,18 @@ def coco_results(record: dict[str, Any], category_id: int = 1) -> list[dict[str,
     ]
 
 
-def write_coco_results(results: Path, target: Path) -> int:
+def write_coco_results(results: Path, target: Path, order: list[str] | None = None) -> int:
     """DIR/results.coco.json: the COCO results of every row whose last record succeeded
-    (:func:`coco_results`: one per row, or one per target)."""
+    (:func:`coco_results`: one per row, or one per target), in the order of the row ids
+    ``order`` (the input's), whatever order an engine finished them in; ids not in it
+    follow in the order of the results file."""
     from hybridgl.fileio import atomic_write_json
 
-    log_ = read_records(results, key=_record_id)
-    entries = [
-        e for r in log_.current() if not r.get("error") and "mask" in r for e in coco_results(r)
-    ]
+    current = read_records(results, key=_record_id).current()
+    if order is not None:
+        rank = {rid: i for i, rid in enumerate(order)}
+        current.sort(key=lambda r: rank.get(str(r.get("id")), len(rank)))  # stable
+    entries = [e for r in current if not r.get("error") and "mask" in r for e in coco_results(r)]
     atomic_write_json(target, entries, indent=None)
     return len(entries)
 
@@ -434,7 +437,7 @@ def run_batch(
         progress.close()
         writer.close()
         if "coco" in settings.formats:
-            write_coco_results(results_path, out_dir / COCO_RESULTS)
+            write_coco_results(results_path, out_dir / COCO_RESULTS, [r.id for r in rows])
         seconds = time.perf_counter() - t_start
         _write_summary(out_dir, input_path, counts, seconds, facts)
         print(
