@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real data folder and a tiny random-weight segmenter."""
+"""Shared test fixtures: the real data folder, a tiny random-weight segmenter and one local
+Ray for the tests that need it."""
 
 from __future__ import annotations
 
@@ -87,11 +88,15 @@ def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]
 
     For tests of the faces (CLI, jobs) that build their models through the real entry
     points: the tiny models are seeded, so a fresh build would give the same segmenter; a
-    shared one saves building CLIP, SAM and the tokenizer per command. Do not use it where a
-    test reads a segmenter's ``stats`` counters (they accumulate across tests). Returns the
+    shared one saves building CLIP, SAM and the tokenizer per command. A cached one is
+    returned with the build's one side effect on this process repeated: torch's thread
+    count set from ``spec.threads`` (a local run then computes as a fresh build would, the
+    same float rounding as a Ray worker with the same threads). Do not use it where a test
+    reads a segmenter's ``stats`` counters (they accumulate across tests). Returns the
     cache (keyed by the call's arguments).
     """
     from hybridgl.models import random_weights_mode
+    from hybridgl.models.runtime import configure_threads
     from hybridgl.segmenter import Segmenter
 
     build = Segmenter.from_spec.__func__  # type: ignore[attr-defined]
@@ -106,7 +111,52 @@ def shared_tiny_segmenters(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]
         key = repr((cls, replace(spec, env=())))
         if key not in _TINY_SEGMENTERS:
             _TINY_SEGMENTERS[key] = build(cls, spec)
+        elif spec.threads is not None:
+            configure_threads(spec.threads)
         return _TINY_SEGMENTERS[key]
 
     monkeypatch.setattr(Segmenter, "from_spec", classmethod(from_spec))
     return _TINY_SEGMENTERS
+
+
+@pytest.fixture(scope="session")
+def _ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """The session's local Ray (tests/ray_support.py): its address and the workers' cache."""
+    pytest.importorskip("ray", reason='needs the ray extra: pip install "hybridgl[ray]"')
+    from ray_support import start_local_ray
+
+    cache = tmp_path_factory.mktemp("ray-cache")
+    with start_local_ray(cache) as address:
+        yield address, cache
+
+
+@pytest.fixture
+def ray_cluster(_ray_session, monkeypatch: pytest.MonkeyPatch):
+    """The address of the session's local Ray, with this process set as its workers are
+    (tiny random weights, offline, the private cache); torch's thread count is restored
+    afterwards (the local engine sets it in this process)."""
+    import torch
+    from ray_support import env_for_workers
+
+    address, cache = _ray_session
+    for key, value in env_for_workers(cache).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    threads = torch.get_num_threads()
+    try:
+        yield address
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests on Ray run last and together: Ray starts once, and no other test shares
+    the machine with its processes (the order among them is kept)."""
+    from ray_support import FIXTURE
+
+    on_ray = [i for i in items if FIXTURE in getattr(i, "fixturenames", ())]
+    if on_ray:
+        others = [i for i in items if FIXTURE not in getattr(i, "fixturenames", ())]
+        items[:] = others + on_ray

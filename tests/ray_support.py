@@ -1,32 +1,43 @@
-"""A local Ray for the tests that need one, started by the test and shut down in a finally."""
+"""One local Ray for the whole test session, started by the first test that asks for it and
+shut down in a finally at the session's end.
+
+The tests that need Ray take the ``ray_cluster`` fixture (tests/conftest.py), which gives
+the address and sets this process's environment for the test; conftest also runs those
+tests last and back to back, so that Ray is started once and no other test runs beside
+its idle processes. Starting a Ray costs seconds and each engine run starts its own actors
+anyway: one cluster for every Ray test checks the same plumbing as one per module.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+#: the fixture's name; tests that take it run last (conftest.pytest_collection_modifyitems)
+FIXTURE = "ray_cluster"
+
 
 @contextlib.contextmanager
-def local_ray(tmp_path_factory: pytest.TempPathFactory, num_cpus: int = 8) -> Iterator[str]:
-    """Start a local Ray and yield its address; workers inherit the tiny-model settings.
+def start_local_ray(cache: Path, num_cpus: int = 8) -> Iterator[str]:
+    """Start a local Ray and yield its address; its workers get the tiny-model settings.
 
     ``num_cpus`` logical CPUs (more than the machine's 2, so Ray Data's own tasks never
-    starve the actors), no dashboard, a small object store. Random tiny weights, offline, a
-    private weights cache and no ``RAY_ADDRESS`` while it runs; torch's thread count is
-    restored afterwards (the local engine sets it in this process).
+    starve the actors), no dashboard, a small object store. The workers inherit the
+    environment Ray starts with: random tiny weights, offline, a private weights cache and
+    no ``RAY_ADDRESS`` or weights folder. This process's environment is set only while Ray
+    starts (each test sets its own through the fixture).
     """
     import ray
-    import torch
 
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
-        mp.setenv("HYBRIDGL_OFFLINE", "1")
-        mp.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("HYBRIDGL_WEIGHTS_DIR", raising=False)
-        mp.delenv("RAY_ADDRESS", raising=False)
+        for key, value in env_for_workers(cache).items():
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -34,8 +45,18 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory, num_cpus: int = 8) -> It
             log_to_driver=False,
             logging_level="WARNING",
         )
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
-            torch.set_num_threads(threads)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def env_for_workers(cache: Path) -> dict[str, str | None]:
+    """The settings a test on Ray runs with (None: unset)."""
+    return {
+        "HYBRIDGL_RANDOM_WEIGHTS": "tiny",
+        "HYBRIDGL_OFFLINE": "1",
+        "HYBRIDGL_CACHE_DIR": str(cache),
+        "HYBRIDGL_WEIGHTS_DIR": None,
+        "RAY_ADDRESS": None,
+    }

@@ -104,15 +104,17 @@ def test_benchmark_is_split_and_patches_nothing():
 
 @pytest.mark.slow
 def test_backends_suite_tiny(bench, tmp_path, capsys):
-    """The backends suite end to end on tiny random models (a SAM v1 and a transformers
-    backend), and its report with every section from a recorded result."""
+    """The backends suite end to end on tiny random models, one item (a transformers backend:
+    each item is a process of its own, seconds of imports; SAM v1 runs in the schedule suite
+    above, bf16 on a CPU without native bf16 costs seconds more and is tested in
+    test_segmenter), and its report with every section from a recorded result."""
     rc = bench.main(
         [
             "--suite",
             "backends",
             "--tiny",
             "--items",
-            "hybridgl:vit_b:fp32:2,hybridgl:slimsam_50:bf16:2",
+            "hybridgl:slimsam_50:fp32:2",
             "--out",
             str(tmp_path),
         ]
@@ -121,7 +123,7 @@ def test_backends_suite_tiny(bench, tmp_path, capsys):
     report = json.loads((tmp_path / "backends.json").read_text())
     assert isinstance(report["machine"]["cpu_flags"], list)  # printed with the figures
     items = report["items"]
-    assert [i["sam"] for i in items] == ["vit_b", "slimsam_50"]
+    assert [i["sam"] for i in items] == ["slimsam_50"]
     for i in items:
         assert "error" not in i, i.get("traceback")
         assert i["image"]["size"] == [480, 640]
@@ -131,9 +133,9 @@ def test_backends_suite_tiny(bench, tmp_path, capsys):
         c = i["compute"]  # the value-independent encoder and decoder compute
         assert c["encoder"] > 0 and c["decoder"] > 0
         assert i["first_answer_est"] > i["clip_stages_coco"]
-    assert items[1]["model_info"]["dtype"] == "bfloat16"
+    assert items[0]["model_info"]["dtype"] == "float32"
     md = (tmp_path / "backends.md").read_text()
-    assert "## Proposal backends" in md and "slimsam_50 bf16 pps2" in md
+    assert "## Proposal backends" in md and "slimsam_50 fp32 pps2" in md
     # every section renders from a result (peers and micro-benchmarks are too slow here)
     from hybridgl_bench.report import render_backends
 
@@ -146,8 +148,8 @@ def test_backends_suite_tiny(bench, tmp_path, capsys):
         "features_vs_plain": {"fp32": {"masks": 4, "views": 8, "hybrid": 1.0, "plain": 1.0,
                                        "ratio": 1.0}},
     }  # fmt: skip
-    paper = dict(items[0], sam="vit_h", pps=8)
-    md = render_backends({**report, "items": [paper, items[1], peer, micro]})
+    paper = dict(items[0], sam="vit_h", dtype="fp32", pps=8)
+    md = render_backends({**report, "items": [paper, items[0], peer, micro]})
     assert "## Peers side by side" in md and "CLIPSeg fp32" in md
     assert "50% of peak" in md and "## Compute efficiency" in md
 

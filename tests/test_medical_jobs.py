@@ -32,7 +32,7 @@ def lines(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def tiny_env(monkeypatch, tmp_path):
+def tiny_env(monkeypatch, tmp_path, shared_tiny_segmenters):
     monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
     monkeypatch.setenv("HYBRIDGL_OFFLINE", "1")
     monkeypatch.setenv("HYBRIDGL_CACHE_DIR", str(tmp_path / "cache"))
@@ -108,22 +108,20 @@ def test_local_run_records_folders_and_resume(tmp_path, volume_list, tiny_env) -
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_local_records(tmp_path, tmp_path_factory, volume_list) -> None:
-    pytest.importorskip("ray", reason='needs the ray extra: pip install "hybridgl[ray]"')
-    from ray_support import local_ray
-
+def test_ray_engine_gives_the_local_records(
+    ray_cluster, tmp_path, volume_list, shared_tiny_segmenters
+) -> None:
     outs = {}
-    with local_ray(tmp_path_factory) as _address:
-        for engine in ("local", "ray"):
-            out = tmp_path / engine
-            extra = ("--engine", "ray", "--workers", "2") if engine == "ray" else ()
-            rc, stdout, err = run_cli(
-                "segment-volume", "--list", str(volume_list), "--out", str(out),
-                "--keyslice", "0", "--no-progress", "--threads-per-worker", "1", *extra,
-            )  # fmt: skip
-            assert rc == EXIT_PARTIAL, err
-            assert json.loads(stdout.strip().splitlines()[-1])["engine"] == engine
-            outs[engine] = out
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        extra = ("--engine", "ray", "--workers", "1") if engine == "ray" else ()
+        rc, stdout, err = run_cli(
+            "segment-volume", "--list", str(volume_list), "--out", str(out),
+            "--keyslice", "0", "--no-progress", "--threads-per-worker", "1", *extra,
+        )  # fmt: skip
+        assert rc == EXIT_PARTIAL, err
+        assert json.loads(stdout.strip().splitlines()[-1])["engine"] == engine
+        outs[engine] = out
 
     def stable(out: Path) -> dict:
         return {r["id"]: {k: v for k, v in r.items() if k != "seconds"}

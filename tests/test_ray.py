@@ -1,7 +1,8 @@
 """The Ray engine (issue 11) on a local Ray started inside the test.
 
-One Ray session for the module (8 logical CPUs so Ray Data's own tasks never starve the
-actors on a 2-core machine, no dashboard, a small object store), shut down in a finally.
+The session's one local Ray (``ray_cluster``, tests/ray_support.py: 8 logical CPUs so Ray
+Data's own tasks never starve the actors on a 2-core machine, no dashboard, a small object
+store), shut down in a finally.
 Models are tiny and random (``HYBRIDGL_RANDOM_WEIGHTS=tiny``) and COCO masks are the
 proposals, so the runs are short; what is checked is the plumbing: the same records and
 metrics as the local engine, and no row lost or written twice when a worker or the
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_fixture import SKIP_REASON, build_refer_fixture, data_available
-from ray_support import local_ray
 
 from hybridgl.cli.main import main
 
@@ -36,11 +36,10 @@ COCO = REPO.parent / "shared" / "data" / "coco-mini"
 VOLATILE = ("timings", "time_s", "image_time_s")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A local Ray for the whole module; workers inherit the tiny-model settings."""
-    with local_ray(tmp_path_factory) as address:
-        yield {"address": address, "tmp": tmp_path_factory}
+@pytest.fixture
+def cluster(ray_cluster, tmp_path_factory):
+    """The session's Ray, and a factory of folders shared by the module's tests."""
+    return {"address": ray_cluster, "tmp": tmp_path_factory}
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -64,13 +63,13 @@ def stable(records: list[dict], key: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def batch_input(cluster):
+def batch_input(tmp_path_factory):
     """A batch of good rows on 6 images (COCO masks as proposals) and bad rows."""
     from pycocotools.coco import COCO as CocoApi
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = CocoApi(str(COCO / "annotations" / "instances_val2017.json"))
-    work = cluster["tmp"].mktemp("batch-in")
+    work = tmp_path_factory.mktemp("batch-in")
     rows = []
     for img in coco.loadImgs(sorted(coco.getImgIds())):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"], iscrowd=False))
@@ -109,7 +108,9 @@ def _workers_of_this_session() -> list:
     return found
 
 
-def test_batch_on_ray_equals_local_even_when_a_worker_is_killed(cluster, batch_input):
+def test_batch_on_ray_equals_local_even_when_a_worker_is_killed(
+    cluster, batch_input, shared_tiny_segmenters
+):
     """Same records as the local engine; one worker SIGKILLed mid-run (after the first
     image arrives) is restarted by Ray and its unfinished image retried: every good id
     has exactly one successful record, every bad one its error record."""
@@ -191,7 +192,9 @@ def test_evaluate_suite_on_ray_gives_the_same_records_and_metrics(cluster):
     )
 
 
-def test_a_killed_driver_leaves_a_file_the_rerun_completes(cluster, batch_input):
+def test_a_killed_driver_leaves_a_file_the_rerun_completes(
+    cluster, batch_input, shared_tiny_segmenters
+):
     out = cluster["tmp"].mktemp("b-driver")
     results = out / "results.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}

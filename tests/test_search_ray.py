@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from ray_support import local_ray
 
 from hybridgl.cli.main import main
 
@@ -18,12 +17,6 @@ pytest.importorskip("lancedb")
 ray = pytest.importorskip("ray", reason='needs the ray extra: pip install "hybridgl[ray]"')
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with local_ray(tmp_path_factory, num_cpus=4) as address:
-        yield address
 
 
 def _rows(db: str) -> tuple[list[dict], list[dict]]:
@@ -41,7 +34,7 @@ def _rows(db: str) -> tuple[list[dict], list[dict]]:
     )
 
 
-def test_index_on_ray_equals_local(cluster, tmp_path):
+def test_index_on_ray_equals_local(ray_cluster, tmp_path, shared_tiny_segmenters):
     rng = np.random.default_rng(0)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -63,7 +56,7 @@ def test_index_on_ray_equals_local(cluster, tmp_path):
 
     common = ["index", str(imgs), "--proposals-from", str(ann), "--gem-dtype", "float32"]
     ray_db, local_db = str(tmp_path / "ray-db"), str(tmp_path / "local-db")
-    assert run(*common, "--db", ray_db, "--engine", "ray", "--ray-address", cluster) == 5
+    assert run(*common, "--db", ray_db, "--engine", "ray", "--ray-address", ray_cluster) == 5
     assert run(*common, "--db", local_db) == 5
     (ray_images, ray_props), (local_images, local_props) = _rows(ray_db), _rows(local_db)
     assert len(ray_images) == 2 and len(ray_props) == 6
@@ -77,5 +70,5 @@ def test_index_on_ray_equals_local(cluster, tmp_path):
     for a, b in gem + vec:
         assert a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
     # a second Ray run skips the unchanged images
-    assert run(*common, "--db", ray_db, "--engine", "ray", "--ray-address", cluster) == 5
+    assert run(*common, "--db", ray_db, "--engine", "ray", "--ray-address", ray_cluster) == 5
     assert len(_rows(ray_db)[0]) == 2

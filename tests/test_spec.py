@@ -268,7 +268,8 @@ def batch_rows(tmp_path_factory) -> Path:
     return rows
 
 
-def _batch_and_evaluate(tmp: Path, rows: Path, refer: Path, engine: list[str]) -> None:
+def _batch_and_evaluate(tmp: Path, rows: Path, refer: Path | None, engine: list[str]) -> None:
+    """``batch``, then ``evaluate`` unless ``refer`` is None, with every option."""
     argv = ALL_OPTIONS_ARGV(tmp)
     rc, _, err = _run(
         ["batch", str(rows), "--out", str(tmp / "batch"), "--no-progress"] + argv + engine
@@ -277,6 +278,8 @@ def _batch_and_evaluate(tmp: Path, rows: Path, refer: Path, engine: list[str]) -
     check_built(json.loads((tmp / "batch" / "summary.json").read_text())["built"], tmp)
     run = json.loads((tmp / "batch" / "run.json").read_text())
     assert ModelSpec.from_dict(run["spec"]) == EXPECTED_SPEC(tmp)
+    if refer is None:
+        return
 
     rc, _, err = _run(
         ["evaluate", "--data-root", str(refer), "--dataset", "refcoco", "--split", "val",
@@ -296,19 +299,11 @@ def test_every_option_reaches_the_local_workers(tmp_path, batch_rows, monkeypatc
 
 
 @pytest.mark.slow
-def test_every_option_reaches_the_ray_workers(tmp_path, tmp_path_factory, batch_rows):
-    pytest.importorskip("ray", reason='needs the ray extra: pip install "hybridgl[ray]"')
-    from ray_support import local_ray
-
-    refer = tmp_path / "refer"
-    build_refer_fixture(refer, ("refcoco",))
-    with local_ray(tmp_path_factory) as address:
-        _batch_and_evaluate(
-            tmp_path,
-            batch_rows,
-            refer,
-            ["--engine", "ray", "--ray-address", address, "--workers", "1"],
-        )
+def test_every_option_reaches_the_ray_workers(ray_cluster, tmp_path, batch_rows):
+    """``batch`` alone: every job hands the Ray engine its spec the same way (``run_units``),
+    and the local test above shows that ``evaluate`` builds the same spec as ``batch``."""
+    engine = ["--engine", "ray", "--ray-address", ray_cluster, "--workers", "1"]
+    _batch_and_evaluate(tmp_path, batch_rows, None, engine)
 
 
 # --------------------------------------------------------------------------- resume

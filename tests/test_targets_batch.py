@@ -185,22 +185,16 @@ def test_batch_bad_options(work, shared_tiny_segmenters, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_batch_targets_on_ray_equals_local(work, tmp_path_factory, shared_tiny_segmenters,
-                                           monkeypatch) -> None:  # fmt: skip
-    pytest.importorskip("ray", reason='needs the ray extra: pip install "hybridgl[ray]"')
-    from ray_support import local_ray
-
-    monkeypatch.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+def test_batch_targets_on_ray_equals_local(ray_cluster, work, shared_tiny_segmenters) -> None:
     common = ("--no-progress", "--targets", "many", "--thresholds", str(work / "open.json"),
               "--format", "coco", "--threads-per-worker", "1")  # fmt: skip
     local, on_ray = work / "local", work / "ray"
     rc, _, err = run_cli("batch", str(work / "rows.jsonl"), "--out", str(local), *common)
     assert rc == 5, err
-    with local_ray(tmp_path_factory):
-        rc, text, err = run_cli(
-            "batch", str(work / "rows.jsonl"), "--out", str(on_ray), *common,
-            "--engine", "ray", "--workers", "1",
-        )  # fmt: skip
+    rc, text, err = run_cli(
+        "batch", str(work / "rows.jsonl"), "--out", str(on_ray), *common,
+        "--engine", "ray", "--workers", "1",
+    )  # fmt: skip
     assert rc == 5 and "done 3, skipped 0, failed 1" in text, err
     a, b = records(local), records(on_ray)
     assert stable(a) == stable(b)

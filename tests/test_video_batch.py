@@ -114,16 +114,12 @@ def test_list_usage_errors(tiny_env, work_list, tmp_path):
     assert main(["track", "--list", str(tmp_path / "none.jsonl"), "--out", out, *ARGS]) == 3
 
 
-def test_ray_engine_gives_the_same_results(tiny_env, work_list, tmp_path, tmp_path_factory):
-    pytest.importorskip("ray")
-    from ray_support import local_ray
-
+def test_ray_engine_gives_the_same_results(ray_cluster, tiny_env, work_list, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     argv = ["track", "--list", str(work_list), "--threads-per-worker", "1", *ARGS]
     assert main([*argv, "--out", str(local)]) == 5
-    with local_ray(tmp_path_factory, num_cpus=4) as address:
-        assert main([*argv, "--out", str(remote), "--engine", "ray", "--ray-address",
-                     address, "--workers", "2"]) == 5  # fmt: skip
+    assert main([*argv, "--out", str(remote), "--engine", "ray", "--ray-address", ray_cluster,
+                 "--workers", "1"]) == 5  # fmt: skip
     assert by_id(remote / "results.jsonl") == by_id(local / "results.jsonl")
     for vid in ("a", "clip_b"):
         out = by_id(local / "results.jsonl")[vid]["out"]

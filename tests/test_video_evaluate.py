@@ -149,18 +149,14 @@ def test_ytvos_valid_writes_the_submission_and_mevis_scores_unions(tiny_env, dat
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_same_records(tiny_env, datasets, tmp_path, tmp_path_factory):
-    pytest.importorskip("ray")
-    from ray_support import local_ray
-
+def test_ray_engine_gives_the_same_records(ray_cluster, tiny_env, datasets, tmp_path):
     from hybridgl.cli.main import main
 
     argv = ["evaluate", "--dataset", "ref-davis17", "--data-root", str(datasets / "davis"),
             "--split", "valid", *ARGS]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0
-    with local_ray(tmp_path_factory, num_cpus=4) as address:
-        assert main([*argv, "--out", str(tmp_path / "ray"), "--engine", "ray",
-                     "--ray-address", address, "--workers", "2"]) == 0  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--engine", "ray",
+                 "--ray-address", ray_cluster, "--workers", "1"]) == 0  # fmt: skip
     assert stable(tmp_path / "ray" / "predictions.jsonl") == stable(
         tmp_path / "local" / "predictions.jsonl"
     )
