@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, UsageError, non_negative_int, positive
-from hybridgl.cli.evaluate import _check_usable, add_data_args, load_data
+from hybridgl.cli.evaluate import _check_usable, add_data_args, evaluation_from_args, load_data
 from hybridgl.cli.options import (
     add_engine_args,
     add_max_pixels_arg,
     add_model_args,
-    check_runtime,
     engine_options,
-    spec_from_args,
 )
 from hybridgl.errors import DataError
 
@@ -98,7 +96,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from hybridgl.cli.evaluate_video import is_video_dataset
     from hybridgl.eval.calibrate import calibrate, open_rules, read_samples, summary_text
-    from hybridgl.eval.runner import PREDICTIONS, run_evaluation
+    from hybridgl.eval.runner import PREDICTIONS
     from hybridgl.targets import TargetRules, ThresholdsError
 
     if is_video_dataset(args.dataset):
@@ -116,35 +114,10 @@ def run(args: argparse.Namespace) -> int:
     except ThresholdsError as e:
         raise DataError(str(e)) from None
     out = Path(args.out or Path("calib-runs") / f"{data.name}-{data.split}")
-    if args.proposals == "gt":
-        args.sam = "none"
-    spec = spec_from_args(args)
-    if options.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=options.threads_per_worker)
-    check_runtime(spec)
-    if options.engine == "local":
-        spec.check_weights()
-    try:
-        report = run_evaluation(
-            data,
-            None,
-            out,
-            proposals=args.proposals,
-            top_k=args.top_k,
-            guidance=not args.no_guidance,
-            limit=args.limit,
-            sample=args.sample,
-            seed=args.seed,
-            progress=not args.quiet,
-            spec=spec,
-            engine=options,
-            max_pixels=args.max_pixels or None,
-            targets=args.targets,
-            thresholds=open_rules(base),
-            calibration=True,
-        )
-    except PermissionError as e:
-        raise DataError(f"cannot write to {out}: {e}") from None
+    report, spec = evaluation_from_args(
+        args, data, out, options, targets=args.targets, thresholds=open_rules(base),
+        calibration=True,
+    )  # fmt: skip
     samples = read_samples(out / PREDICTIONS)
     if not samples:
         raise DataError(f"no expression of {data.name} {data.split} could be evaluated")

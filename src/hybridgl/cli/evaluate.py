@@ -203,6 +203,49 @@ def _check_usable(parts: list[Any]) -> None:
     raise DataError(f"no usable referring expression in {where}")
 
 
+def evaluation_from_args(
+    args: argparse.Namespace, data: Any, out: Path, options: Any, **extra: Any
+) -> tuple[dict[str, Any], Any]:
+    """Run ``evaluate``'s evaluation (also ``calibrate``'s) as the arguments say; returns the
+    report and the model spec.
+
+    The spec comes from the model options (no proposal model with ``--proposals gt``);
+    with the local engine missing weights fail here (exit 4) before any work. ``extra``
+    goes to :func:`hybridgl.eval.runner.run_evaluation`. An output folder that cannot be
+    written is a :class:`DataError`.
+    """
+    from hybridgl.eval.runner import run_evaluation
+
+    if args.proposals == "gt":
+        args.sam = "none"  # SAM (and its checkpoint) is not needed with ground-truth proposals
+    spec = spec_from_args(args)
+    if options.threads_per_worker and spec.threads is None:
+        spec = spec.with_options(threads=options.threads_per_worker)
+    check_runtime(spec)
+    if options.engine == "local":
+        spec.check_weights()  # missing weights: exit 4 before any work
+    try:
+        report = run_evaluation(
+            data,
+            None,
+            out,
+            proposals=args.proposals,
+            top_k=args.top_k,
+            guidance=not args.no_guidance,
+            limit=args.limit,
+            sample=args.sample,
+            seed=args.seed,
+            progress=not args.quiet,
+            spec=spec,
+            engine=options,
+            max_pixels=args.max_pixels or None,
+            **extra,
+        )
+    except PermissionError as e:
+        raise DataError(f"cannot write to {out}: {e}") from None
+    return report, spec
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``hybridgl evaluate``; returns the exit code.
 
@@ -213,7 +256,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     had problems, 0 otherwise.
     """
     from hybridgl.eval.report import report_markdown, suite_markdown
-    from hybridgl.eval.runner import run_evaluation
 
     if is_video_dataset(args.dataset):
         return run_video_evaluate(args)
@@ -238,35 +280,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         default_name = f"{args.suite or 'suite'}-{args.proposals}"
     out = Path(args.out or Path("eval-runs") / default_name)
-    if args.proposals == "gt":
-        args.sam = "none"  # SAM (and its checkpoint) is not needed with ground-truth proposals
-    spec = spec_from_args(args)
-    if options.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=options.threads_per_worker)
-    check_runtime(spec)
-    if options.engine == "local":
-        spec.check_weights()  # missing weights: exit 4 before any work
-    try:
-        report = run_evaluation(
-            parts if len(parts) > 1 else parts[0],
-            None,
-            out,
-            proposals=args.proposals,
-            top_k=args.top_k,
-            guidance=not args.no_guidance,
-            limit=args.limit,
-            sample=args.sample,
-            seed=args.seed,
-            retry_failed=args.retry_failed,
-            progress=not args.quiet,
-            spec=spec,
-            engine=options,
-            max_pixels=args.max_pixels or None,
-            targets=targets,
-            thresholds=thresholds,
-        )
-    except PermissionError as e:
-        raise DataError(f"cannot write to {out}: {e}") from None
+    report, _ = evaluation_from_args(
+        args,
+        parts if len(parts) > 1 else parts[0],
+        out,
+        options,
+        retry_failed=args.retry_failed,
+        targets=targets,
+        thresholds=thresholds,
+    )
     sys.stdout.write(suite_markdown(report) if report.get("suite") else report_markdown(report))
     sys.stdout.write(f"\nreport: {out / 'report.json'}\n")
     sys.stdout.flush()

@@ -19,7 +19,7 @@ from hybridgl.jobs.engine_options import ENGINES, EngineOptions, Sink
 from hybridgl.jobs.units import Task, UnitWorker, WorkUnit, build_from_spec
 from hybridgl.spec import ModelSpec
 
-__all__ = ["ENGINES", "EngineOptions", "Progress", "Sink", "run_units"]
+__all__ = ["ENGINES", "EngineOptions", "Progress", "RecordSink", "Sink", "run_units"]
 
 
 def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True) -> Any:
@@ -70,6 +70,50 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class RecordSink:
+    """The driver's sink of a job whose records are its whole output (``track --list``,
+    ``segment-volume --list``, video ``evaluate``): each unit's records appended once (a
+    retried unit that arrives twice is written once) and made durable together, failures
+    shown one line each, ``counts["done"]`` and ``counts["failed"]`` kept, the bar moved.
+
+    ``writer`` is the job's :class:`~hybridgl.jobs.records.RecordWriter`.
+    """
+
+    def __init__(self, writer: Any, progress: Progress, counts: dict[str, int] | None = None):
+        self.writer = writer
+        self.progress = progress
+        self.counts = counts if counts is not None else {}
+        self.counts.setdefault("done", 0)
+        self.counts.setdefault("failed", 0)
+        self.seen: set[str] = set()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        """Append one record (not yet durable: :meth:`__call__` commits per unit)."""
+        self.writer.write(rec)
+        if rec.get("error"):
+            self.counts["failed"] += 1
+            self.progress.message(f"hybridgl: failed {rec['id']}: {rec['error']}")
+        else:
+            self.counts["done"] += 1
+
+    def bad_rows(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write the error records of rows refused before any work, durably."""
+        for rec in records:
+            self.write(rec)
+            self.progress.rows(1, 1)
+        self.writer.commit()
+
+    def __call__(self, unit: WorkUnit, records: list[dict[str, Any]]) -> None:
+        if unit.key in self.seen:
+            return
+        self.seen.add(unit.key)
+        for rec in records:
+            self.write(rec)
+        self.writer.commit()
+        self.progress.rows(len(records), sum(1 for r in records if r.get("error")))
+        self.progress.unit_done()
 
 
 def run_units(

@@ -359,7 +359,7 @@ def run_video_list(
         ``out_dir`` holds another run.
     """
     from hybridgl.errors import UsageError
-    from hybridgl.jobs.engine import EngineOptions, Progress, run_units
+    from hybridgl.jobs.engine import EngineOptions, Progress, RecordSink, run_units
     from hybridgl.jobs.records import RecordWriter, read_records
     from hybridgl.jobs.runfile import check_run_file
 
@@ -375,33 +375,11 @@ def run_video_list(
     bad = [r for r in todo if r.error]
     units = make_units([r for r in todo if not r.error], list_path.parent)
     bar = Progress(len(todo), len(units), desc="track", disable=not progress)
-    seen: set[str] = set()
 
     with RecordWriter(results) as writer:
-
-        def write(rec: dict[str, Any]) -> None:
-            writer.write(rec)
-            if rec.get("error"):
-                counts["failed"] += 1
-                bar.message(f"hybridgl: failed {rec['id']}: {rec['error']}")
-            else:
-                counts["done"] += 1
-
-        def sink(unit: WorkUnit, records: list[dict[str, Any]]) -> None:
-            if unit.key in seen:  # a retried unit delivered twice: write it once
-                return
-            seen.add(unit.key)
-            for rec in records:
-                write(rec)
-            writer.commit()
-            bar.rows(len(records), sum(1 for r in records if r.get("error")))
-            bar.unit_done()
-
+        sink = RecordSink(writer, bar, counts)
         try:
-            for r in bad:
-                write(failed_record(r.head(), r.error or "bad row", "bad_record"))
-                bar.rows(1, 1)
-            writer.commit()
+            sink.bad_rows(failed_record(r.head(), r.error or "bad row", "bad_record") for r in bad)
             run_units(units, task, sink, spec=spec.with_driver_env(),
                       options=options or EngineOptions())  # fmt: skip
         finally:

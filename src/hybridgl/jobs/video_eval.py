@@ -264,7 +264,7 @@ def run_video_evaluation(
 
     from hybridgl.errors import VideoError
     from hybridgl.fileio import atomic_write_json, atomic_write_text
-    from hybridgl.jobs.engine import EngineOptions, Progress, run_units
+    from hybridgl.jobs.engine import EngineOptions, Progress, RecordSink, run_units
     from hybridgl.jobs.records import RecordWriter, read_records
     from hybridgl.jobs.runfile import check_run_file
     from hybridgl.video.datasets import load
@@ -288,22 +288,8 @@ def run_video_evaluation(
     done = read_records(path, key).done_ids(retry_failed=retry_failed)
     units = [u for u in make_units(samples) if u.key not in done]
     bar = Progress(len(units), len(units), desc="evaluate", disable=not progress)
-    seen: set[str] = set()
     with RecordWriter(path) as writer:
-
-        def sink(unit: WorkUnit, records: list[dict[str, Any]]) -> None:
-            if unit.key in seen:
-                return
-            seen.add(unit.key)
-            writer.write_all(records)
-            writer.commit()
-            bad = sum(1 for r in records if r.get("error"))
-            for r in records:
-                if r.get("error"):
-                    bar.message(f"hybridgl: failed {r['id']}: {r['error']}")
-            bar.rows(len(records), bad)
-            bar.unit_done()
-
+        sink = RecordSink(writer, bar)
         try:
             run_units(units, task, sink, spec=spec.with_driver_env(),
                       options=engine or EngineOptions())  # fmt: skip

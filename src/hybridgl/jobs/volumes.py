@@ -204,7 +204,7 @@ def run_volume_list(
         InputError: an unreadable list or a repeated id;
         RunConflictError: ``out_dir`` holds a run with other options.
     """
-    from hybridgl.jobs.engine import Progress, run_units
+    from hybridgl.jobs.engine import Progress, RecordSink, run_units
     from hybridgl.jobs.records import RecordWriter, read_records
     from hybridgl.jobs.runfile import check_run_file
 
@@ -221,33 +221,13 @@ def run_volume_list(
     todo = set(read_records(results, key=lambda r: r.get("id")).todo([r.id for r in rows], True))
     counts = {"volumes": len(rows), "done": 0, "failed": 0, "skipped": len(rows) - len(todo)}
     progress = Progress(len(todo), len(todo), "volumes", disable=not show_progress)
-    seen: set[str] = set()
     with RecordWriter(results) as writer:
-
-        def record(rec: dict[str, Any]) -> None:
-            writer.write(rec)
-            if rec.get("error"):
-                counts["failed"] += 1
-                progress.message(f"hybridgl: failed {rec['id']}: {rec['error']}")
-            else:
-                counts["done"] += 1
-
-        for r in rows:
-            if r.error is not None and r.id in todo:
-                record(error_record(vars(r), r.error, "bad_record"))
-                progress.rows(1, 1)
-        writer.commit()
-
-        def sink(unit: WorkUnit, records: list[dict[str, Any]]) -> None:
-            if unit.key in seen:  # a retried unit delivered twice: written once
-                return
-            seen.add(unit.key)
-            for rec in records:
-                record(rec)
-            writer.commit()
-            progress.rows(len(records), sum(1 for r in records if r.get("error")))
-            progress.unit_done()
-
+        sink = RecordSink(writer, progress, counts)
+        sink.bad_rows(
+            error_record(vars(r), r.error, "bad_record")
+            for r in rows
+            if r.error is not None and r.id in todo
+        )
         units = make_units([r for r in rows if r.id in todo])
         task = VolumeTask(str(out.resolve()), options.to_dict())
         try:
