@@ -10,13 +10,12 @@ import math
 import pytest
 import torch
 
+from hybridgl.coherence import coherence_scores, heat_map
 from hybridgl.guidance import (
     beta_for,
     clip_logits,
-    coherence_scores,
     direction_prior,
     final_scores,
-    heat_map,
     relation_guidance,
     relation_sums,
     softmax,

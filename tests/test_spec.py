@@ -132,7 +132,7 @@ def test_cli_choices_are_the_tables():
     from hybridgl.models.runtime import DTYPES
 
     q = argparse.ArgumentParser()
-    from hybridgl.cli.options import add_engine_args
+    from hybridgl.cli.engine_args import add_engine_args
 
     add_engine_args(q)
     assert _choices(q, "engine") == ENGINES

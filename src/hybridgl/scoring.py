@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hybridgl import guidance
+from hybridgl import coherence, guidance
 from hybridgl.config import MethodConfig
 from hybridgl.masks import masks_to_boxes_xywh
 from hybridgl.state import ImageState
@@ -141,11 +141,11 @@ def choose(
     wh, ww = st.work_size
     n_base = _num_base_prompts(parse, use_guidance)
     cos = (st.gem_tokens @ F.normalize(emb[n_base - 1], dim=-1)).view(g, g)
-    heat = guidance.image_heat_map(cos.float().cpu(), cfg.gem_size, wh, ww, cfg.keep_aspect)
+    heat = coherence.image_heat_map(cos.float().cpu(), cfg.gem_size, wh, ww, cfg.keep_aspect)
     prior = guidance.direction_prior(parse.direction, wh, ww, vertical=cfg.vertical_priors)
     beta = guidance.beta_for(parse.relation, cfg.beta_big, cfg.beta_small, cfg.beta_default)
     t_list = t_idx.tolist()
-    g_t = guidance.coherence_scores(heat, prior, torch.from_numpy(st.masks[t_list]), beta)
+    g_t = coherence.coherence_scores(heat, prior, torch.from_numpy(st.masks[t_list]), beta)
     final = guidance.final_scores(r.cpu().float(), g_t.float(), cfg.alpha)
     best = int(torch.argmax(final).item())
     chosen = t_list[best]
@@ -307,7 +307,7 @@ def with_targets(
     if sc.heat is not None and sc.prior is not None and sc.boxes is not None:
         t_idx, r = guidance.relation_guidance(sc.p, sc.q, sc.boxes, parse.relation, pool_k, cfg.k2)
         pool = t_idx.tolist()
-        g_t = guidance.coherence_scores(
+        g_t = coherence.coherence_scores(
             sc.heat, sc.prior, torch.from_numpy(st.masks[pool]), float(sc.beta or 0.0)
         )
         final = guidance.final_scores(r.cpu().float(), g_t.float(), cfg.alpha)

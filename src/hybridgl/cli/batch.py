@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL
+from hybridgl.cli.engine_args import add_engine_args, engine_options
 from hybridgl.cli.options import (
-    add_engine_args,
     add_max_pixels_arg,
     add_model_args,
     add_target_args,
     check_runtime,
-    engine_options,
     spec_from_args,
 )
 from hybridgl.jobs.batch import BatchSettings, run_batch

@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, UsageError, non_negative_int, positive
+from hybridgl.cli.engine_args import add_engine_args, engine_options
 from hybridgl.cli.evaluate import _check_usable, add_data_args, evaluation_from_args, load_data
-from hybridgl.cli.options import (
-    add_engine_args,
-    add_max_pixels_arg,
-    add_model_args,
-    engine_options,
-)
+from hybridgl.cli.options import add_max_pixels_arg, add_model_args
 from hybridgl.errors import DataError
 
 DESCRIPTION = """\

@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, non_negative_int
+from hybridgl.cli.engine_args import add_engine_args, engine_options
 from hybridgl.cli.evaluate_video import add_video_eval_args, is_video_dataset, run_video_evaluate
-from hybridgl.cli.options import (
-    add_engine_args,
-    add_max_pixels_arg,
-    add_model_args,
-    check_runtime,
-    engine_options,
-    spec_from_args,
-)
+from hybridgl.cli.options import add_max_pixels_arg, add_model_args, check_runtime, spec_from_args
 from hybridgl.eval.refer import DATASETS, DataError, check_dataset_split
 
 #: The evaluation splits of each dataset (the paper's table), for ``--split all``.

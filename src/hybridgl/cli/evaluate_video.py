@@ -32,7 +32,8 @@ def is_video_dataset(name: str | None) -> bool:
 
 def run_video_evaluate(args: argparse.Namespace) -> int:
     """Exit 0, or 5 when some expressions failed."""
-    from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
+    from hybridgl.cli.engine_args import engine_options
+    from hybridgl.cli.options import check_runtime, spec_from_args
     from hybridgl.jobs.video_eval import VideoEvalTask, run_video_evaluation, video_report_markdown
     from hybridgl.video.method import TrackOptions
 

@@ -13,7 +13,8 @@ from hybridgl.cli.common import (
     UsageError,
     eprint,
 )
-from hybridgl.cli.options import add_engine_args, add_max_pixels_arg, engine_options
+from hybridgl.cli.engine_args import add_engine_args, engine_options
+from hybridgl.cli.options import add_max_pixels_arg
 from hybridgl.cli.search_common import add_db_arg, add_model_options, make_index, missing_extra
 
 DESCRIPTION = """\

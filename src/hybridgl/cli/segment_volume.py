@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scan is None or args.expression is None:
         raise UsageError("give SCAN and EXPRESSION, or --list FILE")
-    from hybridgl.cli.options import engine_options
+    from hybridgl.cli.engine_args import engine_options
 
     if engine_options(args).engine != "local" or args.seg_each:
         raise UsageError("--engine ray and --seg-each need --list (many volumes)")

@@ -15,7 +15,7 @@ from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, eprint
 
 
 def add_list_args(p: argparse.ArgumentParser) -> None:
-    from hybridgl.cli.options import add_engine_args
+    from hybridgl.cli.engine_args import add_engine_args
 
     g = p.add_argument_group("many volumes")
     g.add_argument(
@@ -35,7 +35,8 @@ def add_list_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
+    from hybridgl.cli.engine_args import engine_options
+    from hybridgl.cli.options import check_runtime, spec_from_args
     from hybridgl.cli.volume_options import check_options, volume_options
     from hybridgl.jobs.volumes import run_volume_list
 

@@ -14,8 +14,8 @@ from hybridgl.cli.common import (
     non_negative_int,
     positive,
 )
+from hybridgl.cli.engine_args import add_engine_args
 from hybridgl.cli.options import (
-    add_engine_args,
     add_max_pixels_arg,
     add_model_args,
     add_target_args,

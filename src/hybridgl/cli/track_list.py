@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError
-from hybridgl.cli.options import check_runtime, engine_options, spec_from_args
+from hybridgl.cli.engine_args import engine_options
+from hybridgl.cli.options import check_runtime, spec_from_args
 
 
 def run_list(

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hybridgl.coherence import square_padding
 from hybridgl.config import CLIP_MEAN, CLIP_STD
-from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
 from hybridgl.models.timm_vit import vit_view
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hybridgl.coherence import square_padding
 from hybridgl.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MethodConfig
-from hybridgl.guidance import square_padding
 from hybridgl.models import vit_ops
 from hybridgl.models.timm_vit import vit_view
 

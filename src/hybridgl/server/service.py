@@ -34,8 +34,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +49,7 @@ from hybridgl.server.inputs import (
 )
 from hybridgl.server.settings import ServerSettings
 from hybridgl.server.targets import predict_expressions
+from hybridgl.server.tickets import Gauge, Ticket
 
 if TYPE_CHECKING:
     from hybridgl.protocols import SegmenterLike
@@ -66,54 +66,6 @@ class Outcome:
     predictions: list[Any]
     cache_hit: bool
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
-
-
-class Ticket:
-    """An admitted request's place in the queue; see :meth:`ModelService.admit`."""
-
-    def __init__(self, on_release: Callable[[], None]) -> None:
-        self._on_release = on_release
-        self._refs = 1
-        self._lock = threading.Lock()
-
-    def hold(self, fut: concurrent.futures.Future) -> None:
-        """Keep the ticket until ``fut`` is done, even if the request gives up on it."""
-        with self._lock:
-            self._refs += 1
-        fut.add_done_callback(lambda _: self.release())
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            done = self._refs == 0
-        if done:
-            self._on_release()
-
-
-class _Gauge:
-    """A thread-safe count of things in progress, with its peak and total."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.active = 0
-        self.peak = 0
-        self.total = 0
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        with self._lock:
-            self.active += 1
-            self.total += 1
-            self.peak = max(self.peak, self.active)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.active -= 1
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"active": self.active, "peak": self.peak, "total": self.total}
 
 
 class ModelService:
@@ -137,9 +89,9 @@ class ModelService:
         self.cache: LRUCache[Any] = LRUCache(
             self.settings.cache_size, max_bytes=self.settings.cache_max_bytes
         )
-        self.images = _Gauge()  # decoded images outside the cache (decode -> encoded)
-        self.answers = _Gauge()  # requests holding dense predictions (predict -> answer)
-        self.inspections = _Gauge()  # uploads whose headers are being checked
+        self.images = Gauge()  # decoded images outside the cache (decode -> encoded)
+        self.answers = Gauge()  # requests holding dense predictions (predict -> answer)
+        self.inspections = Gauge()  # uploads whose headers are being checked
         self.started_at = time.time()
         self._model: concurrent.futures.ThreadPoolExecutor | None = None
         self._image_pool: concurrent.futures.ThreadPoolExecutor | None = None
