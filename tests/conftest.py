@@ -24,6 +24,19 @@ def require_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test ends with torch's thread count as it found it: a command run in this
+    process sets it (``configure_threads``), and float rounding depends on it, so a test
+    comparing two computations must not depend on which test ran before."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def coco_val() -> dict:
     """COCO val2017 annotations of coco-mini, indexed: images by id, anns by image id."""
@@ -133,9 +146,7 @@ def _ray_session(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def ray_cluster(_ray_session, monkeypatch: pytest.MonkeyPatch):
     """The address of the session's local Ray, with this process set as its workers are
-    (tiny random weights, offline, the private cache); torch's thread count is restored
-    afterwards (the local engine sets it in this process)."""
-    import torch
+    (tiny random weights, offline, the private cache)."""
     from ray_support import env_for_workers
 
     address, cache = _ray_session
@@ -144,11 +155,7 @@ def ray_cluster(_ray_session, monkeypatch: pytest.MonkeyPatch):
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, value)
-    threads = torch.get_num_threads()
-    try:
-        yield address
-    finally:
-        torch.set_num_threads(threads)
+    return address
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
