@@ -159,6 +159,19 @@ def test_video_tab_in_chromium(tiny_segmenter, clip, tmp_path):
                 # the overlay (WebM) is decodable by the browser
                 page.wait_for_function("document.getElementById('video-player').readyState >= 1")
                 assert page.evaluate("document.getElementById('video-player').duration") > 0
+                # the Targets choice (targets.js): many -> ?targets=many, one row per object
+                # and frame, objects numbered 1..k on every frame
+                urls: list[str] = []
+                page.on("request", lambda r: urls.append(r.url) if "/v1/track" in r.url else None)
+                page.select_option("#video-targets-mode", "many")
+                page.evaluate("document.querySelector('#video-states tbody').textContent = ''")
+                page.click("#video-submit")
+                page.wait_for_function("!document.getElementById('video-submit').disabled")
+                assert len(urls) == 1 and "targets=many" in urls[0], urls
+                assert page.locator("#video-error").is_hidden()
+                texts = page.locator("#video-states tbody tr td:nth-child(2)").all_inner_texts()
+                ids = sorted({int(t.split(":")[0]) for t in texts})
+                assert ids and ids == list(range(1, len(ids) + 1)) and len(texts) == N * len(ids)
                 assert errors == []
             finally:
                 browser.close()

@@ -1,7 +1,8 @@
 // hybridgl web demo: zero, one or many targets (docs/TARGETS.md). Loaded after app.js.
 // Adds a "Targets" choice to the query form (sent as ?targets=), draws every target of an
 // answer in its own colour with a numbered legend, and says "Not found in this image" when
-// the phrase names nothing. app.js calls the hooks segmentQuery, drawAnswer and onResult.
+// the phrase names nothing. app.js calls the hooks segmentQuery, drawAnswer and onResult;
+// search.js calls searchOptions and onSearch, video.js videoQuery.
 "use strict";
 
 (function () {
@@ -38,6 +39,16 @@
   const row = form.querySelector(".query-row");
   row.after(wrap);
   const select = wrap.querySelector("select");
+
+  // The same choice in another tab's form, under its own id.
+  function choiceIn(otherForm, id) {
+    const w = wrap.cloneNode(true);
+    const s = w.querySelector("select");
+    s.id = id;
+    w.querySelector("label").htmlFor = id;
+    otherForm.appendChild(w);
+    return s;
+  }
 
   // ------------------------------------------------------------------ the legend
   const card = document.getElementById("result");
@@ -129,11 +140,7 @@
   let searchSelect = null;
   let dropped = null;
   if (searchForm) {
-    const sw = wrap.cloneNode(true);
-    searchSelect = sw.querySelector("select");
-    searchSelect.id = "search-targets-mode";
-    sw.querySelector("label").htmlFor = "search-targets-mode";
-    searchForm.appendChild(sw);
+    searchSelect = choiceIn(searchForm, "search-targets-mode");
     dropped = document.createElement("p");
     dropped.id = "search-no-target";
     dropped.className = "muted small";
@@ -154,7 +161,20 @@
     dropped.hidden = !n;
   }
 
+  // ------------------------------------------------------------------ the Video tab
+  // The same choice for POST /v1/track: with many/auto one tracked object per target the
+  // method finds on the first frame (the table lists each object's frames).
+  const videoForm = document.getElementById("video-form");
+  const videoSelect = videoForm ? choiceIn(videoForm, "video-targets-mode") : null;
+
+  function videoQuery() {
+    return videoSelect && videoSelect.value !== "one"
+      ? `&targets=${encodeURIComponent(videoSelect.value)}`
+      : "";
+  }
+
   Object.assign(hg, {
-    segmentQuery, drawAnswer, onResult, searchOptions, onSearch, targetColours: PALETTE,
+    segmentQuery, drawAnswer, onResult, searchOptions, onSearch, videoQuery,
+    targetColours: PALETTE,
   });
 })();

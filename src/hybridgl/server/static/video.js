@@ -58,7 +58,8 @@
     setStatus("Tracking… (the whole clip is processed before the answer comes)");
     els.submit.disabled = true;
     try {
-      const body = await window.hybridgl.apiJson("/v1/track?overlay=webm", { method: "POST", body: fd });
+      const extra = window.hybridgl.videoQuery ? window.hybridgl.videoQuery() : ""; // targets.js
+      const body = await window.hybridgl.apiJson(`/v1/track?overlay=webm${extra}`, { method: "POST", body: fd });
       state.last = body;
       render(body);
       setStatus(`${body.frames} frames, tracker ${body.tracker}, ${(body.timings.total_ms / 1000).toFixed(1)} s`);
