@@ -148,6 +148,51 @@ def test_ytvos_valid_writes_the_submission_and_mevis_scores_unions(tiny_env, dat
                  "--split", "valid_u", "--out", str(tmp_path / "z"), *ARGS]) == 3  # fmt: skip
 
 
+def test_a_frames_answer_is_the_union_of_its_targets() -> None:
+    """With many/auto a phrase can have several tracked objects (or none): the frame's
+    prediction is their union, present when any is (MeViS's truth is a union too)."""
+    from hybridgl.video.datasets import _union
+    from hybridgl.video.results import FrameResult, ObjectResult
+
+    a, b = np.zeros((3, 4), bool), np.zeros((3, 4), bool)
+    a[0, :2], b[2, 3] = True, True
+    objs = [ObjectResult(1, "x", "tracked", True, a), ObjectResult(2, "x", "absent", False, b)]
+    mask, present = _union(FrameResult(0, 0, None, 3, 4, objs))
+    assert mask.sum() == 3 and mask[0, :2].all() and mask[2, 3] and present
+    mask, present = _union(FrameResult(0, 0, None, 3, 4, objs[1:]))
+    assert mask.sum() == 1 and not present
+    mask, present = _union(FrameResult(0, 0, None, 3, 4, []))  # the phrase named nothing
+    assert mask.shape == (3, 4) and not mask.any() and not present
+
+
+@pytest.mark.slow
+def test_mevis_with_many_targets_scores_the_union_and_resumes_only_as_many(
+    tiny_env, datasets, tmp_path
+):
+    from hybridgl.cli.main import main
+    from hybridgl.segmenter import Segmenter
+    from hybridgl.spec import ModelSpec
+    from hybridgl.video.datasets import evaluate_expression, load
+    from hybridgl.video.hf_trackers import build_tracker
+    from hybridgl.video.method import VideoSegmenter
+
+    root, out = datasets / "mevis", tmp_path / "mv"
+    argv = ["evaluate", "--dataset", "mevis", "--data-root", str(root), "--split", "valid_u",
+            "--out", str(out), "--targets", "many", *ARGS]  # fmt: skip
+    assert main(argv) == 0
+    [rec] = lines(out / "predictions.jsonl")
+    video = VideoSegmenter(Segmenter.from_spec(ModelSpec()),
+                           build_tracker("sam2.1_hiera_tiny", device="cpu"), reground_every=2,
+                           targets="many")  # fmt: skip
+    [sample] = load("mevis", root, "valid_u")
+    direct = evaluate_expression(video, sample, json.loads(sample.mask_dict.read_text()))
+    assert {k: rec[k] for k in direct} == direct
+    assert main([*argv[: -len(ARGS) - 2], "--targets", "one", *ARGS]) == 3  # other targets
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"floor": "low"}')
+    assert main([*argv, "--thresholds", str(bad), "--out", str(tmp_path / "b")]) == 3
+
+
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_records(ray_cluster, tiny_env, datasets, tmp_path):
     from hybridgl.cli.main import main

@@ -117,7 +117,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--targets",
         choices=["one", "many", "auto"],
         help="zero, one or many targets per expression (docs/TARGETS.md); default: auto for "
-        "grefcoco and phrasecut, one (the method as published) otherwise",
+        "grefcoco and phrasecut, one (the method as published) otherwise; on the video "
+        "datasets one tracked object per target, scored as their union",
     )
     s.add_argument(
         "--thresholds",

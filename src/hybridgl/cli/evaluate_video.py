@@ -34,30 +34,34 @@ def run_video_evaluate(args: argparse.Namespace) -> int:
     """Exit 0, or 5 when some expressions failed."""
     from hybridgl.cli.engine_args import engine_options
     from hybridgl.cli.options import check_runtime, spec_from_args
+    from hybridgl.cli.track import target_rules
     from hybridgl.jobs.video_eval import VideoEvalTask, run_video_evaluation, video_report_markdown
     from hybridgl.video.method import TrackOptions
 
     if not args.data_root or not args.split:
         raise UsageError(f"--dataset {args.dataset} needs --data-root and --split")
-    if args.proposals != "sam" or args.sample or args.targets or args.thresholds:
-        raise UsageError("--proposals gt, --sample, --targets and --thresholds are for the "
-                         "image datasets")  # fmt: skip
+    if args.proposals != "sam" or args.sample:
+        raise UsageError("--proposals gt and --sample are for the image datasets")
+    rules = target_rules(args)  # a bad --thresholds file: exit 3 before the models load
     engine = engine_options(args)
     spec = spec_from_args(args)
     if engine.threads_per_worker and spec.threads is None:
         spec = spec.with_options(threads=engine.threads_per_worker)
     check_runtime(spec)
     options = TrackOptions(reground_every=args.reground_every, top_k=args.top_k,
-                           guidance=not args.no_guidance)  # fmt: skip
+                           guidance=not args.no_guidance, targets=args.targets or "one")  # fmt: skip
     import dataclasses
 
     opts = dataclasses.asdict(options)
+    thresholds = rules.to_dict() if rules is not None else None
     task = VideoEvalTask(tracker=args.tracker, options=opts, max_pixels=args.max_pixels or None,
-                         weights_dir=spec.weights_dir)  # fmt: skip
+                         weights_dir=spec.weights_dir, thresholds=thresholds)  # fmt: skip
     out = Path(args.out or Path("eval-runs") / f"{args.dataset}-{args.split}")
+    settings: dict[str, Any] = {"tracker": args.tracker, "options": opts}
+    if thresholds is not None:
+        settings["thresholds"] = thresholds
     report: dict[str, Any] = run_video_evaluation(
-        args.dataset, Path(args.data_root), args.split, out, spec, task,
-        {"tracker": args.tracker, "options": opts},
+        args.dataset, Path(args.data_root), args.split, out, spec, task, settings,
         engine=engine, limit=args.limit, retry_failed=args.retry_failed,
         progress=not args.quiet,
     )  # fmt: skip

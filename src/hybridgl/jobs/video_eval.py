@@ -96,6 +96,7 @@ class VideoEvalTask:
     submission_dir: str | None = None
     max_pixels: int | None = None
     weights_dir: str | None = None
+    thresholds: dict[str, Any] | None = None  # the target rules (TargetRules.to_dict())
 
     def _masks(self, worker: UnitWorker, path: Path) -> dict[str, Any]:
         """MeViS's ``mask_dict.json``, read once per worker."""
@@ -115,7 +116,7 @@ class VideoEvalTask:
         t0 = time.perf_counter()
         sample = _sample(unit.data)
         video = worker_video(worker, self.tracker, self.options, self.max_pixels,
-                             self.weights_dir)  # fmt: skip
+                             self.weights_dir, self.thresholds)  # fmt: skip
         head = unit.rows[0]
         if sample.has_truth:
             masks = self._masks(worker, sample.mask_dict) if sample.mask_dict else None

@@ -148,10 +148,24 @@ def load(dataset: str, root: str | os.PathLike, split: str) -> list[VideoExpress
     return out
 
 
+def _union(frame: Any) -> tuple[np.ndarray, bool]:
+    """A tracked frame's answer to its one phrase: the union of its objects' masks (one
+    object with ``targets="one"``; one per target with many/auto, none when the phrase
+    named nothing) and whether any object is present."""
+    mask = np.zeros((frame.height, frame.width), dtype=bool)
+    for o in frame.objects:
+        mask |= np.asarray(o.mask, dtype=bool)
+    return mask, any(o.present for o in frame.objects)
+
+
 def evaluate_expression(
     segmenter: Any, sample: VideoExpression, masks: dict[str, list[Any]] | None = None
 ) -> dict[str, Any]:
     """Track one expression with a :class:`~hybridgl.video.method.VideoSegmenter` and score it.
+
+    The prediction on a frame is the union of the phrase's tracked objects (the one object
+    with ``targets="one"``), as MeViS's truth is the union of the objects an expression
+    refers to.
 
     Returns:
         ``video``, ``expression_id``, ``expression``, J, F, J&F (DAVIS 2017), ``frames``,
@@ -161,12 +175,11 @@ def evaluate_expression(
     """
     from hybridgl.video.metrics import j_and_f
 
-    results = list(segmenter.track(sample.frame_paths(), [sample.text]))
-    preds = [r.objects[0] for r in results]
+    preds = [_union(r) for r in segmenter.track(sample.frame_paths(), [sample.text])]
     truth = list(sample.truth(masks))
     if len(truth) != len(preds):
         raise VideoError(f"{sample.video}: {len(preds)} frames tracked, {len(truth)} annotated")
-    scores = j_and_f((p.mask, t) for p, t in zip(preds, truth, strict=True))
+    scores = j_and_f((mask, t) for (mask, _), t in zip(preds, truth, strict=True))
     return {
         "video": sample.video,
         "expression_id": sample.expression_id,
@@ -174,8 +187,8 @@ def evaluate_expression(
         **scores,
         "frames": len(truth),
         "present_frames": sum(bool(t.any()) for t in truth),
-        "absent_when_present": sum(not p.present and t.any() for p, t in zip(preds, truth)),  # noqa: B905
-        "present_when_absent": sum(p.present and not t.any() for p, t in zip(preds, truth)),  # noqa: B905
+        "absent_when_present": sum(not p and t.any() for (_, p), t in zip(preds, truth)),  # noqa: B905
+        "present_when_absent": sum(p and not t.any() for (_, p), t in zip(preds, truth)),  # noqa: B905
     }
 
 
@@ -187,5 +200,5 @@ def write_submission(segmenter: Any, sample: VideoExpression, out_dir: str | os.
     folder = Path(out_dir) / "Annotations" / sample.video / sample.expression_id
     folder.mkdir(parents=True, exist_ok=True)
     for name, r in zip(sample.frames, segmenter.track(sample.frame_paths(), [sample.text])):  # noqa: B905
-        save_mask_png(r.objects[0].mask, folder / f"{name}.png")
+        save_mask_png(_union(r)[0], folder / f"{name}.png")
     return folder
