@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hybridgl.guidance import _EPS, _wide_dtype  # the guidance functions' shared numerics
+from hybridgl.guidance import EPS, wide_dtype
 
 __all__ = ["min_max", "square_padding", "heat_map", "image_heat_map", "coherence_scores"]
 
@@ -144,7 +144,7 @@ def coherence_scores(
             f"{tuple(prior.shape)}, {tuple(masks.shape)}"
         )
     out_dtype = heat.dtype if heat.is_floating_point() else torch.float32
-    acc = _wide_dtype(heat.device)
+    acc = wide_dtype(heat.device)
     a = (heat.to(acc) * prior.to(device=heat.device, dtype=acc)).flatten()
     m = a.mean() if a.numel() else a.new_tensor(0.0)
     if not bool(torch.isfinite(m)) or bool(m == 0):
@@ -163,9 +163,9 @@ def coherence_scores(
         in_cnt = mk.sum(dim=1)
         out_sum = total_sum - in_sum
         out_cnt = total_count - in_cnt
-        in_mean = torch.where(in_cnt > 0, in_sum / in_cnt.clamp_min(_EPS), torch.zeros_like(in_sum))
+        in_mean = torch.where(in_cnt > 0, in_sum / in_cnt.clamp_min(EPS), torch.zeros_like(in_sum))
         out_mean = torch.where(
-            out_cnt > 0, out_sum / out_cnt.clamp_min(_EPS), torch.zeros_like(out_sum)
+            out_cnt > 0, out_sum / out_cnt.clamp_min(EPS), torch.zeros_like(out_sum)
         )
         out[start : start + step] = (2 - beta) * in_mean - beta * out_mean
     return out.to(out_dtype)

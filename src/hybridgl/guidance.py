@@ -36,10 +36,11 @@ __all__ = [
 # (anything else acts as "none") and direction names understood by :func:`direction_prior`
 # (anything else gives ones).
 
-_EPS = 1e-12
+#: The guard of the divisions in the guidance arithmetic (also :mod:`hybridgl.coherence`).
+EPS = 1e-12
 
 
-def _wide_dtype(device: torch.device) -> torch.dtype:
+def wide_dtype(device: torch.device) -> torch.dtype:
     """Accumulation dtype: float64 wherever the backend supports it."""
     return torch.float32 if device.type == "mps" else torch.float64
 
@@ -65,8 +66,8 @@ def clip_logits(features: Tensor, text: Tensor, logit_scale: float) -> Tensor:
             f"and {tuple(text.shape)}"
         )
     text = text.to(device=features.device, dtype=features.dtype)
-    v = F.normalize(features, dim=-1, eps=_EPS)
-    t = F.normalize(text, dim=-1, eps=_EPS)
+    v = F.normalize(features, dim=-1, eps=EPS)
+    t = F.normalize(text, dim=-1, eps=EPS)
     return logit_scale * (v @ t)
 
 
@@ -165,7 +166,7 @@ def relation_sums(
         terms = p_t.expand(-1, c_idx.shape[0])
         return t_idx, terms.sum(dim=1)
 
-    geo_dtype = _wide_dtype(p.device)
+    geo_dtype = wide_dtype(p.device)
     boxes = boxes.to(p.device)
     if rel == "within":
         b = boxes.to(geo_dtype)

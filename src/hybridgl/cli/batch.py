@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_PARTIAL
-from hybridgl.cli.engine_args import add_engine_args, engine_options
+from hybridgl.cli.engine_args import add_engine_args, engine_options, job_spec
 from hybridgl.cli.options import (
     add_max_pixels_arg,
     add_model_args,
     add_target_args,
-    check_runtime,
-    spec_from_args,
 )
 from hybridgl.jobs.batch import BatchSettings, run_batch
 
@@ -99,10 +97,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``hybridgl batch``: exit 0, or 5 when some rows failed."""
     options = engine_options(args)
-    spec = spec_from_args(args)
-    if options.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=options.threads_per_worker)
-    check_runtime(spec)
+    spec = job_spec(args, options)
     counts = run_batch(
         Path(args.input),
         Path(args.out),

@@ -8,6 +8,7 @@ import argparse
 from typing import Any
 
 from hybridgl.cli.common import non_negative_float, positive
+from hybridgl.cli.options import check_runtime, spec_from_args
 from hybridgl.errors import UsageError
 
 
@@ -84,3 +85,17 @@ def engine_options(args: argparse.Namespace) -> Any:
         gpus_per_worker=getattr(args, "gpus_per_worker", None),
         threads_per_worker=getattr(args, "threads_per_worker", None),
     )
+
+
+def job_spec(args: argparse.Namespace, engine: Any) -> Any:
+    """A bulk job's :class:`~hybridgl.spec.ModelSpec`: the model options, with
+    ``--threads-per-worker`` as the thread count when the options set none, checked
+    against this runtime (:func:`~hybridgl.cli.options.check_runtime`).
+
+    ``engine``: :func:`engine_options` of the same arguments.
+    """
+    spec = spec_from_args(args)
+    if engine.threads_per_worker and spec.threads is None:
+        spec = spec.with_options(threads=engine.threads_per_worker)
+    check_runtime(spec)
+    return spec

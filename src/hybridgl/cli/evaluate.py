@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, non_negative_int
-from hybridgl.cli.engine_args import add_engine_args, engine_options
+from hybridgl.cli.engine_args import add_engine_args, engine_options, job_spec
 from hybridgl.cli.evaluate_video import add_video_eval_args, is_video_dataset, run_video_evaluate
-from hybridgl.cli.options import add_max_pixels_arg, add_model_args, check_runtime, spec_from_args
+from hybridgl.cli.options import add_max_pixels_arg, add_model_args
 from hybridgl.eval.refer import DATASETS, DataError, check_dataset_split
 
 #: The evaluation splits of each dataset (the paper's table), for ``--split all``.
@@ -213,10 +213,7 @@ def evaluation_from_args(
 
     if args.proposals == "gt":
         args.sam = "none"  # SAM (and its checkpoint) is not needed with ground-truth proposals
-    spec = spec_from_args(args)
-    if options.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=options.threads_per_worker)
-    check_runtime(spec)
+    spec = job_spec(args, options)
     if options.engine == "local":
         spec.check_weights()  # missing weights: exit 4 before any work
     try:

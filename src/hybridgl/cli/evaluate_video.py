@@ -32,8 +32,7 @@ def is_video_dataset(name: str | None) -> bool:
 
 def run_video_evaluate(args: argparse.Namespace) -> int:
     """Exit 0, or 5 when some expressions failed."""
-    from hybridgl.cli.engine_args import engine_options
-    from hybridgl.cli.options import check_runtime, spec_from_args
+    from hybridgl.cli.engine_args import engine_options, job_spec
     from hybridgl.cli.track import target_rules
     from hybridgl.jobs.video_eval import VideoEvalTask, run_video_evaluation, video_report_markdown
     from hybridgl.video.method import TrackOptions
@@ -44,10 +43,7 @@ def run_video_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--proposals gt and --sample are for the image datasets")
     rules = target_rules(args)  # a bad --thresholds file: exit 3 before the models load
     engine = engine_options(args)
-    spec = spec_from_args(args)
-    if engine.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=engine.threads_per_worker)
-    check_runtime(spec)
+    spec = job_spec(args, engine)
     options = TrackOptions(reground_every=args.reground_every, top_k=args.top_k,
                            guidance=not args.no_guidance, targets=args.targets or "one")  # fmt: skip
     import dataclasses

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridgl.cli.common import EXIT_OK, EXIT_PARTIAL, UsageError
-from hybridgl.cli.engine_args import engine_options
-from hybridgl.cli.options import check_runtime, spec_from_args
+from hybridgl.cli.engine_args import engine_options, job_spec
 
 
 def run_list(
@@ -28,10 +27,7 @@ def run_list(
     if args.overlay:
         raise UsageError("--overlay names one video's output; with --list use --overlays")
     engine = engine_options(args)
-    spec = spec_from_args(args)
-    if engine.threads_per_worker and spec.threads is None:
-        spec = spec.with_options(threads=engine.threads_per_worker)
-    check_runtime(spec)
+    spec = job_spec(args, engine)
     options = track_options(args)
     selection = selection_of(args)
     shared = job_settings(args, spec)
