@@ -147,14 +147,10 @@ def _ray_session(tmp_path_factory: pytest.TempPathFactory):
 def ray_cluster(_ray_session, monkeypatch: pytest.MonkeyPatch):
     """The address of the session's local Ray, with this process set as its workers are
     (tiny random weights, offline, the private cache)."""
-    from ray_support import env_for_workers
+    from ray_support import set_env_for_workers
 
     address, cache = _ray_session
-    for key, value in env_for_workers(cache).items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
+    set_env_for_workers(monkeypatch, cache)
     return address
 
 

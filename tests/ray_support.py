@@ -33,11 +33,7 @@ def start_local_ray(cache: Path, num_cpus: int = 8) -> Iterator[str]:
     import ray
 
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env_for_workers(cache).items():
-            if value is None:
-                mp.delenv(key, raising=False)
-            else:
-                mp.setenv(key, value)
+        set_env_for_workers(mp, cache)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -51,12 +47,11 @@ def start_local_ray(cache: Path, num_cpus: int = 8) -> Iterator[str]:
         ray.shutdown()
 
 
-def env_for_workers(cache: Path) -> dict[str, str | None]:
-    """The settings a test on Ray runs with (None: unset)."""
-    return {
-        "HYBRIDGL_RANDOM_WEIGHTS": "tiny",
-        "HYBRIDGL_OFFLINE": "1",
-        "HYBRIDGL_CACHE_DIR": str(cache),
-        "HYBRIDGL_WEIGHTS_DIR": None,
-        "RAY_ADDRESS": None,
-    }
+def set_env_for_workers(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    """Set (through ``mp``) the settings a test on Ray runs with: random tiny weights,
+    offline, the private weights cache, no weights folder and no ``RAY_ADDRESS``."""
+    mp.setenv("HYBRIDGL_RANDOM_WEIGHTS", "tiny")
+    mp.setenv("HYBRIDGL_OFFLINE", "1")
+    mp.setenv("HYBRIDGL_CACHE_DIR", str(cache))
+    mp.delenv("HYBRIDGL_WEIGHTS_DIR", raising=False)
+    mp.delenv("RAY_ADDRESS", raising=False)
